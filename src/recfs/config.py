@@ -1,0 +1,299 @@
+"""TOML configuration: parsed, typed, validated, secrets resolved.
+
+Every error names the key (`sources[1].api_url`) and what is wrong with it, and
+never includes a secret's value. Secrets are `Secret` objects whose repr hides the
+value; they come from the file itself, `{ env = "VAR" }`, `{ file = "/path" }` or
+`{ credential = "name" }` (systemd's $CREDENTIALS_DIRECTORY).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+KINDS = {
+    "8x8": "recfs.sources.eightbyeight",
+    "oce": "recfs.sources.oce",
+    "alvaria": "recfs.sources.alvaria",
+    "kazoo": "recfs.sources.kazoo",
+}
+
+
+class ConfigError(Exception):
+    pass
+
+
+class Secret:
+    """A credential. Its repr and str never show the value."""
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str):
+        self._value = value
+        self.origin = origin
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<secret from {self.origin}>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other):
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self):
+        return hash(self._value)
+
+
+@dataclass
+class Key:
+    type: str                        # str, url, int, float, bool, secret, size, date, list[str]
+    required: bool = False
+    default: Any = None
+    check: Callable[[Any], str | None] | None = None   # returns a problem, or None
+    doc: str = ""
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.I)
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 1000**2, "MB": 1000**2,
+          "MIB": 1024**2, "G": 1000**3, "GB": 1000**3, "GIB": 1024**3, "T": 1000**4,
+          "TB": 1000**4, "TIB": 1024**4, "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+
+
+def parse_size(value: Any) -> int:
+    """'10GiB' -> 10737418240; integers are bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like \"10GiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size like \"10GiB\"")
+    m = _SIZE_RE.match(value)
+    unit = (m.group(2) or "").upper() if m else None
+    if not m or unit not in _UNITS:
+        raise ValueError(f"{value!r} is not a size like \"10GiB\" or \"500MB\"")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def _resolve_secret(value: Any, where: str, config_dir: Path) -> Secret:
+    if isinstance(value, str):
+        if not value:
+            raise ConfigError(f"{where}: must not be empty")
+        return Secret(value, "the config file")
+    if isinstance(value, dict) and len(value) == 1:
+        (how, ref), = value.items()
+        if not isinstance(ref, str) or not ref:
+            raise ConfigError(f"{where}.{how}: expected a non-empty string")
+        if how == "env":
+            if ref not in os.environ:
+                raise ConfigError(f"{where}: environment variable {ref} is not set")
+            return Secret(os.environ[ref], f"${ref}")
+        if how in ("file", "credential"):
+            if how == "credential":
+                base = os.environ.get("CREDENTIALS_DIRECTORY")
+                if not base:
+                    raise ConfigError(f"{where}: {{ credential = {ref!r} }} needs systemd's "
+                                      f"$CREDENTIALS_DIRECTORY (LoadCredential=)")
+                path = Path(base) / ref
+            else:
+                path = Path(ref) if Path(ref).is_absolute() else config_dir / ref
+            try:
+                text = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+            if not text:
+                raise ConfigError(f"{where}: {path} is empty")
+            return Secret(text, str(path))
+    raise ConfigError(f"{where}: expected a string, {{ env = \"VAR\" }}, {{ file = \"/path\" }} "
+                      f"or {{ credential = \"name\" }}")
+
+
+def _coerce(key: Key, value: Any, where: str, config_dir: Path) -> Any:
+    t = key.type
+    if t == "secret":
+        return _resolve_secret(value, where, config_dir)
+    if t in ("str", "url"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+        if t == "url":
+            if not re.match(r"^https?://[^/\s]+", value):
+                raise ConfigError(f"{where}: {value!r} is not an http(s) URL")
+            value = value.rstrip("/")
+        return value
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__}")
+        return value
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__}")
+        return float(value)
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {type(value).__name__}")
+        return value
+    if t == "size":
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if t == "date":
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an ISO date like 2024-01-31")
+    if t == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: expected a list of non-empty strings")
+        return list(value)
+    raise AssertionError(t)
+
+
+def _apply_schema(table: dict, schema: dict[str, Key], where: str, config_dir: Path) -> dict:
+    out: dict[str, Any] = {}
+    for name in table:
+        if name not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"{where}.{name}: unknown key (known keys: {known})")
+    for name, key in schema.items():
+        kw = f"{where}.{name}"
+        if name not in table:
+            if key.required:
+                raise ConfigError(f"{kw}: missing required key")
+            out[name] = key.default
+            continue
+        value = _coerce(key, table[name], kw, config_dir)
+        if key.check:
+            problem = key.check(value)
+            if problem:
+                raise ConfigError(f"{kw}: {problem}")
+        out[name] = value
+    return out
+
+
+COMMON_SOURCE_KEYS = {
+    "name": Key("str", required=True, doc="top-level folder of this source in the mount"),
+    "kind": Key("str", required=True, doc="8x8, oce, alvaria or kazoo"),
+    "listing_ttl": Key("float", doc="seconds a folder listing stays fresh (provider default)"),
+    "ca_bundle": Key("str", doc="CA bundle (PEM) to verify the service's TLS certificate"),
+}
+
+CACHE_KEYS = {
+    "dir": Key("str", doc="cache directory"),
+    "max_size": Key("size", default=10 * 1024**3, doc="bytes the cache may hold"),
+    "min_free": Key("size", default=1024**3, doc="free space to leave on the cache's disk"),
+}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "recfs"
+
+
+@dataclass
+class CacheConfig:
+    dir: Path
+    max_size: int
+    min_free: int
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    kind: str
+    options: dict[str, Any]
+
+
+@dataclass
+class Config:
+    cache: CacheConfig
+    sources: list[SourceConfig]
+    path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+_NAME_RE = re.compile(r"^[^/\x00]{1,255}$")
+
+
+def source_module(kind: str):
+    return importlib.import_module(KINDS[kind])
+
+
+def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
+    known_top = {"cache", "sources"}
+    for k in data:
+        if k not in known_top:
+            raise ConfigError(f"{k}: unknown key (known: cache, sources)")
+    cache_tab = data.get("cache", {})
+    if not isinstance(cache_tab, dict):
+        raise ConfigError("cache: expected a table [cache]")
+    cache = _apply_schema(cache_tab, CACHE_KEYS, "cache", config_dir)
+    cache_dir = Path(cache["dir"]).expanduser() if cache["dir"] else default_cache_dir()
+    if not cache_dir.is_absolute():
+        cache_dir = (config_dir / cache_dir).resolve()
+    sources_tab = data.get("sources")
+    if not isinstance(sources_tab, list) or not sources_tab:
+        raise ConfigError("sources: at least one [[sources]] table is required")
+    sources: list[SourceConfig] = []
+    seen: set[str] = set()
+    for i, tab in enumerate(sources_tab):
+        where = f"sources[{i}]"
+        if not isinstance(tab, dict):
+            raise ConfigError(f"{where}: expected a table")
+        kind = tab.get("kind")
+        if kind is None:
+            raise ConfigError(f"{where}.kind: missing required key")
+        if kind not in KINDS:
+            raise ConfigError(f"{where}.kind: unknown kind {kind!r} (expected one of "
+                              f"{', '.join(KINDS)})")
+        schema = dict(COMMON_SOURCE_KEYS)
+        schema.update(source_module(kind).CONFIG_KEYS)
+        opts = _apply_schema(tab, schema, where, config_dir)
+        name = opts["name"]
+        if not _NAME_RE.match(name) or name in (".", ".."):
+            raise ConfigError(f"{where}.name: {name!r} is not a usable folder name")
+        if name in seen:
+            raise ConfigError(f"{where}.name: {name!r} is used by another source")
+        seen.add(name)
+        check = getattr(source_module(kind), "check_options", None)
+        if check:
+            problem = check(opts)
+            if problem:
+                raise ConfigError(f"{where}.{problem}")
+        sources.append(SourceConfig(name=name, kind=kind, options=opts))
+    return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"]), sources=sources)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    cfg = parse_config(data, path.parent.resolve())
+    cfg.path = path
+    mode = path.stat().st_mode
+    has_literal = any(isinstance(v, Secret) and v.origin == "the config file"
+                      for s in cfg.sources for v in s.options.values())
+    if has_literal and mode & (stat.S_IRGRP | stat.S_IROTH):
+        cfg.warnings.append(f"{path} holds secrets and can be read by other users "
+                            f"(chmod 600 it, or use {{ env = ... }} / {{ file = ... }})")
+    return cfg

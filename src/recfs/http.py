@@ -1,0 +1,413 @@
+"""The one HTTP layer every provider uses: a pooled httpx client, retries with
+backoff and jitter, 429 handling, token refresh, and ranged downloads that resume.
+
+Rules kept here so that no provider has to remember them:
+- A URL is logged without its query string: signed URLs carry credentials there.
+- Idempotent requests are retried on transport errors, 429 and 5xx with exponential
+  backoff and full jitter, honouring `Retry-After` and `x-ratelimit-reset`, within a
+  total time budget; then the error propagates (the FUSE layer turns it into EIO).
+- A 401 invalidates the token once and the request is repeated with a fresh one.
+"""
+from __future__ import annotations
+
+import base64
+import email.utils
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import httpx
+import trio
+
+log = logging.getLogger("recfs.http")
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+TRANSPORT_ERRORS = (httpx.TransportError,)
+
+
+def safe_url(url: str | httpx.URL) -> str:
+    u = httpx.URL(str(url))
+    return f"{u.scheme}://{u.host}{':' + str(u.port) if u.port else ''}{u.path}"
+
+
+class HttpError(Exception):
+    """A request failed for good. `status` is None for transport failures."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class ForbiddenError(HttpError):
+    pass
+
+
+class RangeError(HttpError):
+    """The server's answer to a ranged GET was not the range asked for."""
+
+
+class SizeChangedError(RangeError):
+    def __init__(self, message: str, total: int | None):
+        super().__init__(message)
+        self.total = total
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 6               # tries in all, the first included
+    base_delay: float = 0.2         # seconds; doubled each try, with full jitter
+    max_delay: float = 10.0
+    budget: float = 60.0            # seconds of retrying at most, per request
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2 ** attempt)))
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """Seconds the server asks us to wait (Retry-After, x-ratelimit-reset), if any."""
+    value = resp.headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    reset = resp.headers.get("x-ratelimit-reset")
+    if reset:
+        try:
+            n = float(reset)
+        except ValueError:
+            return None
+        # either seconds from now or an epoch time
+        return max(0.0, n - time.time()) if n > 1e9 else n
+    return None
+
+
+class TokenAuth:
+    """Something that adds credentials to a request and can refresh them."""
+
+    async def headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def invalidate(self, headers_used: dict[str, str]) -> None:
+        """The server refused `headers_used` (401): the next `headers()` must differ."""
+
+
+class StaticHeaders(TokenAuth):
+    def __init__(self, headers: dict[str, str]):
+        self._headers = headers
+
+    async def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class CachedToken(TokenAuth):
+    """A bearer token fetched by `fetch()`, cached until shortly before it expires.
+
+    Refresh is single-flight: concurrent callers wait for one fetch. Subclasses
+    implement `fetch() -> (token, lifetime_seconds)` and may override `render`.
+    """
+
+    refresh_margin = 60.0           # seconds before expiry at which we refresh
+
+    def __init__(self) -> None:
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = trio.Lock()
+        self.fetches = 0
+
+    async def fetch(self) -> tuple[str, float]:
+        raise NotImplementedError
+
+    def render(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def _fresh(self) -> bool:
+        margin = min(self.refresh_margin, max(0.0, (self._expires_at - self._issued_at) / 4)) \
+            if self._token else 0
+        return self._token is not None and time.monotonic() < self._expires_at - margin
+
+    async def headers(self) -> dict[str, str]:
+        if not self._fresh():
+            async with self._lock:
+                if not self._fresh():
+                    token, lifetime = await self.fetch()
+                    self.fetches += 1
+                    self._token = token
+                    self._issued_at = time.monotonic()
+                    self._expires_at = self._issued_at + max(1.0, lifetime)
+        return self.render(self._token)
+
+    async def invalidate(self, headers_used: dict[str, str]) -> None:
+        if self._token is not None and self.render(self._token) == headers_used:
+            self._token = None
+
+
+class OAuthClientCredentials(CachedToken):
+    """OAuth2 client-credentials grant; the client id and secret go in HTTP Basic."""
+
+    def __init__(self, http: "Http", token_url: str, client_id: str, client_secret: str,
+                 scope: str | None = None, what: str = "token"):
+        super().__init__()
+        self.http = http
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.scope = scope
+        self.what = what
+
+    async def fetch(self) -> tuple[str, float]:
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        resp = await self.http.request(
+            "POST", self.token_url, data=form, name=self.what,
+            headers={"Authorization": basic_auth_header(self.client_id, self.client_secret),
+                     "Accept": "application/json"},
+            expect=None)
+        if resp.status_code in (400, 401, 403):
+            raise HttpError(f"{self.what}: the token service refused the client credentials "
+                            f"(HTTP {resp.status_code}) at {safe_url(self.token_url)}", resp.status_code)
+        if resp.status_code != 200:
+            raise HttpError(f"{self.what}: token service answered HTTP {resp.status_code}", resp.status_code)
+        try:
+            body = resp.json()
+            token = body["access_token"]
+            lifetime = float(body.get("expires_in") or 3600)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HttpError(f"{self.what}: malformed token response ({type(exc).__name__})") from None
+        return str(token), lifetime
+
+
+class Http:
+    """One pooled client for the whole mount, plus the statistics `recfs status` shows."""
+
+    def __init__(self, *, max_connections: int = 64, connect_timeout: float = 10.0,
+                 read_timeout: float = 30.0, retry: RetryPolicy | None = None,
+                 ca_bundle: str | None = None):
+        self.retry = retry or RetryPolicy()
+        verify: Any = ca_bundle if ca_bundle else True    # verification cannot be turned off
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout,
+                                  write=read_timeout, pool=None),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            verify=verify, follow_redirects=False, trust_env=False)
+        self.requests = 0
+        self.errors = 0
+        self.retries = 0
+        self.bytes_received = 0
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _sleep_before_retry(self, attempt: int, started: float, resp: httpx.Response | None,
+                                  what: str, why: str) -> bool:
+        """Wait before the next try; False when the attempts or the time budget are spent."""
+        if attempt + 1 >= self.retry.attempts:
+            return False
+        delay = self.retry.backoff(attempt)
+        if resp is not None:
+            asked = retry_after(resp)
+            if asked is not None:
+                delay = max(delay, min(asked, self.retry.max_delay * 3))
+        if time.monotonic() - started + delay > self.retry.budget:
+            return False
+        self.retries += 1
+        log.debug("%s: %s; retrying in %.2fs", what, why, delay)
+        await trio.sleep(delay)
+        return True
+
+    async def request(self, method: str, url: str, *, name: str = "request",
+                      auth: TokenAuth | None = None, headers: dict[str, str] | None = None,
+                      params: Any = None, json: Any = None, data: Any = None,
+                      content: bytes | None = None,
+                      idempotent: bool = True, expect: tuple[int, ...] | None = (200,)) -> httpx.Response:
+        """Send a request with retries and read the whole body.
+
+        With `expect`, any other final status raises HttpError (ForbiddenError for 403)
+        naming `name`, the status and the URL without its query.
+        """
+        started = time.monotonic()
+        attempt = 0
+        reauthed = False
+        while True:
+            h = dict(headers or {})
+            used: dict[str, str] = {}
+            if auth is not None:
+                used = await auth.headers()
+                h.update(used)
+            self.requests += 1
+            try:
+                resp = await self.client.request(method, url, headers=h, params=params,
+                                                 json=json, data=data, content=content)
+            except TRANSPORT_ERRORS as exc:
+                why = f"{type(exc).__name__}"
+                if (idempotent or isinstance(exc, httpx.ConnectError)) and \
+                        await self._sleep_before_retry(attempt, started, None, name, why):
+                    attempt += 1
+                    continue
+                self.errors += 1
+                raise HttpError(f"{name}: {why} talking to {safe_url(url)}") from None
+            self.bytes_received += len(resp.content)
+            if resp.status_code == 401 and auth is not None and not reauthed:
+                reauthed = True
+                await auth.invalidate(used)
+                continue
+            if resp.status_code in RETRY_STATUSES and (idempotent or resp.status_code in (429, 503)):
+                if await self._sleep_before_retry(attempt, started, resp, name, f"HTTP {resp.status_code}"):
+                    attempt += 1
+                    continue
+            if expect is not None and resp.status_code not in expect:
+                self.errors += 1
+                cls = ForbiddenError if resp.status_code == 403 else HttpError
+                raise cls(f"{name}: HTTP {resp.status_code} from {safe_url(url)}"
+                          f"{describe_error_body(resp)}", resp.status_code, resp.text[:2000])
+            return resp
+
+    async def get_range(self, url_for: Callable[[bool], Awaitable[tuple[str, dict[str, str]]]],
+                        start: int, end: int, sink: Callable[[int, bytes], None], *,
+                        total: int | None, name: str = "content") -> None:
+        """Stream bytes [start, end) of a file into `sink`, resuming after failures.
+
+        `url_for(renew)` gives the URL and headers to use; it is called with True once
+        after a 403 (an expired signed URL or token), and the same range is retried.
+        The answer must be the range asked for: a 206 whose Content-Range matches, or
+        a 200 with the whole file (the range is then cut out of it). A total different
+        from `total` raises SizeChangedError: the object changed under us.
+        """
+        started = time.monotonic()
+        attempt = 0
+        renewed = False
+        pos = start
+        while pos < end:
+            url, headers = await url_for(False)
+            h = dict(headers)
+            h["Range"] = f"bytes={pos}-{end - 1}"
+            self.requests += 1
+            problem: str
+            resp_for_retry = None
+            try:
+                async with self.client.stream("GET", url, headers=h) as resp:
+                    if resp.status_code == 403 and not renewed:
+                        renewed = True
+                        await resp.aclose()
+                        await url_for(True)
+                        continue
+                    if resp.status_code in RETRY_STATUSES:
+                        problem, resp_for_retry = f"HTTP {resp.status_code}", resp
+                        await resp.aread()
+                    elif resp.status_code == 206:
+                        first, last, size = parse_content_range(resp.headers.get("content-range"))
+                        if total is not None and size is not None and size != total:
+                            raise SizeChangedError(
+                                f"{name}: the object is now {size} bytes, not {total}", size)
+                        if first != pos or (last is not None and last + 1 > end) or last is None:
+                            raise RangeError(f"{name}: asked for bytes {pos}-{end - 1}, "
+                                             f"got {resp.headers.get('content-range')!r}")
+                        pos = await self._drain(resp, pos, pos, last + 1, sink)
+                        if pos < last + 1:
+                            problem = "short body"
+                        else:
+                            continue
+                    elif resp.status_code == 200:
+                        length = resp.headers.get("content-length")
+                        if total is not None and length is not None and int(length) != total:
+                            raise SizeChangedError(
+                                f"{name}: the object is now {length} bytes, not {total}", int(length))
+                        # the server ignored Range: skip to pos and keep what we asked for
+                        pos = await self._drain(resp, 0, pos, end, sink)
+                        if pos < end:
+                            problem = "short body"
+                        else:
+                            continue
+                    elif resp.status_code == 416:
+                        raise SizeChangedError(f"{name}: range {pos}-{end - 1} not satisfiable "
+                                               f"({resp.headers.get('content-range')})",
+                                               parse_content_range(resp.headers.get("content-range"))[2])
+                    else:
+                        body = (await resp.aread())[:2000]
+                        self.errors += 1
+                        cls = ForbiddenError if resp.status_code == 403 else HttpError
+                        raise cls(f"{name}: HTTP {resp.status_code} from {safe_url(url)}",
+                                  resp.status_code, body.decode("utf-8", "replace"))
+            except _Resumable as exc:
+                pos, problem = exc.pos, "connection broken mid-body"
+            except TRANSPORT_ERRORS as exc:
+                problem = type(exc).__name__
+            if not await self._sleep_before_retry(attempt, started, resp_for_retry, name, problem):
+                self.errors += 1
+                raise HttpError(f"{name}: {problem} reading {safe_url(url)} at byte {pos}; giving up")
+            attempt += 1
+
+    async def _drain(self, resp: httpx.Response, stream_pos: int, pos: int, end: int,
+                     sink: Callable[[int, bytes], None]) -> int:
+        """Copy the body, which starts at file offset `stream_pos`, into the sink from
+        `pos` up to `end`; return the offset reached. Transport errors propagate."""
+        try:
+            async for chunk in resp.aiter_raw():
+                self.bytes_received += len(chunk)
+                cstart, cend = stream_pos, stream_pos + len(chunk)
+                stream_pos = cend
+                if cend <= pos:
+                    continue
+                lo = pos - cstart
+                hi = min(len(chunk), end - cstart)
+                if hi > lo:
+                    sink(pos, chunk[lo:hi] if (lo or hi < len(chunk)) else chunk)
+                    pos += hi - lo
+                if pos >= end:
+                    break
+        except TRANSPORT_ERRORS:
+            if pos >= end:
+                return pos
+            raise _Resumable(pos)
+        return pos
+
+
+class _Resumable(httpx.TransportError):
+    def __init__(self, pos: int):
+        super().__init__(f"connection broken at byte {pos}")
+        self.pos = pos
+
+
+def parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
+    """'bytes 0-0/1234' -> (0, 0, 1234); 'bytes */1234' -> (None, None, 1234)."""
+    if not value:
+        return None, None, None
+    try:
+        unit, _, rest = value.strip().partition(" ")
+        span, _, total = rest.partition("/")
+        size = None if total.strip() == "*" else int(total)
+        if span.strip() == "*":
+            return None, None, size
+        a, _, b = span.partition("-")
+        return int(a), int(b), size
+    except ValueError:
+        return None, None, None
+
+
+def describe_error_body(resp: httpx.Response) -> str:
+    """A short, secret-free summary of an error body (error codes and messages only)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return ""
+    if isinstance(body, list) and body:
+        body = body[0]
+    if not isinstance(body, dict):
+        return ""
+    parts = []
+    for key in ("errorCode", "errorKey", "code", "error", "errorMessage", "message", "title", "detail"):
+        val = body.get(key)
+        if isinstance(val, (str, int)) and str(val).strip():
+            parts.append(f"{key}={str(val)[:200]}")
+    return (": " + ", ".join(parts)) if parts else ""

@@ -1,0 +1,134 @@
+"""The contract between the provider modules and the rest of recfs.
+
+A provider module (`sources/<kind>.py`) holds its API client and its layout: it
+turns the service's objects into `Entry` values (directory entries with what `stat`
+needs) and fetches bytes for them. The tree (namespace) and the content layer
+(cache, reader) only ever talk to a `Source`; only provider modules know an API.
+
+A provider module exports:
+- `CONFIG_KEYS`: dict of `recfs.config.Key` for its `[[sources]]` table (the common
+  keys `name`, `kind`, `listing_ttl`, `ca_bundle` are handled by config.py);
+- `create(name, options, ctx) -> Source`.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Hashable
+
+if TYPE_CHECKING:
+    from ..content.cache import Cache
+    from ..http import Http
+
+# sink(offset, data): where fetched bytes go (the cache's data file)
+Sink = Callable[[int, bytes], None]
+
+
+class Kind(enum.Enum):
+    DIR = "dir"
+    FILE = "file"
+
+
+@dataclass
+class Entry:
+    """One directory entry as a provider sees it.
+
+    `name` is the service's own name; the tree makes it safe (names.py).
+    `ref` is opaque to everyone but the provider: for a directory it is what
+    `list_dir` needs, for a file what `fetch_range` needs.
+    `size` is the exact byte count, or None while unknown (the listing gave only a
+    rounded size or none); `size_hint` is the best guess until then.
+    `version` changes whenever the content may have changed: it is part of the
+    cache key, so a new version never serves old bytes.
+    """
+    name: str
+    kind: Kind
+    ref: Hashable
+    mtime: float = 0.0                  # seconds since the epoch (UTC)
+    size: int | None = 0
+    size_hint: int = 0
+    id: str = ""
+    version: str = ""
+    xattrs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is Kind.DIR
+
+
+@dataclass
+class Listing:
+    entries: list[Entry]
+    ttl: float | None = None            # seconds this listing stays fresh; None: source default
+
+
+@dataclass
+class SourceContext:
+    """What the mount gives every source: the shared HTTP layer and the cache."""
+    http: "Http"
+    cache: "Cache"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceError(Exception):
+    """A failure a user should read about: it is logged as is and maps to `errno`."""
+
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        import errno as _errno
+        self.errno = errno_ if errno_ is not None else _errno.EIO
+
+
+class Source:
+    """Base class of the four providers."""
+
+    kind = "?"
+    listing_ttl = 60.0          # seconds a directory listing stays fresh by default
+    writable = False
+
+    def __init__(self, name: str, options: dict[str, Any], ctx: SourceContext):
+        self.name = name
+        self.options = options
+        self.ctx = ctx
+        if options.get("listing_ttl") is not None:
+            self.listing_ttl = float(options["listing_ttl"])
+
+    async def start(self) -> None:
+        """Check credentials and reachability; raise SourceError with a clear message."""
+
+    async def aclose(self) -> None:
+        """Stop background work (e.g. abort bulk jobs nobody waits for)."""
+
+    def root_ref(self) -> Hashable:
+        raise NotImplementedError
+
+    async def list_dir(self, ref: Hashable) -> Listing:
+        raise NotImplementedError
+
+    async def resolve_sizes(self, entries: list[Entry]) -> None:
+        """Set `size` on every entry whose size is None, concurrently.
+
+        Called once for all the unresolved files of a directory when the first of
+        them is stat'ed or opened. An entry that cannot be resolved keeps None and
+        the tree hides it or fails its reads with EIO.
+        """
+
+    async def fetch_range(self, entry: Entry, start: int, end: int, sink: Sink) -> None:
+        """Deliver bytes [start, end) of the file to `sink`, in order, exactly once
+        each; raise SourceError (or an http error) on failure."""
+        raise NotImplementedError
+
+    async def fetch_whole(self, entry: Entry, siblings: list[Entry]) -> bool:
+        """Optionally put the whole file into the cache by a provider-specific path
+        (a bulk zip job). Return True when the cache now holds it; False to let the
+        reader use ranged reads. `siblings` are the files of the same folder in
+        listing order (for coalescing and prefetch)."""
+        return False
+
+    async def prefetch_dir(self, ref: Hashable, entries: list[Entry]) -> bool:
+        """Optionally warm the cache for all files of a folder in one provider job.
+        Return False when the provider has no such path."""
+        return False
+
+    def cache_key(self, entry: Entry) -> str:
+        return f"{self.kind}:{self.name}:{entry.id}@{entry.version}"
