@@ -131,6 +131,7 @@ class Request:
     headers: dict[str, str]       # lower-case names
     body: bytes
     match: re.Match | None = None
+    route: str | None = None      # a handler may count itself under another name
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
@@ -385,6 +386,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             route, resp = emu.dispatch(req)
         except Exception as exc:  # an emulator bug must show, not hang the client
             route, resp = "error", json_response({"message": f"emulator error: {exc!r}"}, 500)
+        route = req.route or route
         with emu._stats_lock:
             emu.counts[route] += 1
             emu.log.append((self.command, parsed.path, resp.status))

@@ -1,0 +1,200 @@
+"""Command line: recfs mount | demo | emulate | status | refresh | prefetch."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+log = logging.getLogger("recfs")
+
+EMULATORS = {          # source kind -> emulator module, for the demo and `recfs emulate`
+    "alvaria": "recfs.emulators.alvaria",
+    "8x8": "recfs.emulators.eightbyeight",
+    "oce": "recfs.emulators.oce",
+    "kazoo": "recfs.emulators.kazoo",
+}
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _mount(config_path: str, mountpoint: str, *, allow_other: bool = False) -> int:
+    from .mount import MountError, run_mount
+    try:
+        cfg = load_config(config_path)
+        run_mount(cfg, Path(mountpoint).resolve(), allow_other=allow_other)
+    except ConfigError as exc:
+        log.error("config: %s", exc)
+        return 2
+    except MountError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def start_emulators(kinds: list[str] | None = None) -> list[tuple[str, object, dict]]:
+    """Start the built-in emulators with sample data; return (kind, emulator, table)."""
+    started = []
+    for kind, modname in EMULATORS.items():
+        if kinds and kind not in kinds:
+            continue
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        emu = mod.demo()
+        emu.start()
+        started.append((kind, emu, mod.source_table(emu, kind)))
+    return started
+
+
+def write_config(tables: list[dict], cache_dir: str | None, path: Path) -> None:
+    lines = []
+    if cache_dir:
+        lines += ["[cache]", f"dir = {json.dumps(cache_dir)}", ""]
+    for table in tables:
+        lines.append("[[sources]]")
+        for k, v in table.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _demo(args) -> int:
+    mountpoint = Path(args.mountpoint or "recfs-demo").resolve()
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    emulators = start_emulators()
+    work = Path(tempfile.mkdtemp(prefix="recfs-demo-"))
+    config = work / "demo.toml"
+    write_config([t for _, _, t in emulators], args.cache_dir or str(work / "cache"), config)
+    print(f"recfs demo: {len(emulators)} emulated services "
+          f"({', '.join(k for k, _, _ in emulators)}) mounted at {mountpoint}", file=sys.stderr)
+    print(f"  try: ls -lR {mountpoint} | head -40;  Ctrl-C to stop", file=sys.stderr)
+    try:
+        return _mount(str(config), str(mountpoint))
+    finally:
+        for _, emu, _ in emulators:
+            emu.stop()
+
+
+def _emulate(args) -> int:
+    emulators = start_emulators(args.kinds.split(",") if args.kinds else None)
+    config = Path(args.write_config) if args.write_config else None
+    tables = [t for _, _, t in emulators]
+    if config:
+        write_config(tables, args.cache_dir, config)
+    for kind, emu, _ in emulators:
+        print(f"{kind}: {emu.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _xattr_get(mountpoint: str, name: str) -> bytes:
+    return os.getxattr(mountpoint, f"user.recfs.{name}")
+
+
+def _status(args) -> int:
+    try:
+        raw = _xattr_get(args.mountpoint, "status")
+    except OSError as exc:
+        print(f"recfs status: {args.mountpoint}: not a recfs mount ({exc.strerror})", file=sys.stderr)
+        return 1
+    print(raw.decode())
+    return 0
+
+
+def _split_mount_path(path: str) -> tuple[str, str]:
+    """Find the recfs mount containing `path`; return (mountpoint, path inside it)."""
+    p = Path(path).resolve()
+    for candidate in [p, *p.parents]:
+        try:
+            os.getxattr(candidate, "user.recfs.status")
+        except OSError:
+            continue
+        if os.path.ismount(candidate):
+            return str(candidate), str(p.relative_to(candidate))
+    raise SystemExit(f"recfs: {path} is not inside a recfs mount")
+
+
+def _refresh(args) -> int:
+    mnt, inside = _split_mount_path(args.path)
+    os.setxattr(mnt, "user.recfs.refresh", inside.encode() if inside != "." else b"/")
+    return 0
+
+
+def _prefetch(args) -> int:
+    mnt, inside = _split_mount_path(args.path)
+    inside = "/" if inside == "." else inside
+    try:
+        os.setxattr(mnt, "user.recfs.prefetch", inside.encode())
+    except OSError as exc:
+        print(f"recfs prefetch: {exc.strerror}", file=sys.stderr)
+        return 1
+    job = json.loads(_xattr_get(mnt, f"prefetch:{inside}"))
+    print(f"prefetched {job['done_files']} files, {job['done_bytes']} bytes"
+          f"{', ' + str(job['failed']) + ' failed' if job['failed'] else ''}")
+    return 1 if job["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recfs", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("RECFS_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("mount", help="mount the sources of CONFIG at MOUNTPOINT (foreground)")
+    p.add_argument("config")
+    p.add_argument("mountpoint")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users read the mount (needs user_allow_other in /etc/fuse.conf)")
+    p = sub.add_parser("demo", help="mount the built-in emulated services with sample recordings")
+    p.add_argument("mountpoint", nargs="?")
+    p.add_argument("--cache-dir")
+    p = sub.add_parser("emulate", help="run the built-in emulators in the foreground")
+    p.add_argument("--kinds", help="comma-separated: alvaria,8x8,oce,kazoo")
+    p.add_argument("--write-config", help="write a config file pointing at them")
+    p.add_argument("--cache-dir")
+    p = sub.add_parser("status", help="show a running mount's state")
+    p.add_argument("mountpoint")
+    p = sub.add_parser("refresh", help="drop listing snapshots under PATH")
+    p.add_argument("path")
+    p = sub.add_parser("prefetch", help="warm the cache for every file under PATH")
+    p.add_argument("path")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if args.command == "mount":
+        return _mount(args.config, args.mountpoint, allow_other=args.allow_other)
+    return {"demo": _demo, "emulate": _emulate, "status": _status, "refresh": _refresh,
+            "prefetch": _prefetch}[args.command](args)
+
+
+def mount_helper_main() -> int:
+    """`mount.recfs CONFIG MOUNTPOINT [-o opts]`, as mount(8) calls it for fstab entries."""
+    argv = sys.argv[1:]
+    if len(argv) < 2:
+        print("usage: mount.recfs CONFIG MOUNTPOINT [-o options]", file=sys.stderr)
+        return 2
+    config, mountpoint = argv[0], argv[1]
+    opts: list[str] = []
+    if "-o" in argv:
+        opts = argv[argv.index("-o") + 1].split(",")
+    setup_logging("info")
+    return _mount(config, mountpoint, allow_other="allow_other" in opts)

@@ -1,0 +1,316 @@
+"""The on-disk content cache: one sparse data file per object@version, a chunk bitmap
+per file saying which bytes are present, an LRU byte quota and a free-space floor.
+
+Layout under the cache directory (0700; files 0600):
+  index.sqlite         entries(key, size, bitmap, present, last_used) and sizes(key, size)
+  data/ab/<sha256>     sparse data files, named after the hash of the key
+  staging/             temporary files (bulk zips, members being verified)
+
+Invariants (what makes the cache crash-safe; the tests check each):
+ I1. A chunk's bit is set in memory only after all of its bytes were written to the
+     data file (pwrite returned). Readers serve a range only when all its bits are set.
+ I2. A bit reaches index.sqlite only after the data file was fdatasync'ed following
+     those writes. A crash (kill -9, power loss) can lose bits, which only costs a
+     refetch; it can never leave a bit set for bytes that are not on disk.
+ I3. A data file is deleted only after its row is gone from the index, and never
+     while a reader holds the entry (pinned).
+ I4. Bytes enter the cache only through `CacheEntry.write` followed by `mark` for
+     whole chunks, or `store_file` for a complete file that its producer verified.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger("recfs.cache")
+
+CHUNK = 256 * 1024
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class CacheEntry:
+    """The cached state of one object@version."""
+
+    def __init__(self, cache: "Cache", key: str, size: int, bitmap: bytearray, present: int,
+                 last_used: float):
+        self.cache = cache
+        self.key = key
+        self.size = size
+        self.nchunks = (size + CHUNK - 1) // CHUNK
+        self.bitmap = bitmap
+        self.present = present          # bytes present (whole chunks, the last one exact)
+        self.last_used = last_used
+        self.pins = 0
+        self.dirty = False              # bits set since the last flush
+        self.path = cache.data_path(key)
+        self._fd: int | None = None
+
+    # -- chunk arithmetic
+    def chunk_len(self, index: int) -> int:
+        return min(CHUNK, self.size - index * CHUNK)
+
+    def has_chunk(self, index: int) -> bool:
+        return bool(self.bitmap[index >> 3] & (1 << (index & 7)))
+
+    def has(self, start: int, end: int) -> bool:
+        """True when bytes [start, end) are all present."""
+        if end <= start:
+            return True
+        for i in range(start // CHUNK, (end - 1) // CHUNK + 1):
+            if not self.bitmap[i >> 3] & (1 << (i & 7)):
+                return False
+        return True
+
+    @property
+    def complete(self) -> bool:
+        return self.present >= self.size
+
+    def missing(self, first: int, last: int) -> list[int]:
+        """Indices of absent chunks in [first, last]."""
+        return [i for i in range(first, min(last, self.nchunks - 1) + 1) if not self.has_chunk(i)]
+
+    # -- I/O
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
+    def close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.last_used = time.time()
+        return os.pread(self.fd, length, offset)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write fetched bytes; they count as present only once `mark`ed (I1)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            offset += n
+            view = view[n:]
+
+    def mark(self, first: int, last: int) -> None:
+        """Chunks first..last (inclusive) are fully written."""
+        for i in range(first, last + 1):
+            byte, bit = i >> 3, 1 << (i & 7)
+            if not self.bitmap[byte] & bit:
+                self.bitmap[byte] |= bit
+                n = self.chunk_len(i)
+                self.present += n
+                self.cache.total += n
+                self.dirty = True
+        self.cache.dirty.add(self)
+
+    def reset(self) -> None:
+        """Forget every byte (the data did not verify, or the object changed)."""
+        self.cache.total -= self.present
+        self.present = 0
+        self.bitmap = bytearray(len(self.bitmap))
+        self.dirty = True
+        self.cache.dirty.add(self)
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+
+
+class Cache:
+    def __init__(self, directory: Path, max_size: int, min_free: int = 0):
+        self.dir = Path(directory)
+        self.max_size = max_size
+        self.min_free = min_free
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self.staging_dir = self.dir / "staging"
+        shutil.rmtree(self.staging_dir, ignore_errors=True)   # leftovers of a crash
+        self.staging_dir.mkdir(mode=0o700, exist_ok=True)
+        (self.dir / "data").mkdir(mode=0o700, exist_ok=True)
+        index = self.dir / "index.sqlite"
+        self.db = sqlite3.connect(index, isolation_level=None, check_same_thread=False)
+        os.chmod(index, 0o600)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, size INTEGER, "
+                        "bitmap BLOB, present INTEGER, last_used REAL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS sizes (key TEXT PRIMARY KEY, size INTEGER)")
+        self.total = self.db.execute("SELECT COALESCE(SUM(present), 0) FROM entries").fetchone()[0]
+        self.entries: dict[str, CacheEntry] = {}
+        self.dirty: set[CacheEntry] = set()
+        self.evictions = 0
+
+    def data_path(self, key: str) -> Path:
+        h = key_hash(key)
+        return self.dir / "data" / h[:2] / h
+
+    # -- entries
+    def entry(self, key: str, size: int) -> CacheEntry:
+        e = self.entries.get(key)
+        if e is not None and e.size == size:
+            return e
+        if e is not None:      # same key, other size: the object changed; start over
+            e.reset()
+            self._forget(e)
+        row = self.db.execute("SELECT size, bitmap, present, last_used FROM entries WHERE key=?",
+                              (key,)).fetchone()
+        nbytes = ((size + CHUNK - 1) // CHUNK + 7) // 8
+        if row and row[0] == size and len(row[1]) == nbytes and self._data_intact(key, size, row):
+            e = CacheEntry(self, key, size, bytearray(row[1]), row[2], row[3])
+        else:
+            if row:
+                self.total -= row[2]
+                self.db.execute("DELETE FROM entries WHERE key=?", (key,))
+            e = CacheEntry(self, key, size, bytearray(nbytes), 0, time.time())
+        self.entries[key] = e
+        return e
+
+    def _data_intact(self, key: str, size: int, row) -> bool:
+        """A data file shorter than its last marked chunk (or gone) was damaged outside us."""
+        if row[2] == 0:
+            return True
+        try:
+            st = os.stat(self.data_path(key))
+        except FileNotFoundError:
+            return False
+        bitmap = row[1]
+        last = max((i for i in range(len(bitmap) * 8) if bitmap[i >> 3] & (1 << (i & 7))), default=-1)
+        return st.st_size >= min(size, (last + 1) * CHUNK)
+
+    def pin(self, key: str, size: int) -> CacheEntry:
+        e = self.entry(key, size)
+        e.pins += 1
+        e.last_used = time.time()
+        return e
+
+    def unpin(self, e: CacheEntry) -> None:
+        e.pins -= 1
+        if e.pins <= 0 and not e.dirty:
+            e.close_fd()
+
+    def has_whole(self, key: str, size: int) -> bool:
+        return self.entry(key, size).complete
+
+    def store_file(self, key: str, size: int, path: Path) -> None:
+        """Adopt a complete, verified file (moved in) as the content of `key` (I4)."""
+        if os.path.getsize(path) != size:
+            raise ValueError(f"store_file: {path} is not {size} bytes")
+        self.reserve(size)
+        e = self.entry(key, size)
+        with open(path, "rb+") as f:
+            os.fdatasync(f.fileno())
+        e.close_fd()
+        e.path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o600)
+        os.replace(path, e.path)
+        e.cache.total -= e.present
+        e.present = 0
+        e.bitmap = bytearray(len(e.bitmap))
+        e.mark(0, e.nchunks - 1) if e.nchunks else None
+        self._persist(e)
+
+    # -- exact sizes learnt by ranged probes (Alvaria, Kazoo), remembered across mounts
+    def known_size(self, key: str) -> int | None:
+        row = self.db.execute("SELECT size FROM sizes WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def remember_sizes(self, pairs: list[tuple[str, int]]) -> None:
+        if pairs:
+            self.db.executemany("INSERT OR REPLACE INTO sizes(key, size) VALUES (?, ?)", pairs)
+
+    # -- quota
+    def free_space(self) -> int:
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
+
+    def reserve(self, nbytes: int) -> None:
+        """Make room for `nbytes` more, evicting least recently used unpinned entries."""
+        while self.total + nbytes > self.max_size or self.free_space() - nbytes < self.min_free:
+            if not self._evict_one():
+                log.warning("cache: cannot make room for %d bytes (%d cached, every entry in use)",
+                            nbytes, self.total)
+                return
+
+    def _evict_one(self) -> bool:
+        self.flush()
+        pinned = [k for k, e in self.entries.items() if e.pins > 0]
+        q = "SELECT key, present FROM entries WHERE present > 0"
+        if pinned:
+            q += " AND key NOT IN (%s)" % ",".join("?" * len(pinned))
+        row = self.db.execute(q + " ORDER BY last_used LIMIT 1", pinned).fetchone()
+        if row is None:
+            return False
+        key, present = row
+        self.db.execute("DELETE FROM entries WHERE key=?", (key,))      # I3: row first
+        e = self.entries.pop(key, None)
+        if e is not None:
+            e.close_fd()
+            self.dirty.discard(e)
+        try:
+            os.unlink(self.data_path(key))
+        except FileNotFoundError:
+            pass
+        self.total -= present
+        self.evictions += 1
+        return True
+
+    def _forget(self, e: CacheEntry) -> None:
+        self.entries.pop(e.key, None)
+        self.dirty.discard(e)
+
+    # -- persistence
+    def _persist(self, e: CacheEntry) -> None:
+        self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, last_used) "
+                        "VALUES (?, ?, ?, ?, ?)", (e.key, e.size, bytes(e.bitmap), e.present, e.last_used))
+        e.dirty = False
+        self.dirty.discard(e)
+
+    def flush(self) -> None:
+        """Make every marked chunk durable, then record it (I2)."""
+        if not self.dirty:
+            return
+        batch = list(self.dirty)
+        for e in batch:
+            try:
+                if e._fd is not None:
+                    os.fdatasync(e._fd)
+                elif e.path.exists():
+                    fd = os.open(e.path, os.O_RDONLY)
+                    try:
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                log.warning("cache: cannot sync %s: %s", e.path.name, exc.strerror)
+                continue
+        self.db.execute("BEGIN")
+        for e in batch:
+            self._persist(e)
+        self.db.execute("COMMIT")
+        for e in batch:
+            if e.pins <= 0:
+                e.close_fd()
+
+    async def run_flusher(self, interval: float = 1.0) -> None:
+        while True:
+            await trio.sleep(interval)
+            self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for e in self.entries.values():
+            e.close_fd()
+        self.db.close()

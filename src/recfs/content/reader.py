@@ -1,0 +1,270 @@
+"""The read path: serve bytes from the cache, fetching what is missing.
+
+The request size sent to the server is independent of the kernel's 128 KiB READs:
+- a small file (<= `small_file`) is fetched whole by its first read;
+- sequential reads ramp a window (first `first_window`, doubling up to `max_window`)
+  and keep fetching ahead of the reader, in requests of at most `max_request` so that
+  several ranges of one file are in flight at once;
+- a random read (a seek, as ffprobe and sox do) fetches only the chunks it touches;
+- opening a large file prefetches its head and tail chunks (container headers, ID3).
+All fetches run under one global limit of connections; bytes go straight from the
+socket into the cache file, so memory use does not grow with file or window size.
+
+Single flight: a chunk being fetched has one `_Fetch`; every reader that needs it
+waits on that fetch instead of starting another.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from ..http import HttpError, SizeChangedError
+from ..sources.base import Entry, Source, SourceError
+from .cache import CHUNK, Cache, CacheEntry
+
+log = logging.getLogger("recfs.read")
+
+
+class ReadError(Exception):
+    def __init__(self, message: str, errno_: int = errno.EIO, stale: bool = False):
+        super().__init__(message)
+        self.errno = errno_
+        self.stale = stale          # the object changed on the server: list its folder again
+
+
+@dataclass
+class _Fetch:
+    first: int
+    last: int
+    done: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
+
+
+class _FileState:
+    """Shared by all open handles of one object@version."""
+
+    def __init__(self, source: Source, entry: Entry, ce: CacheEntry, siblings: list[Entry]):
+        self.source = source
+        self.entry = entry
+        self.ce = ce
+        self.siblings = siblings
+        self.inflight: dict[int, _Fetch] = {}
+        self.handles = 0
+        self.whole_lock = trio.Lock()
+        self.whole_tried = False
+
+
+class Handle:
+    def __init__(self, state: _FileState, first_window: int):
+        self.state = state
+        self.last_end = 0
+        self.window = first_window // 2
+        self.ahead = 0              # how far ahead of the reader fetches have been started
+
+
+@dataclass
+class ReadStats:
+    fetches: int = 0
+    fetched_bytes: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+
+
+class Reader:
+    def __init__(self, cache: Cache, nursery: trio.Nursery, *, max_connections: int = 24,
+                 first_window: int = 1 << 20, max_window: int = 64 << 20,
+                 max_request: int = 8 << 20, small_file: int = 4 << 20):
+        self.cache = cache
+        self.nursery = nursery
+        self.limiter = trio.CapacityLimiter(max_connections)
+        self.first_window = first_window
+        self.max_window = max_window
+        self.max_request = max_request
+        self.small_file = small_file
+        self.states: dict[str, _FileState] = {}
+        self.stats = ReadStats()
+
+    # -- handles
+    def open(self, source: Source, entry: Entry, siblings: list[Entry] | None = None) -> Handle:
+        assert entry.size is not None, "files are opened with an exact size"
+        key = source.cache_key(entry)
+        state = self.states.get(key)
+        if state is None:
+            ce = self.cache.pin(key, entry.size)
+            state = self.states[key] = _FileState(source, entry, ce, siblings or [])
+        state.handles += 1
+        h = Handle(state, self.first_window)
+        if entry.size > self.small_file and not state.ce.complete:
+            self._ensure(state, 0, CHUNK)
+            self._ensure(state, entry.size - CHUNK, entry.size)
+        return h
+
+    def release(self, h: Handle) -> None:
+        state = h.state
+        state.handles -= 1
+        if state.handles == 0:
+            key = state.source.cache_key(state.entry)
+            if self.states.get(key) is state:
+                del self.states[key]
+            self.cache.unpin(state.ce)
+
+    # -- reads
+    async def read(self, h: Handle, offset: int, length: int) -> bytes:
+        state = h.state
+        ce = state.ce
+        size = ce.size
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        sequential = h.last_end - (1 << 20) <= offset <= h.last_end + (1 << 20)
+        h.last_end = end
+        if ce.has(offset, end):
+            self.stats.cache_hits += 1
+            if sequential and not ce.complete:
+                self._read_ahead(h, end)
+            return ce.read(offset, end - offset)
+        if not state.whole_tried:
+            await self._try_whole(state)
+            if ce.has(offset, end):
+                return ce.read(offset, end - offset)
+        if size <= self.small_file:
+            self._ensure(state, 0, size)
+        elif sequential:
+            self._read_ahead(h, offset)
+        else:
+            h.window = self.first_window // 2
+            h.ahead = 0
+            self._ensure(state, offset, end)
+        await self._wait(state, offset, end)
+        return ce.read(offset, end - offset)
+
+    async def _try_whole(self, state: _FileState) -> None:
+        async with state.whole_lock:
+            if state.whole_tried:
+                return
+            state.whole_tried = True
+            try:
+                await state.source.fetch_whole(state.entry, state.siblings)
+            except Exception as exc:
+                self.stats.failures += 1
+                msg = describe(exc)
+                log.error("%s: %s: %s", state.source.name, state.entry.name, msg)
+                raise ReadError(msg, getattr(exc, "errno", errno.EIO),
+                                isinstance(exc, SizeChangedError)) from None
+            if state.ce.complete:
+                return
+            # a bulk path may have stored the file under the same key: pick it up
+            key = state.source.cache_key(state.entry)
+            fresh = self.cache.entry(key, state.entry.size)
+            if fresh is not state.ce and fresh.complete:
+                fresh.pins += 1
+                self.cache.unpin(state.ce)
+                state.ce = fresh
+
+    def _read_ahead(self, h: Handle, pos: int) -> None:
+        """Keep fetches running `window` bytes ahead of a sequential reader."""
+        h.window = min(self.max_window, max(h.window * 2, self.first_window))
+        target = min(h.state.ce.size, pos + h.window)
+        start = max(pos, h.ahead) if h.ahead > pos else pos
+        if target > start:
+            self._ensure(h.state, start, target)
+            h.ahead = target
+
+    def _ensure(self, state: _FileState, start: int, end: int) -> None:
+        """Start fetches for the absent, not yet requested chunks of [start, end)."""
+        ce = state.ce
+        start = max(0, start)
+        end = min(end, ce.size)
+        if end <= start:
+            return
+        run: list[int] = []
+        max_chunks = max(1, self.max_request // CHUNK)
+        for i in range(start // CHUNK, (end - 1) // CHUNK + 1):
+            if ce.has_chunk(i) or i in state.inflight:
+                if run:
+                    self._start(state, run[0], run[-1])
+                    run = []
+                continue
+            run.append(i)
+            if len(run) >= max_chunks:
+                self._start(state, run[0], run[-1])
+                run = []
+        if run:
+            self._start(state, run[0], run[-1])
+
+    def _start(self, state: _FileState, first: int, last: int) -> None:
+        fetch = _Fetch(first, last)
+        for i in range(first, last + 1):
+            state.inflight[i] = fetch
+        self.nursery.start_soon(self._fetch, state, fetch)
+
+    async def _fetch(self, state: _FileState, fetch: _Fetch) -> None:
+        ce = state.ce
+        start = fetch.first * CHUNK
+        end = min(ce.size, (fetch.last + 1) * CHUNK)
+        next_chunk = fetch.first
+
+        def sink(pos: int, data: bytes) -> None:
+            nonlocal next_chunk
+            ce.write(pos, data)
+            reached = pos + len(data)
+            done_through = fetch.last if reached >= end else reached // CHUNK - 1
+            if done_through >= next_chunk:
+                ce.mark(next_chunk, done_through)
+                for i in range(next_chunk, done_through + 1):
+                    if state.inflight.get(i) is fetch:
+                        del state.inflight[i]
+                next_chunk = done_through + 1
+
+        try:
+            async with self.limiter:
+                self.cache.reserve(end - start)
+                self.stats.fetches += 1
+                await state.source.fetch_range(state.entry, start, end, sink)
+                self.stats.fetched_bytes += end - start
+            if next_chunk <= fetch.last:
+                raise HttpError(f"the body ended at chunk {next_chunk} of {fetch.first}-{fetch.last}")
+        except Exception as exc:
+            fetch.error = exc
+            self.stats.failures += 1
+            log.error("%s: %s: bytes %d-%d: %s", state.source.name, state.entry.name,
+                      start, end - 1, describe(exc))
+        finally:
+            for i in range(fetch.first, fetch.last + 1):
+                if state.inflight.get(i) is fetch:
+                    del state.inflight[i]
+            fetch.done.set()
+
+    async def _wait(self, state: _FileState, start: int, end: int) -> None:
+        ce = state.ce
+        for i in range(start // CHUNK, (end - 1) // CHUNK + 1):
+            while not ce.has_chunk(i):
+                fetch = state.inflight.get(i)
+                if fetch is None:
+                    self._ensure(state, i * CHUNK, (i + 1) * CHUNK)
+                    fetch = state.inflight[i]
+                await fetch.done.wait()
+                if not ce.has_chunk(i) and fetch.error is not None:
+                    exc = fetch.error
+                    raise ReadError(describe(exc), getattr(exc, "errno", errno.EIO),
+                                    isinstance(exc, SizeChangedError))
+
+    async def prefetch(self, source: Source, entry: Entry) -> None:
+        """Fetch a whole file into the cache (for `recfs prefetch`)."""
+        h = self.open(source, entry)
+        try:
+            if not h.state.ce.complete:
+                await self._try_whole(h.state)
+            self._ensure(h.state, 0, entry.size)
+            await self._wait(h.state, 0, entry.size)
+        finally:
+            self.release(h)
+
+
+def describe(exc: Exception) -> str:
+    if isinstance(exc, (SourceError, HttpError, ReadError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

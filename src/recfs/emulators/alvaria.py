@@ -1,0 +1,280 @@
+"""Alvaria Cloud Media Storage emulator (apis.md §3, seed 002).
+
+- Token service: POST /tokenservice/oauth2/access_token, client credentials in HTTP
+  Basic or in the form; tokens expire after `token_ttl` seconds (401 afterwards).
+- Every API call needs `Authorization: Bearer` and `x-api-key` (403 without the key).
+- GET /via/{v2|v3}/organizations/{org}/mediaStorage/data/objectKeys with keyType
+  file:directory (one level, S3 delimiter semantics), file (flat), directory,
+  signedDownloadUrl; v2 pages with `continuationToken`, v3 with `nextToken` and a
+  string `totalItems`; `maxResults` up to 1000.
+- GET …/signedDownloadUrl?key= (v3 style) answers the same as keyType=signedDownloadUrl.
+- Sizes are rounded strings ("5370.0 KB"); directory keys come with or without the
+  trailing '/', by a fixed pattern per key.
+- Signed URLs point at /s3/{bucket}/{key} with X-Amz-Date, X-Amz-Expires and an HMAC
+  signature over the method, key and dates: they really expire (403 AccessDenied XML
+  "Request has expired"), HEAD is refused (403 SignatureDoesNotMatch, the method is
+  signed), Range is honoured.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import urllib.parse
+from dataclasses import dataclass
+
+from .base import (Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response,
+                   new_token, range_response)
+
+ORG = "demo-org"
+API_KEY = "alvaria-demo-api-key"
+CLIENT_ID = "alvaria-demo-client"
+CLIENT_SECRET = "alvaria-demo-secret"
+
+
+@dataclass
+class StoredObject:
+    blob: Blob
+    mtime: float
+
+
+def kb_string(size: int) -> str:
+    return f"{size / 1024:.1f} KB"
+
+
+def iso_ms(t: float) -> str:
+    d = dt.datetime.fromtimestamp(t, dt.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+class AlvariaEmulator(Emulator):
+    name = "alvaria"
+
+    def __init__(self, *, org: str = ORG, api_key: str = API_KEY, client_id: str = CLIENT_ID,
+                 client_secret: str = CLIENT_SECRET, token_ttl: float = 3600.0,
+                 url_ttl: int = 3600, page_limit: int = 1000, **kw):
+        super().__init__(**kw)
+        self.org = org
+        self.api_key = api_key
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_ttl = token_ttl
+        self.url_ttl = url_ttl
+        self.page_limit = page_limit
+        self.objects: dict[str, StoredObject] = {}
+        self.tokens: dict[str, float] = {}          # token -> expiry (emulator clock)
+        self._signing_key = new_token(32).encode()
+        self.route("POST", r"/tokenservice/oauth2/access_token", "token", self._token)
+        base = r"/via/(?P<ver>v2|v3)/organizations/(?P<org>[^/]+)/mediaStorage/data"
+        self.route("GET", base + r"/objectKeys", "objectKeys", self._object_keys)
+        self.route("DELETE", base + r"/objectKeys", "delete", self._delete)
+        self.route("GET", base + r"/signedDownloadUrl", "signedDownloadUrl", self._signed_download)
+        self.route("GET", r"/s3/(?P<bucket>[^/]+)/(?P<key>.+)", "s3", self._s3_get)
+
+    # -- data
+    def put(self, key: str, content: bytes | Blob, mtime: float = 1_700_000_000.0) -> None:
+        blob = content if isinstance(content, Blob) else BytesBlob(content)
+        self.objects[key] = StoredObject(blob, mtime)
+
+    def api_url(self, version: str = "v3") -> str:
+        return f"{self.url}/via/{version}/organizations/{self.org}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/tokenservice/oauth2/access_token"
+
+    # -- auth
+    def _token(self, req: Request) -> Response:
+        cid = secret = None
+        auth = req.header("authorization") or ""
+        if auth.startswith("Basic "):
+            try:
+                cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            except Exception:
+                pass
+        form = req.form()
+        cid = cid or form.get("client_id")
+        secret = secret or form.get("client_secret")
+        if form.get("grant_type") != "client_credentials":
+            return json_response({"error": "unsupported_grant_type"}, 400)
+        if cid != self.client_id or secret != self.client_secret:
+            return json_response({"error": "invalid_client"}, 401)
+        token = new_token(40)
+        self.tokens[token] = self.now() + self.token_ttl
+        return json_response({"access_token": token, "token_type": "Bearer",
+                              "expires_in": int(self.token_ttl)})
+
+    def _check_auth(self, req: Request) -> Response | None:
+        if req.header("x-api-key") != self.api_key:
+            return json_response({"message": "Forbidden"}, 403)
+        auth = req.header("authorization") or ""
+        token = auth[7:] if auth.startswith("Bearer ") else None
+        expiry = self.tokens.get(token or "")
+        if expiry is None or expiry < self.now():
+            return json_response({"message": "Unauthorized"}, 401)
+        if req.match and req.match.group("org") != self.org:
+            return json_response({"message": "Forbidden"}, 403)
+        return None
+
+    # -- listing
+    def _slash(self, key: str) -> str:
+        """Directory keys come with or without their trailing '/' (both happen)."""
+        return key if hashlib.md5(key.encode()).digest()[0] % 2 else key.rstrip("/")
+
+    def _item(self, key: str, is_dir: bool) -> dict:
+        name = key.rstrip("/").rsplit("/", 1)[-1]
+        if is_dir:
+            latest = max((o.mtime for k, o in self.objects.items() if k.startswith(key)), default=0)
+            return {"kind": "objectKey", "key": self._slash(key), "keyName": name, "size": "",
+                    "lastModifiedTime": iso_ms(latest), "keyType": "directory", "childObjectKeys": []}
+        obj = self.objects[key]
+        return {"kind": "objectKey", "key": key, "keyName": name, "size": kb_string(obj.blob.size),
+                "lastModifiedTime": iso_ms(obj.mtime), "keyType": "file"}
+
+    def _list(self, prefix: str, key_type: str) -> list[dict]:
+        if key_type == "file":
+            return [self._item(k, False) for k in sorted(self.objects) if k.startswith(prefix)]
+        files, dirs = [], set()
+        for k in sorted(self.objects):
+            if not k.startswith(prefix):
+                continue
+            rest = k[len(prefix):]
+            if "/" in rest:
+                dirs.add(prefix + rest.split("/", 1)[0] + "/")
+            elif rest and key_type == "file:directory":
+                files.append(k)
+        items = [(d, True) for d in dirs] + [(f, False) for f in files]
+        items.sort(key=lambda it: it[0])
+        return [self._item(k, is_dir) for k, is_dir in items]
+
+    def _object_keys(self, req: Request) -> Response:
+        denied = self._check_auth(req)
+        if denied:
+            return denied
+        key = req.query.get("key")
+        key_type = (req.query.get("keyType") or "").strip()
+        if key is None or not key_type:
+            return json_response({"message": "key and keyType are required"}, 400)
+        if key_type in ("signedDownloadUrl", "nativeSignedDownloadUrl"):
+            return self._signed_download(req)
+        if key_type not in ("file", "directory", "file:directory"):
+            return json_response({"message": f"invalid keyType {key_type}"}, 400)
+        prefix = key if (key == "" or key.endswith("/")) else key + "/"
+        items = self._list(prefix, key_type)
+        if not items and prefix and not any(k.startswith(prefix) for k in self.objects):
+            return json_response({"message": "No record exists for the provided key"}, 404)
+        version = req.match.group("ver")
+        try:
+            limit = min(self.page_limit, int(req.query.get("maxResults") or self.page_limit))
+        except ValueError:
+            return json_response({"message": "maxResults must be an integer"}, 400)
+        token = req.query.get("continuationToken" if version == "v2" else "nextToken")
+        start = 0
+        if token:
+            try:
+                start = int(json.loads(base64.b64decode(token))["o"])
+            except Exception:
+                return json_response({"message": "invalid pagination token"}, 400)
+        page = items[start:start + max(1, limit)]
+        body: dict = {"kind": "objectKeys", "objectKeys": page}
+        if start + len(page) < len(items):
+            nxt = base64.b64encode(json.dumps({"o": start + len(page), "r": new_token(6)}).encode()).decode()
+            body["continuationToken" if version == "v2" else "nextToken"] = nxt
+        if version == "v3":
+            body["totalItems"] = str(len(items))
+        return json_response(body)
+
+    def _delete(self, req: Request) -> Response:
+        denied = self._check_auth(req)
+        if denied:
+            return denied
+        key = req.query.get("key", "")
+        if key not in self.objects:
+            return json_response({"message": "No record exists for the provided key"}, 404)
+        del self.objects[key]
+        return json_response({"key": key, "keyHash": hashlib.md5(key.encode()).hexdigest(),
+                              "status": "Delete request succeeded"})
+
+    # -- signed URLs
+    def _sign(self, method: str, key: str, date: str, expires: str) -> str:
+        msg = f"{method}\n{key}\n{date}\n{expires}".encode()
+        return hmac.new(self._signing_key, msg, hashlib.sha256).hexdigest()
+
+    def signed_url(self, key: str) -> str:
+        date = dt.datetime.fromtimestamp(self.now(), dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        expires = str(self.url_ttl)
+        q = urllib.parse.urlencode({
+            "X-Amz-Security-Token": new_token(24), "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Date": date, "X-Amz-SignedHeaders": "host", "X-Amz-Expires": expires,
+            "X-Amz-Credential": f"EMULATOR/{date[:8]}/us-east-1/s3/aws4_request",
+            "X-Amz-Signature": self._sign("GET", key, date, expires)})
+        return f"{self.url}/s3/aspect-via-data-{self.org}/{urllib.parse.quote(key)}?{q}"
+
+    def _signed_download(self, req: Request) -> Response:
+        req.route = "signedUrl"
+        denied = self._check_auth(req)
+        if denied:
+            return denied
+        key = req.query.get("key", "")
+        obj = self.objects.get(key)
+        if obj is None:
+            return json_response({"message": "No record exists for the provided key"}, 404)
+        url = self.signed_url(key)
+        return json_response({"key": key, "keyHash": hashlib.md5(key.encode()).hexdigest(),
+                              "keyName": key.rsplit("/", 1)[-1], "size": kb_string(obj.blob.size),
+                              "lastModifiedTime": iso_ms(obj.mtime), "keyType": "File ",
+                              "signedUploadUrl": " ", "signedDownloadUrl": url,
+                              "nativeSignedDownloadUrl": url})
+
+    @staticmethod
+    def _s3_error(code: str, message: str, status: int = 403) -> Response:
+        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+               f"<Message>{message}</Message></Error>")
+        return Response(status, {"Content-Type": "application/xml"}, xml.encode())
+
+    def _s3_get(self, req: Request) -> Response:
+        key = req.match.group("key")
+        q = req.query
+        date, expires = q.get("X-Amz-Date", ""), q.get("X-Amz-Expires", "")
+        signature = q.get("X-Amz-Signature", "")
+        if not hmac.compare_digest(signature, self._sign(req.method, key, date, expires)):
+            return self._s3_error("SignatureDoesNotMatch", "The request signature we calculated "
+                                  "does not match the signature you provided.")
+        issued = dt.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+        if self.now() > issued + int(expires):
+            return self._s3_error("AccessDenied", "Request has expired")
+        obj = self.objects.get(key)
+        if obj is None:
+            return self._s3_error("NoSuchKey", "The specified key does not exist.", 404)
+        return range_response(req, obj.blob, {"ETag": f'"{hashlib.md5(key.encode()).hexdigest()}"',
+                                              "Content-Type": "audio/wav" if key.endswith(".wav")
+                                              else "application/octet-stream"})
+
+
+def source_table(emu: AlvariaEmulator, name: str = "alvaria", version: str = "v3") -> dict:
+    return {"name": name, "kind": "alvaria", "api_url": emu.api_url(version),
+            "token_url": emu.token_url, "client_id": emu.client_id,
+            "client_secret": emu.client_secret, "api_key": emu.api_key}
+
+
+def populate_sample(emu: AlvariaEmulator, seed: int = 0, files_per_day: int = 4) -> None:
+    """The folder hierarchy of the seed document with a few recordings and exports."""
+    t0 = 1_760_000_000.0
+    for day in range(3):
+        for i in range(files_per_day):
+            size = 40_000 + ((seed + day * 7 + i * 13) % 17) * 9_000
+            emu.put(f"exports/cxp/recordings/2025-10-{10 + day:02d}/call-{day}{i:03d}.wav",
+                    PatternBlob(seed * 1000 + day * 100 + i, size), t0 + day * 86400 + i * 60)
+    emu.put("exports/cxp/utterances/utt-0001.json", b'{"utterance": "hello", "confidence": 0.93}\n', t0)
+    emu.put("exports/reporting/outreach/outreach-20251010.tar", PatternBlob(seed + 77, 300_000), t0)
+    emu.put("exports/compliance/audit/audit-2025-10.csv", b"time,user,action\n" * 200, t0)
+    emu.put("imports/outreach/list-management/list-0001.csv", b"id,phone\n1,5550100\n", t0)
+    emu.put("imports/outreach/list-management/empty.txt", b"", t0)
+
+
+def demo(seed: int = 0) -> AlvariaEmulator:
+    emu = AlvariaEmulator()
+    populate_sample(emu, seed)
+    return emu

@@ -1,0 +1,578 @@
+"""A loopback emulator of Kazoo (2600Hz) Crossbar's call-recordings API.
+
+What it reproduces (apis.md §4; the Kazoo 4.3 source is the authority there):
+- `PUT /v2/api_auth` {"data":{"api_key":…}} → 201 with a JWT-shaped `auth_token`
+  whose lifetime is configurable (expired or unknown tokens → 401
+  `invalid_credentials`); the token is sent as `X-Auth-Token` (or `?auth_token=`).
+  A key's account may use its own account and its descendants (resellers).
+- `GET /v2/accounts/{A}/recordings` and `/users/{U}/recordings`: `created_from` /
+  `created_to` in Gregorian seconds, a span over 2,682,000 s (31 days + 1 hour) or
+  a reversed window → 400 `date_range`; newest first by `[pvt_created, _id]`;
+  `page_size` (≤0 or junk → 50); an opaque `start_key` / `next_start_key` cursor
+  (an undecodable key is used raw and matches nothing); soft-deleted documents are
+  hidden unless `include=soft_delete`; `paginate=false` returns everything.
+- `GET /v2/accounts/{A}/recordings/{ID}`: JSON document, or with
+  `Accept: audio/mpeg` (or `?accept=`) the first attachment with its stored
+  Content-Type (a WAV answers `audio/wav`), an unquoted `Content-Disposition`, and
+  Kazoo's Range rules (one `bytes=S-E` → 206; a full-length range, a suffix range
+  or an unsatisfiable one → 200 with the whole body, never 416). A document without
+  an attachment, a soft-deleted one or a malformed id → 404 `bad_identifier`.
+- `DELETE` (soft by default, `should_soft_delete=false` hard) and `PATCH`
+  `soft_delete` / `soft_restore`.
+- Token buckets (`bucket_tokens`, `fill_rate` per second): an empty bucket answers
+  429 `too_many_requests` without `Retry-After`.
+
+Counters: `counts` per route name (`api_auth`, `list`, `list_user`, `doc`, `media`,
+`delete`, `patch`, `throttled`, `unauthorized`); `listings` records the query of
+every listing request (tests check cursors and windows with it).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .base import Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response
+
+GREGORIAN_OFFSET = 62167219200          # Unix epoch in Gregorian seconds
+MAX_RANGE = 31 * 86400 + 3600            # crossbar.maximum_range default
+DEFAULT_PAGE_SIZE = 50
+VERSION = "4.3.142"
+NODE = "crossbar@emulator"
+
+
+def to_gregorian(unix: float) -> int:
+    return int(unix) + GREGORIAN_OFFSET
+
+
+def from_gregorian(greg: int) -> int:
+    return int(greg) - GREGORIAN_OFFSET
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _hex32(rng: random.Random) -> str:
+    return "%032x" % rng.getrandbits(128)
+
+
+@dataclass
+class Account:
+    id: str
+    name: str
+    parent: str | None = None
+
+
+@dataclass
+class Recording:
+    """One `call_recording` document in an account's MODB, with its attachment."""
+    id: str
+    account_id: str
+    created: int                         # pvt_created, Unix seconds
+    public: dict[str, Any]               # the public fields, as stored
+    blob: Blob | None = None             # the first attachment; None: no media
+    attachment_name: str = ""
+    attachment_type: str = "audio/mpeg"
+    deleted: bool = False
+
+    @property
+    def view_key(self) -> tuple[int, str]:
+        return (to_gregorian(self.created), self.id)
+
+
+class TokenBucket:
+    """Kazoo's kz_buckets: `capacity` tokens, refilled at `rate` per second, real time."""
+
+    def __init__(self, capacity: float, rate: float):
+        self.capacity = capacity
+        self.rate = rate
+        self.tokens = capacity
+        self.stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, cost: float = 1.0) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= cost:
+                self.tokens -= cost
+                return True
+            return False
+
+    def drain(self) -> None:
+        with self._lock:
+            self.tokens = 0.0
+            self.stamp = time.monotonic()
+
+
+class KazooEmulator(Emulator):
+    name = "kazoo"
+
+    def __init__(self, *, token_lifetime: float = 3600.0, bucket_tokens: float | None = 100,
+                 fill_rate: float = 10.0, max_range: int = MAX_RANGE,
+                 default_page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0, **kw):
+        super().__init__(**kw)
+        self.token_lifetime = token_lifetime
+        self.max_range = max_range
+        self.default_page_size = default_page_size
+        self.bucket = TokenBucket(bucket_tokens, fill_rate) if bucket_tokens else None
+        self.rng = random.Random(seed)
+        self.accounts: dict[str, Account] = {}
+        self.api_keys: dict[str, str] = {}                    # key -> account id
+        self.tokens: dict[str, tuple[str, float]] = {}        # token -> (account id, exp)
+        self.recordings: dict[str, Recording] = {}            # id -> recording
+        self.listings: list[dict[str, Any]] = []              # every listing request
+        # called with the number of listing requests so far, after each one is answered:
+        # lets a test expire tokens between two pages of one crawl
+        self.on_listing: Callable[[int], None] | None = None
+        self._lock = threading.Lock()
+        self.demo_key: str | None = None                      # set by demo()
+        self.demo_accounts: list[str] = []
+        self.demo_since: str | None = None
+        self.demo_users: dict[str, list[str]] = {}
+        acct = r"/v2/accounts/(?P<acct>[^/]+)"
+        self.route("PUT", r"/v2/api_auth", "api_auth", self._api_auth)
+        self.route("GET", acct + r"/recordings", "list", self._list)
+        self.route("GET", acct + r"/users/(?P<uid>[^/]+)/recordings", "list_user", self._list)
+        self.route("GET", acct + r"/recordings/(?P<rid>[^/]+)", "doc", self._get)
+        self.route("DELETE", acct + r"/recordings/(?P<rid>[^/]+)", "delete", self._delete)
+        self.route("PATCH", acct + r"/recordings/(?P<rid>[^/]+)", "patch", self._patch)
+
+    # ------------------------------------------------------------------ set-up
+
+    def add_account(self, name: str, parent: str | None = None, account_id: str | None = None) -> str:
+        account_id = account_id or _hex32(self.rng)
+        self.accounts[account_id] = Account(account_id, name, parent)
+        return account_id
+
+    def add_api_key(self, account_id: str, key: str | None = None) -> str:
+        key = key or "%064x" % self.rng.getrandbits(256)
+        self.api_keys[key] = account_id
+        return key
+
+    def new_user_id(self) -> str:
+        return _hex32(self.rng)
+
+    def add_recording(self, account_id: str, start: float, *, duration_ms: int = 60000,
+                      name: str | None = None, owner_id: str | None = None,
+                      blob: Blob | None | bool = True, attachment_type: str = "audio/mpeg",
+                      content_type: str | None = "", media_type: str | None = "",
+                      created: float | None = None, direction: str = "inbound",
+                      caller_id_name: str = "Caller", caller_id_number: str = "+15550100",
+                      callee_id_name: str = "Callee", callee_id_number: str = "+15550199",
+                      extra: dict[str, Any] | None = None) -> Recording:
+        """Store a recording document. `blob=True` makes deterministic content, `None`
+        stores a document without an attachment. `content_type`/`media_type` default
+        to what the recorder writes for `attachment_type`; pass None to leave them out."""
+        created = int(created if created is not None else start + duration_ms / 1000 + 2)
+        modb = time.strftime("%Y%m", time.gmtime(created))
+        rid = f"{modb}-{_hex32(self.rng)}"
+        call_id = f"{_hex32(self.rng)[:16]}@10.0.0.1"
+        ext = {"audio/wav": "wav", "audio/x-wav": "wav"}.get(attachment_type, "mp3")
+        if name is None:
+            name = f"{_hex32(self.rng)}.{ext}"
+        if blob is True:
+            size = 8000 + self.rng.randrange(60000)
+            blob = PatternBlob(self.rng.getrandbits(31), size)
+        public: dict[str, Any] = {
+            "call_id": call_id,
+            "callee_id_name": callee_id_name, "callee_id_number": callee_id_number,
+            "caller_id_name": caller_id_name, "caller_id_number": caller_id_number,
+            "cdr_id": f"{modb}-{call_id}",
+            "custom_channel_vars": {},
+            "description": f"recording {name}",
+            "direction": direction,
+            "duration": duration_ms // 1000,
+            "duration_ms": duration_ms,
+            "from": f"{caller_id_number}@demo.example.com",
+            "to": f"{callee_id_number}@demo.example.com",
+            "request": f"{callee_id_number}@demo.example.com",
+            "interaction_id": f"{to_gregorian(start)}-{_hex32(self.rng)[:8]}",
+            "media_source": "recorded",
+            "name": name,
+            "origin": f"untracked : {callee_id_number}",
+            "source_type": "kzc_recording",
+            "start": to_gregorian(start),
+        }
+        if content_type is not None:
+            public["content_type"] = content_type or attachment_type
+        if media_type is not None:
+            public["media_type"] = media_type or ext
+        if owner_id:
+            public["owner_id"] = owner_id
+        public.update(extra or {})
+        rec = Recording(rid, account_id, created, public, blob or None, name, attachment_type)
+        with self._lock:
+            self.recordings[rid] = rec
+        return rec
+
+    def soft_delete(self, rid: str) -> None:
+        self.recordings[rid].deleted = True
+
+    def revoke_tokens(self) -> None:
+        """Every token issued so far stops working (as after DELETE /v2/token_auth)."""
+        with self._lock:
+            self.tokens.clear()
+
+    def drain_bucket(self) -> None:
+        """Empty the token bucket now: the next requests get 429 until it refills."""
+        if self.bucket:
+            self.bucket.drain()
+
+    def now_gregorian(self) -> int:
+        return to_gregorian(self.now())
+
+    # ------------------------------------------------------------------ envelopes
+
+    def _envelope(self, req: Request, data: Any, http_status: int = 200, **extra) -> Response:
+        body = {"auth_token": self._token_of(req) or "", "data": data,
+                "node": NODE, "request_id": uuid.uuid4().hex, "revision": "undefined",
+                "status": "success",
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.now())),
+                "version": VERSION}
+        body.update(extra)
+        return json_response(body, http_status)
+
+    def _error(self, req: Request, status: int, message: str, data: Any = None) -> Response:
+        resp = self._envelope(req, data if data is not None else {}, status,
+                              error=str(status), message=message, status="error")
+        return resp
+
+    def _unauthorized(self, req: Request) -> Response:
+        req.kazoo_route = "unauthorized"
+        return self._error(req, 401, "invalid_credentials", {"message": "invalid credentials"})
+
+    def _bad_identifier(self, req: Request, data: Any) -> Response:
+        return self._error(req, 404, "bad_identifier", data)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self, req: Request) -> tuple[str, Response]:
+        if self.bucket is not None and not self.bucket.take():
+            return "throttled", self._error(req, 429, "too_many_requests",
+                                            {"message": "too many requests"})
+        name, resp = super().dispatch(req)
+        return getattr(req, "kazoo_route", name), resp
+
+    # ------------------------------------------------------------------ auth
+
+    def _token_of(self, req: Request) -> str | None:
+        return req.header("x-auth-token") or req.query.get("auth_token")
+
+    def _api_auth(self, req: Request) -> Response:
+        try:
+            key = req.json()["data"]["api_key"]
+        except (ValueError, KeyError, TypeError):
+            return self._error(req, 400, "invalid request",
+                               {"api_key": {"required": {"message": "Field is required but missing"}}})
+        account_id = self.api_keys.get(key)
+        if account_id is None:
+            return self._unauthorized(req)
+        iat = int(self.now())
+        exp = iat + int(self.token_lifetime)
+        header = _b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+        payload = _b64url(json.dumps({"account_id": account_id, "iat": iat, "exp": exp,
+                                      "jti": uuid.uuid4().hex}).encode())
+        token = f"{header}.{payload}.{_b64url(hashlib.sha256(payload.encode()).digest())}"
+        with self._lock:
+            self.tokens[token] = (account_id, iat + self.token_lifetime)
+        data = {"account_id": account_id, "apps": [], "is_reseller": True, "language": "en-US",
+                "owner_id": _hex32(self.rng), "reseller_id": account_id}
+        resp = self._envelope(req, data, 201)
+        body = json.loads(resp.body)
+        body["auth_token"] = token
+        resp.body = json.dumps(body).encode()
+        return resp
+
+    def _authorize(self, req: Request, account_id: str) -> Response | None:
+        """None when the request's token may act on `account_id`, else the error reply."""
+        token = self._token_of(req)
+        found = self.tokens.get(token or "")
+        if found is None or self.now() >= found[1]:
+            return self._unauthorized(req)
+        if account_id not in self.accounts:
+            return self._bad_identifier(req, [account_id])
+        owner = found[0]
+        cursor: str | None = account_id
+        while cursor is not None:
+            if cursor == owner:
+                return None
+            cursor = self.accounts[cursor].parent
+        return self._error(req, 403, "forbidden", {"message": "access denied"})
+
+    # ------------------------------------------------------------------ listing
+
+    @staticmethod
+    def encode_key(key: tuple[int, str]) -> str:
+        return _b64url(json.dumps(list(key)).encode())
+
+    @staticmethod
+    def decode_key(text: str) -> tuple[int, str] | str:
+        try:
+            created, rid = json.loads(_b64url_decode(text))
+            return (int(created), str(rid))
+        except (ValueError, TypeError):
+            return text           # Kazoo uses an undecodable key raw
+
+    def summary(self, rec: Recording) -> dict[str, Any]:
+        doc = {k: v for k, v in rec.public.items() if not k.startswith(("_", "pvt_"))}
+        doc["id"] = rec.id
+        doc["_read_only"] = {"content_types": [rec.attachment_type] if rec.blob is not None else []}
+        return doc
+
+    def _int_param(self, req: Request, key: str, default: int) -> int | Response:
+        raw = req.query.get(key)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            return self._error(req, 400, "validation error",
+                               {key: {"type": {"message": "Value is not of type integer",
+                                               "value": raw}}})
+
+    def _list(self, req: Request) -> Response:
+        record = {"account": req.match.group("acct"), "owner": req.match.groupdict().get("uid"),
+                  **req.query}
+        with self._lock:
+            self.listings.append(record)
+        resp = self._answer_listing(req)
+        record["status"] = resp.status
+        if self.on_listing is not None:
+            self.on_listing(len(self.listings))
+        return resp
+
+    def _answer_listing(self, req: Request) -> Response:
+        account_id = req.match.group("acct")
+        owner = req.match.groupdict().get("uid")
+        denied = self._authorize(req, account_id)
+        if denied:
+            return denied
+        to = self._int_param(req, "created_to", self.now_gregorian())
+        if isinstance(to, Response):
+            return to
+        frm = self._int_param(req, "created_from", to - self.max_range)
+        if isinstance(frm, Response):
+            return frm
+        if to < frm:
+            return self._error(req, 400, "validation error", {"created_from": {"date_range": {
+                "message": "created_from is after created_to", "cause": frm}}})
+        if to - frm > self.max_range:
+            return self._error(req, 400, "validation error", {"created_from": {"date_range": {
+                "message": f"created_to is more than {self.max_range} seconds from created_from",
+                "cause": frm}}})
+        include_deleted = "soft_delete" in req.query.get("include", "").split(",")
+        ascending = req.query.get("ascending") == "true" or req.query.get("descending") == "false"
+        with self._lock:
+            docs = [r for r in self.recordings.values()
+                    if r.account_id == account_id and (include_deleted or not r.deleted)
+                    and frm <= to_gregorian(r.created) <= to
+                    and (owner is None or r.public.get("owner_id") == owner)]
+        docs.sort(key=lambda r: r.view_key, reverse=not ascending)
+        if req.query.get("paginate") == "false":
+            return self._envelope(req, [self.summary(r) for r in docs])
+        try:
+            page_size = int(req.query.get("page_size", ""))
+        except ValueError:
+            page_size = 0
+        if page_size <= 0:
+            page_size = self.default_page_size
+        raw_key = req.query.get("start_key")
+        if raw_key is not None:
+            key = self.decode_key(raw_key)
+            if isinstance(key, str):
+                docs = []         # a binary start key sorts outside every [created, id] key
+            elif ascending:
+                docs = [r for r in docs if r.view_key >= key]
+            else:
+                docs = [r for r in docs if r.view_key <= key]
+        page, rest = docs[:page_size], docs[page_size:]
+        extra: dict[str, Any] = {"page_size": len(page)}
+        if page:
+            extra["start_key"] = raw_key if raw_key is not None else self.encode_key(page[0].view_key)
+        if rest:
+            extra["next_start_key"] = self.encode_key(rest[0].view_key)
+        return self._envelope(req, [self.summary(r) for r in page], **extra)
+
+    # ------------------------------------------------------------------ one document
+
+    def _load(self, req: Request) -> Recording | Response:
+        account_id, rid = req.match.group("acct"), req.match.group("rid")
+        denied = self._authorize(req, account_id)
+        if denied:
+            return denied
+        if not re.match(r"^\d{6}-", rid):
+            return self._bad_identifier(req, [rid])
+        rec = self.recordings.get(rid)
+        if rec is None or rec.account_id != account_id:
+            return self._bad_identifier(req, {"details": rid})
+        if rec.deleted:
+            return self._bad_identifier(req, {"cause": rid})
+        return rec
+
+    def _wants_media(self, req: Request) -> bool | None:
+        """True: the attachment; False: the JSON document; None: nothing acceptable."""
+        accept = req.query.get("accept") or req.header("accept") or ""
+        kinds = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
+        if not kinds:
+            return False
+        if any(k in ("audio/mpeg", "audio/mp3") for k in kinds):
+            return True
+        if any(k in ("application/json", "application/x-json", "*/*") for k in kinds):
+            return False
+        return None
+
+    def _get(self, req: Request) -> Response:
+        wants = self._wants_media(req)
+        if wants:
+            req.kazoo_route = "media"
+        rec = self._load(req)
+        if isinstance(rec, Response):
+            return rec
+        if wants is None:
+            return self._error(req, 406, "not acceptable", {"message": "not acceptable"})
+        if not wants:
+            doc = {k: v for k, v in rec.public.items() if not k.startswith(("_", "pvt_"))}
+            doc["id"] = rec.id
+            return self._envelope(req, doc, revision=f"1-{hashlib.md5(rec.id.encode()).hexdigest()}")
+        if rec.blob is None:
+            return self._bad_identifier(req, {"details": rec.id})
+        disposition = "inline" if req.query.get("inline") == "true" else "attachment"
+        headers = {"Content-Type": rec.attachment_type,
+                   # Kazoo writes the name unquoted, as raw UTF-8 bytes
+                   "Content-Disposition": f"{disposition}; filename={rec.attachment_name}"
+                   .encode().decode("latin-1")}
+        return kazoo_range_response(req, rec.blob, headers)
+
+    def _delete(self, req: Request) -> Response:
+        rec = self._load(req)
+        if isinstance(rec, Response):
+            return rec
+        doc = dict(rec.public, id=rec.id)
+        if req.query.get("should_soft_delete") == "false":
+            with self._lock:
+                del self.recordings[rec.id]
+        else:
+            rec.deleted = True
+        return self._envelope(req, doc)
+
+    def _patch(self, req: Request) -> Response:
+        account_id, rid = req.match.group("acct"), req.match.group("rid")
+        denied = self._authorize(req, account_id)
+        if denied:
+            return denied
+        rec = self.recordings.get(rid)
+        if rec is None or rec.account_id != account_id:
+            return self._bad_identifier(req, {"details": rid})
+        try:
+            data = req.json()["data"]
+        except (ValueError, KeyError, TypeError):
+            return self._error(req, 400, "invalid request", {})
+        if "soft_delete" in data:
+            rec.deleted = True
+            rec.public["soft_delete"] = data["soft_delete"]
+        elif "soft_restore" in data:
+            rec.deleted = False
+            rec.public.pop("soft_delete", None)
+        return self._envelope(req, dict(rec.public, id=rec.id))
+
+
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def kazoo_range_response(req: Request, blob: Blob, headers: dict[str, str]) -> Response:
+    """api_resource:get_range: one `bytes=S-E` range → 206; a full-length, suffix,
+    multi or unsatisfiable range → 200 with the whole body (never 416)."""
+    h = {"Accept-Ranges": "bytes"}
+    h.update(headers)
+    size = blob.size
+    m = _RANGE_RE.match((req.header("range") or "").strip())
+    if m:
+        start = int(m.group(1))
+        end = min(int(m.group(2)) + 1, size) if m.group(2) else size
+        if start < end and not (start == 0 and end == size):
+            h["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            return Response(206, h, blob, (start, end))
+    return Response(200, h, blob, (0, size))
+
+
+# --------------------------------------------------------------------------- wiring
+
+def source_table(emu: KazooEmulator, name: str) -> dict:
+    """The `[[sources]]` table pointing a kazoo source at this running emulator."""
+    if emu.demo_key is None:
+        raise ValueError("source_table needs an emulator with an API key in demo_key")
+    table: dict[str, Any] = {"name": name, "kind": "kazoo", "api_url": emu.url + "/v2",
+                             "api_key": emu.demo_key}
+    if emu.demo_accounts:
+        table["accounts"] = list(emu.demo_accounts)
+    if emu.demo_since:
+        table["since"] = emu.demo_since
+    return table
+
+
+def demo(seed: int = 0, **kw) -> KazooEmulator:
+    """A reseller account with a sub-account, three users each, recordings spread over
+    the last ~70 days (several months), and the quirks a client must survive: a WAV
+    answered as audio/wav, names without an extension, spaces and non-ASCII in names,
+    5.x-style `media_type` ".mp3", a document without media, a soft-deleted one, one
+    without an owner, and a call that starts before midnight and is stored after it."""
+    emu = KazooEmulator(seed=seed, **kw)
+    rng = random.Random(seed)
+    reseller = emu.add_account("Demo Reseller")
+    sub = emu.add_account("Demo Customer", parent=reseller)
+    emu.demo_key = emu.add_api_key(reseller)
+    emu.demo_accounts = [reseller, sub]
+    today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    emu.demo_since = (today - dt.timedelta(days=75)).date().isoformat()
+    first_names = ["Ana", "Bram", "Chloé", "Dev", "Eun-ji", "Femi"]
+    for acct in (reseller, sub):
+        users = [emu.new_user_id() for _ in range(3)]
+        emu.demo_users[acct] = users
+        days = sorted(rng.sample(range(1, 70), 5)) + [0]
+        for day in days:
+            base = (today - dt.timedelta(days=day)).timestamp()
+            for _ in range(rng.randrange(2, 4)):
+                start = base + rng.randrange(8 * 3600, 18 * 3600)
+                if day == 0:
+                    # today's calls must already have ended
+                    start = min(start, time.time() - 3600 - rng.randrange(3600))
+                emu.add_recording(acct, start, duration_ms=rng.randrange(5000, 600000),
+                                  owner_id=rng.choice(users),
+                                  direction=rng.choice(["inbound", "outbound"]),
+                                  caller_id_name=rng.choice(first_names),
+                                  caller_id_number=f"+1555{rng.randrange(10**7):07d}")
+        quirk_day = (today - dt.timedelta(days=days[1])).timestamp()
+        emu.add_recording(acct, quirk_day + 9 * 3600, owner_id=users[0], duration_ms=42000,
+                          attachment_type="audio/wav")
+        emu.add_recording(acct, quirk_day + 10 * 3600, owner_id=users[1], duration_ms=31000,
+                          name="Sales call with Zoë", media_type=".mp3")
+        emu.add_recording(acct, quirk_day + 11 * 3600, owner_id=users[2], duration_ms=27000,
+                          name=f"voicemail {acct[:6]}", attachment_type="audio/wav",
+                          content_type=None, media_type="wav")
+        emu.add_recording(acct, quirk_day + 12 * 3600, duration_ms=15000)        # no owner
+        emu.add_recording(acct, quirk_day + 13 * 3600, owner_id=users[0], blob=None)
+        gone = emu.add_recording(acct, quirk_day + 14 * 3600, owner_id=users[1])
+        emu.soft_delete(gone.id)
+        midnight = (today - dt.timedelta(days=days[2])).timestamp()
+        emu.add_recording(acct, midnight - 120, owner_id=users[2], duration_ms=300000,
+                          created=midnight + 200)
+    return emu
+
+
+__all__ = ["KazooEmulator", "Recording", "GREGORIAN_OFFSET", "MAX_RANGE", "to_gregorian",
+           "from_gregorian", "kazoo_range_response", "source_table", "demo", "BytesBlob"]

@@ -1,0 +1,161 @@
+"""Mount lifecycle: stale-mount cleanup, set-up, the trio main loop, signals,
+systemd notification and a clean unmount."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .config import Config, source_module
+from .content.cache import Cache
+from .content.reader import Reader
+from .control import Control
+from .fs import Operations
+from .http import Http, HttpError
+from .sources.base import SourceContext, SourceError
+from .tree import Tree
+
+log = logging.getLogger("recfs.mount")
+
+
+class MountError(Exception):
+    pass
+
+
+def clear_stale_mount(mountpoint: Path) -> None:
+    """A daemon killed without unmounting leaves 'Transport endpoint is not connected'."""
+    try:
+        os.stat(mountpoint)
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+    log.warning("%s: clearing a stale mount left by a daemon that died", mountpoint)
+    subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        raise MountError(f"mount point {mountpoint}: cannot clear stale mount: {exc.strerror}") from None
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    clear_stale_mount(mountpoint)
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, if it is listening."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd: %s", exc.strerror)
+
+
+def fuse_options(name: str, allow_other: bool) -> set[str]:
+    opts = set(pyfuse3.default_options)   # default_permissions
+    opts |= {f"fsname={name}", "subtype=recfs", "ro", "noatime", "nodev", "nosuid"}
+    if allow_other:
+        opts |= {"allow_other", "default_permissions"}
+    return opts
+
+
+def raise_read_ahead(mountpoint: Path, kib: int) -> None:
+    """Let the kernel read further ahead on this mount, where the bdi allows it."""
+    # not os.stat(mountpoint): that would wait for this very process to answer FUSE
+    try:
+        devno = None
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == str(mountpoint):
+                    devno = fields[2]
+        if devno is None:
+            return
+        path = Path(f"/sys/class/bdi/{devno}/read_ahead_kb")
+        path.write_text(str(kib))
+        log.debug("read_ahead_kb set to %d", kib)
+    except OSError as exc:
+        log.debug("cannot raise read_ahead_kb: %s", exc.strerror)
+
+
+async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead_kb: int,
+                 settings: dict) -> None:
+    cache = Cache(cfg.cache.dir, cfg.cache.max_size, cfg.cache.min_free)
+    http = Http(ca_bundle=next((s.options.get("ca_bundle") for s in cfg.sources
+                                if s.options.get("ca_bundle")), None),
+                **settings.get("http", {}))
+    ctx = SourceContext(http=http, cache=cache, settings=settings)
+    sources = [source_module(s.kind).create(s.name, s.options, ctx) for s in cfg.sources]
+    mounted = False
+    try:
+        for src in sources:
+            try:
+                await src.start()
+            except (SourceError, HttpError) as exc:
+                raise MountError(f"source {src.name!r}: {exc}") from None
+        async with trio.open_nursery() as nursery:
+            tree = Tree(sources, cache)
+            reader = Reader(cache, nursery, **settings.get("reader", {}))
+            control = Control(tree, reader, cache, http, sources)
+            ops = Operations(tree, reader, control)
+            pyfuse3.init(ops, str(mountpoint), fuse_options(f"recfs", allow_other))
+            mounted = True
+            if read_ahead_kb:
+                raise_read_ahead(mountpoint, read_ahead_kb)
+            nursery.start_soon(cache.run_flusher)
+            nursery.start_soon(_watch_signals)
+            log.info("mounted %s at %s", ", ".join(f"{s.name} ({s.kind})" for s in sources), mountpoint)
+            sd_notify("READY=1\nSTATUS=mounted")
+            await pyfuse3.main()
+            sd_notify("STOPPING=1")
+            nursery.cancel_scope.cancel()
+    finally:
+        for src in sources:
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                try:
+                    await src.aclose()
+                except Exception as exc:
+                    log.warning("source %s: closing: %s", src.name, exc)
+        with trio.CancelScope(shield=True):
+            await http.aclose()
+        if mounted:
+            pyfuse3.close(unmount=True)
+        cache.close()
+        log.info("unmounted %s", mountpoint)
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def run_mount(cfg: Config, mountpoint: Path, *, allow_other: bool = False,
+              read_ahead_kb: int = 1024, settings: dict | None = None) -> None:
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    check_mountpoint(mountpoint)
+    trio.run(lambda: _serve(cfg, mountpoint, allow_other=allow_other,
+                            read_ahead_kb=read_ahead_kb, settings=settings or {}))

@@ -1,0 +1,255 @@
+"""Alvaria Cloud Media Storage: the S3-style key hierarchy under `root`, mirrored.
+
+Client:
+- OAuth2 client credentials at `token_url` (cached, refreshed before expiry and once
+  on 401); `x-api-key` and `Authorization: Bearer` on every API call.
+- A folder is one `objectKeys?key=PREFIX/&keyType=file:directory` listing, followed
+  through `continuationToken` (v2) or `nextToken` (v3) to its last page. Directory
+  keys may come with or without their trailing '/'.
+- Content: a signed download URL per file, resolved on first need (never while
+  listing) and kept as a lease until shortly before its expiry (X-Amz-Expires /
+  X-Goog-Expires, one hour by default); a 403 from storage re-resolves it once and
+  the same range is retried.
+- Sizes: listings say "5370.0 KB". The exact size is learnt with `Range: bytes=0-0`
+  on the signed URL (HEAD is not signed for), for all the files of a folder at once
+  when the first of them is stat'ed; learnt sizes are remembered in the cache index.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+import urllib.parse
+from typing import Any
+
+import trio
+
+from ..config import Key
+from ..http import ForbiddenError, HttpError, OAuthClientCredentials, parse_content_range, safe_url
+from .base import Entry, Kind, Listing, Sink, Source, SourceContext, SourceError
+
+log = logging.getLogger("recfs.alvaria")
+
+CONFIG_KEYS = {
+    "api_url": Key("url", required=True, doc="…/via/v2|v3/organizations/{orgId}"),
+    "token_url": Key("url", required=True, doc="…/tokenservice/oauth2/access_token"),
+    "client_id": Key("secret", required=True),
+    "client_secret": Key("secret", required=True),
+    "api_key": Key("secret", required=True, doc="sent as x-api-key"),
+    "root": Key("str", default="", doc="key prefix shown as the source's folder"),
+    "page_size": Key("int", default=1000, check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000"),
+    "size_concurrency": Key("int", default=32, check=lambda v: None if 1 <= v <= 256 else "must be 1..256"),
+}
+
+_API_RE = re.compile(r"/via/(v2|v3)/organizations/[^/]+$")
+_SIZE_RE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b|bytes?)?\s*$", re.I)
+_UNIT = {"b": 1, "byte": 1, "bytes": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2,
+         "gb": 1024**3, "gib": 1024**3, "tb": 1024**4, "tib": 1024**4}
+
+
+def check_options(opts: dict) -> str | None:
+    if not _API_RE.search(opts["api_url"]):
+        return "api_url: must end in /via/v2/organizations/{orgId} or /via/v3/organizations/{orgId}"
+    return None
+
+
+def parse_size(text: Any) -> int:
+    """'5370.0 KB' -> 5498880 (an estimate: KB is taken as 1024 bytes); 0 if unparsable."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return max(0, int(text))
+    m = _SIZE_RE.match(str(text or ""))
+    if not m:
+        return 0
+    unit = (m.group(2) or "b").lower()
+    try:
+        return max(0, int(float(m.group(1)) * _UNIT.get(unit, 1)))
+    except ValueError:
+        return 0
+
+
+def parse_time(text: Any) -> float:
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def url_lifetime(url: str, default: float = 3600.0) -> float:
+    """Seconds a signed URL stays valid, from its own query (S3 or GCS style)."""
+    q = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    for name in ("X-Amz-Expires", "X-Goog-Expires"):
+        if name in q:
+            try:
+                return float(q[name][0])
+            except ValueError:
+                pass
+    return default
+
+
+class _Auth(OAuthClientCredentials):
+    def __init__(self, http, token_url, client_id, client_secret, api_key: str):
+        super().__init__(http, token_url, client_id, client_secret, what="alvaria token")
+        self.api_key = api_key
+
+    def render(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", "x-api-key": self.api_key}
+
+
+class AlvariaSource(Source):
+    kind = "alvaria"
+    listing_ttl = 60.0
+
+    def __init__(self, name: str, options: dict, ctx: SourceContext):
+        super().__init__(name, options, ctx)
+        self.api_url = options["api_url"]
+        self.version = _API_RE.search(self.api_url).group(1)
+        self.auth = _Auth(ctx.http, options["token_url"], options["client_id"].reveal(),
+                          options["client_secret"].reveal(), options["api_key"].reveal())
+        root = (options.get("root") or "").strip("/")
+        self.root = root + "/" if root else ""
+        self.page_size = options.get("page_size") or 1000
+        self.size_limiter = trio.CapacityLimiter(options.get("size_concurrency") or 32)
+        self.leases: dict[str, tuple[str, float]] = {}   # key -> (signed url, renew at)
+        self._lease_locks: dict[str, trio.Lock] = {}
+        self.url_resolutions = 0
+
+    @property
+    def data_url(self) -> str:
+        return f"{self.api_url}/mediaStorage/data"
+
+    async def start(self) -> None:
+        try:
+            await self.auth.headers()
+        except HttpError as exc:
+            raise SourceError(str(exc)) from None
+
+    def root_ref(self) -> str:
+        return self.root
+
+    # -- listing
+    async def list_dir(self, prefix: str) -> Listing:
+        token_param = "continuationToken" if self.version == "v2" else "nextToken"
+        params: dict[str, Any] = {"key": prefix, "keyType": "file:directory", "maxResults": self.page_size}
+        entries: list[Entry] = []
+        seen_tokens: set[str] = set()
+        while True:
+            resp = await self.ctx.http.request("GET", f"{self.data_url}/objectKeys", params=params,
+                                               auth=self.auth, name=f"{self.name}: list {prefix or '/'}",
+                                               expect=(200, 404))
+            if resp.status_code == 404:        # an empty or vanished prefix
+                return Listing([])
+            try:
+                body = resp.json()
+            except ValueError:
+                raise SourceError(f"{self.name}: listing {prefix or '/'}: the answer is not JSON") from None
+            items = body.get("objectKeys") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise SourceError(f"{self.name}: listing {prefix or '/'}: no objectKeys list in the answer")
+            for item in items:
+                entry = self._entry(prefix, item)
+                if entry is not None:
+                    entries.append(entry)
+            token = body.get(token_param) or body.get("nextToken") or body.get("continuationToken")
+            if not token:
+                break
+            if token in seen_tokens:
+                raise SourceError(f"{self.name}: listing {prefix or '/'}: the service repeated a page token")
+            seen_tokens.add(token)
+            params = {k: v for k, v in params.items() if k not in ("nextToken", "continuationToken")}
+            params[token_param] = token
+        return Listing(entries)
+
+    def _entry(self, prefix: str, item: Any) -> Entry | None:
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            log.warning("%s: skipping a malformed item in %s", self.name, prefix or "/")
+            return None
+        key: str = item["key"]
+        key_type = str(item.get("keyType") or "").strip().lower()
+        is_dir = key_type == "directory" or key.endswith("/")
+        bare = key.rstrip("/")
+        if not bare.startswith(prefix) or bare == prefix.rstrip("/"):
+            return None                          # the folder's own placeholder object
+        name = bare[len(prefix):]
+        mtime = parse_time(item.get("lastModifiedTime"))
+        if is_dir:
+            return Entry(name, Kind.DIR, ref=bare + "/", mtime=mtime, id=bare + "/")
+        size_text = str(item.get("size") or "")
+        hint = parse_size(size_text)
+        return Entry(name, Kind.FILE, ref=key, mtime=mtime, size=None, size_hint=hint, id=key,
+                     version=f"{item.get('lastModifiedTime')}|{size_text}",
+                     xattrs={"alvaria.key": key, "alvaria.size": size_text,
+                             "alvaria.lastModifiedTime": str(item.get("lastModifiedTime") or "")})
+
+    # -- signed URL leases
+    async def signed_url(self, key: str, renew: bool = False) -> tuple[str, dict[str, str]]:
+        lease = self.leases.get(key)
+        if lease and not renew and time.monotonic() < lease[1]:
+            return lease[0], {}
+        lock = self._lease_locks.setdefault(key, trio.Lock())
+        async with lock:
+            lease_now = self.leases.get(key)
+            if lease_now and lease_now is not lease and time.monotonic() < lease_now[1]:
+                return lease_now[0], {}        # another task renewed it meanwhile
+            resp = await self.ctx.http.request(
+                "GET", f"{self.data_url}/objectKeys", params={"key": key, "keyType": "signedDownloadUrl"},
+                auth=self.auth, name=f"{self.name}: signed URL for {key}", expect=(200, 404))
+            if resp.status_code == 404:
+                raise SourceError(f"{self.name}: {key} no longer exists", 2)
+            try:
+                body = resp.json()
+                if isinstance(body, dict) and isinstance(body.get("objectKeys"), list):
+                    body = body["objectKeys"][0]
+                url = str(body["signedDownloadUrl"]).strip()
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise SourceError(f"{self.name}: {key}: no signedDownloadUrl in the answer") from None
+            if not url.startswith(("http://", "https://")):
+                raise SourceError(f"{self.name}: {key}: the signed URL is not an http(s) URL")
+            self.url_resolutions += 1
+            lifetime = url_lifetime(url)
+            margin = min(300.0, lifetime / 4)
+            self.leases[key] = (url, time.monotonic() + lifetime - margin)
+            return url, {}
+
+    # -- sizes
+    async def resolve_sizes(self, entries: list[Entry]) -> None:
+        async def probe(entry: Entry) -> None:
+            async with self.size_limiter:
+                try:
+                    entry.size = await self._probe_size(entry.ref)
+                except (HttpError, SourceError) as exc:
+                    log.error("%s: cannot learn the size of %s: %s", self.name, entry.ref, exc)
+
+        async with trio.open_nursery() as nursery:
+            for entry in entries:
+                nursery.start_soon(probe, entry)
+
+    async def _probe_size(self, key: str) -> int:
+        for renew in (False, True):
+            url, headers = await self.signed_url(key, renew)
+            resp = await self.ctx.http.request("GET", url, headers={**headers, "Range": "bytes=0-0"},
+                                               name=f"{self.name}: size of {key}", expect=None)
+            if resp.status_code == 403 and not renew:
+                continue
+            if resp.status_code == 206:
+                total = parse_content_range(resp.headers.get("content-range"))[2]
+                if total is not None:
+                    return total
+            if resp.status_code == 200:
+                return len(resp.content)
+            if resp.status_code == 416:          # an empty object
+                total = parse_content_range(resp.headers.get("content-range"))[2]
+                return total or 0
+            cls = ForbiddenError if resp.status_code == 403 else HttpError
+            raise cls(f"HTTP {resp.status_code} from {safe_url(url)}", resp.status_code)
+        raise AssertionError("unreachable")
+
+    # -- content
+    async def fetch_range(self, entry: Entry, start: int, end: int, sink: Sink) -> None:
+        key = entry.ref
+        await self.ctx.http.get_range(lambda renew: self.signed_url(key, renew), start, end, sink,
+                                      total=entry.size, name=f"{self.name}: {key}")
+
+
+def create(name: str, options: dict, ctx: SourceContext) -> AlvariaSource:
+    return AlvariaSource(name, options, ctx)

@@ -1,0 +1,221 @@
+"""The namespace: nodes with stable inode numbers, directory snapshots with TTLs,
+lookup counts, and batched exact-size resolution. Plain async code: no pyfuse3.
+
+Invariants:
+ T1. An inode number is never reused within a mount. A node keeps its number across
+     refreshes as long as its safe name, kind and object id stay the same.
+ T2. readdir offsets are inode numbers: children are served in inode order, so an
+     insertion or deletion during a readdir neither repeats nor skips an entry.
+ T3. A node leaves the inode table only when it is gone from its folder's snapshot
+     and the kernel has forgotten it (lookup count 0).
+ T4. A file is opened only with an exact size: `ensure_size` resolves the unknown
+     sizes of all the files of a folder in one concurrent batch.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+import trio
+
+from . import names
+from .sources.base import Entry, Kind, Source, SourceError
+
+log = logging.getLogger("recfs.tree")
+
+ROOT_INODE = 1
+
+
+class Node:
+    __slots__ = ("ino", "parent", "name", "entry", "source", "children", "listed_at", "ttl",
+                 "lookups", "size_failed", "__weakref__")
+
+    def __init__(self, ino: int, parent: "Node | None", name: str, entry: Entry, source: Source | None):
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.entry = entry
+        self.source = source
+        self.children: dict[str, Node] | None = None
+        self.listed_at = 0.0
+        self.ttl = 0.0
+        self.lookups = 0
+        self.size_failed = False
+
+    @property
+    def is_dir(self) -> bool:
+        return self.entry.kind is Kind.DIR
+
+    @property
+    def size_known(self) -> bool:
+        return self.entry.size is not None
+
+    @property
+    def size(self) -> int:
+        e = self.entry
+        return e.size if e.size is not None else e.size_hint
+
+    def path(self) -> str:
+        parts = []
+        node: Node | None = self
+        while node is not None and node.ino != ROOT_INODE:
+            parts.append(node.name)
+            node = node.parent
+        return "/" + "/".join(reversed(parts))
+
+    def sorted_children(self) -> list["Node"]:
+        return sorted(self.children.values(), key=lambda n: n.ino) if self.children else []
+
+
+class Tree:
+    def __init__(self, sources: Iterable[Source], cache=None):
+        self.cache = cache
+        self.inodes: dict[int, Node] = {}
+        self._next_ino = ROOT_INODE
+        self.root = self._new_node(None, "", Entry("", Kind.DIR, ref=None, mtime=time.time()), None)
+        self.root.children = {}
+        self.root.listed_at = float("inf")
+        self.sources = list(sources)
+        for src in self.sources:
+            entry = Entry(src.name, Kind.DIR, ref=src.root_ref(), mtime=time.time(), id=src.name)
+            self.root.children[src.name] = self._new_node(self.root, src.name, entry, src)
+        self._listing: dict[int, trio.Event] = {}
+        self._sizing: dict[int, trio.Event] = {}
+        self.listings = 0
+
+    def _new_node(self, parent: Node | None, name: str, entry: Entry, source: Source | None) -> Node:
+        ino = self._next_ino
+        self._next_ino += 1
+        node = Node(ino, parent, name, entry, source)
+        self.inodes[ino] = node
+        return node
+
+    def get(self, ino: int) -> Node | None:
+        return self.inodes.get(ino)
+
+    def fresh(self, node: Node) -> bool:
+        return node.children is not None and time.monotonic() - node.listed_at < node.ttl
+
+    async def children(self, node: Node) -> list[Node]:
+        if not self.fresh(node):
+            await self.refresh(node)
+        return node.sorted_children()
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        if not self.fresh(parent):
+            await self.refresh(parent)
+        return parent.children.get(name) if parent.children else None
+
+    def invalidate(self, node: Node) -> None:
+        """Make the next access to this folder list it again."""
+        node.listed_at = 0.0
+        node.ttl = 0.0
+
+    def invalidate_under(self, node: Node) -> int:
+        """Drop the snapshots of a folder and every folder below it; return how many."""
+        count = 0
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n.children is not None and n.ino != ROOT_INODE:
+                self.invalidate(n)
+                count += 1
+            if n.children:
+                stack.extend(c for c in n.children.values() if c.is_dir)
+        return count
+
+    async def refresh(self, node: Node) -> None:
+        """List a folder (single flight: concurrent callers wait for one listing)."""
+        pending = self._listing.get(node.ino)
+        if pending is not None:
+            await pending.wait()
+            if node.children is None:
+                raise SourceError(f"listing {node.path()} failed")
+            return
+        done = self._listing[node.ino] = trio.Event()
+        try:
+            listing = await node.source.list_dir(node.entry.ref)
+            self.listings += 1
+            self._apply(node, listing.entries)
+            node.ttl = listing.ttl if listing.ttl is not None else node.source.listing_ttl
+            node.listed_at = time.monotonic()
+        finally:
+            del self._listing[node.ino]
+            done.set()
+
+    def _apply(self, node: Node, entries: list[Entry]) -> None:
+        src = node.source
+        old = node.children or {}
+        safe = names.unique_names([(e.name, e.id or e.name) for e in entries])
+        new: dict[str, Node] = {}
+        for name, entry in zip(safe, entries):
+            if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
+                entry.size = self.cache.known_size(src.cache_key(entry))
+            child = old.get(name)
+            if child is not None and child.entry.kind is entry.kind and child.entry.id == entry.id:
+                if child.entry.version == entry.version and child.entry.size is not None \
+                        and entry.size is None:
+                    entry.size = child.entry.size      # keep a size resolved earlier
+                child.entry = entry
+                child.size_failed = False
+            else:
+                child = self._new_node(node, name, entry, src)
+            new[name] = child
+        for name, child in old.items():
+            if new.get(name) is not child:
+                child.parent = None
+                if child.lookups <= 0:
+                    self._drop(child)
+        node.children = new
+
+    def _drop(self, node: Node) -> None:
+        self.inodes.pop(node.ino, None)
+        if node.children:
+            for child in node.children.values():
+                if child.lookups <= 0:
+                    self._drop(child)
+
+    def remember(self, node: Node) -> None:
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.inodes.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.lookups -= count
+        if node.lookups <= 0 and node.parent is None:
+            self._drop(node)
+
+    # -- exact sizes
+    async def ensure_size(self, node: Node) -> None:
+        """Resolve the exact size of `node` and of every unresolved sibling at once (T4)."""
+        if node.size_known or node.is_dir:
+            return
+        parent = node.parent
+        key = parent.ino if parent is not None else -node.ino
+        pending = self._sizing.get(key)
+        if pending is not None:
+            await pending.wait()
+        else:
+            done = self._sizing[key] = trio.Event()
+            try:
+                siblings = [c for c in (parent.children.values() if parent and parent.children else [node])
+                            if not c.is_dir and not c.size_known and not c.size_failed]
+                if node not in siblings and not node.size_failed:
+                    siblings.append(node)
+                entries = [c.entry for c in siblings]
+                await node.source.resolve_sizes(entries)
+                learnt = []
+                for c in siblings:
+                    if c.entry.size is None:
+                        c.size_failed = True
+                    else:
+                        learnt.append((node.source.cache_key(c.entry), c.entry.size))
+                if self.cache is not None:
+                    self.cache.remember_sizes(learnt)
+            finally:
+                del self._sizing[key]
+                done.set()
+        if not node.size_known:
+            raise SourceError(f"{node.source.name}: cannot learn the size of {node.path()}")

@@ -1,0 +1,306 @@
+"""The Kazoo source driven directly (no mount) against the real Kazoo emulator, and
+the emulator's own fidelity to the API rules the source relies on."""
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+
+import httpx
+import pytest
+import trio
+
+from recfs.config import parse_config
+from recfs.emulators.kazoo import KazooEmulator, demo, from_gregorian, source_table
+from recfs.http import Http, RetryPolicy
+from recfs.sources.base import Entry, SourceContext, SourceError
+from recfs.sources.kazoo import create, month_windows
+
+SEED = 7
+
+
+@pytest.fixture
+def emu():
+    with demo(SEED, bucket_tokens=None) as e:
+        yield e
+
+
+@pytest.fixture
+async def http():
+    client = Http(retry=RetryPolicy(attempts=15, base_delay=0.05, max_delay=0.4, budget=30))
+    yield client
+    await client.aclose()
+
+
+def make_source(emu: KazooEmulator, http: Http, **overrides):
+    table = source_table(emu, "kz")
+    table.update(overrides)
+    table = {k: v for k, v in table.items() if v is not None}
+    options = parse_config({"sources": [table]}).sources[0].options
+    return create("kz", options, SourceContext(http=http, cache=None))
+
+
+def expected_name(rec) -> str:
+    ext = ".wav" if rec.attachment_type == "audio/wav" else ".mp3"
+    name = rec.public["name"]
+    return name if name.endswith(ext) else name + ext
+
+
+def expected_paths(emu: KazooEmulator) -> tuple[dict[str, object], dict[str, object]]:
+    """(account view, user view): path -> emulator Recording, for what must be shown."""
+    accounts, users = {}, {}
+    for rec in emu.recordings.values():
+        if rec.blob is None or rec.deleted:
+            continue
+        day = dt.datetime.fromtimestamp(from_gregorian(rec.public["start"]), dt.timezone.utc)
+        tail = f"{day:%Y/%m/%d}/{expected_name(rec)}"
+        accounts[f"{rec.account_id}/{tail}"] = rec
+        if rec.public.get("owner_id"):
+            users[f"{rec.account_id}/users/{rec.public['owner_id']}/{tail}"] = rec
+    return accounts, users
+
+
+async def walk(src, ref=None, prefix="") -> dict[str, Entry]:
+    """Every file below `ref`, by path; sizes resolved folder by folder as the tree does."""
+    listing = await src.list_dir(ref if ref is not None else src.root_ref())
+    files = [e for e in listing.entries if not e.is_dir]
+    if files:
+        await src.resolve_sizes(files)
+    out = {f"{prefix}{e.name}": e for e in files}
+    for e in listing.entries:
+        if e.is_dir:
+            out.update(await walk(src, e.ref, f"{prefix}{e.name}/"))
+    return out
+
+
+async def read_all(src, entry: Entry, step: int = 20000) -> bytes:
+    buf = bytearray(entry.size)
+    for start in range(0, entry.size, step):
+        end = min(entry.size, start + step)
+
+        def sink(offset, data):
+            buf[offset:offset + len(data)] = data
+        await src.fetch_range(entry, start, end, sink)
+    return bytes(buf)
+
+
+# ---------------------------------------------------------------- the source
+
+async def test_tree_of_two_accounts_and_the_user_view(emu, http):
+    src = make_source(emu, http)
+    await src.start()
+    files = await walk(src)
+    want_accounts, want_users = expected_paths(emu)
+    assert sorted({p.split("/")[0] for p in files}) == sorted(emu.demo_accounts)
+    assert {p for p in files if "/users/" not in p} == set(want_accounts)
+    assert {p for p in files if "/users/" in p} == set(want_users)
+    for path, entry in files.items():
+        rec = (want_accounts | want_users)[path]
+        assert entry.size == rec.blob.size
+        assert entry.mtime == from_gregorian(rec.public["start"])
+        assert entry.xattrs["kazoo.call_id"] == rec.public["call_id"]
+        assert entry.xattrs["kazoo.duration_ms"] == str(rec.public["duration_ms"])
+        assert entry.xattrs["kazoo.direction"] == rec.public["direction"]
+        assert entry.xattrs["kazoo.caller_id_number"] == rec.public["caller_id_number"]
+        assert entry.xattrs.get("kazoo.owner_id") == rec.public.get("owner_id")
+    # the quirks: a WAV is named .wav, an extension-less name gets one, the call that
+    # began before midnight sits in its start day, media-less and deleted docs are hidden
+    names = {p.rsplit("/", 1)[1] for p in files}
+    assert "Sales call with Zoë.mp3" in names
+    assert any(n.startswith("voicemail ") and n.endswith(".wav") for n in names)
+    hidden = [r for r in emu.recordings.values() if r.blob is None or r.deleted]
+    assert len(hidden) == 4 and not any(r.id in {e.id for e in files.values()} for r in hidden)
+    # one pass over the history per account for all levels above the day folders
+    windows = len(month_windows(src.since, src.clock()))
+    history = [q for q in emu.listings if q["owner"] is None
+               and int(q["created_to"]) - int(q["created_from"]) > 3 * 86400]
+    assert len(history) == windows * 2
+    # every file's size was probed once, however many views show it
+    assert emu.count("media") == len({e.id for e in files.values()})
+
+
+async def test_bytes_and_exact_sizes(emu, http):
+    src = make_source(emu, http)
+    files = await walk(src)
+    for path, entry in files.items():
+        rec = emu.recordings[entry.id]
+        assert await read_all(src, entry) == rec.blob.all_bytes(), path
+    entry = next(iter(files.values()))
+    got = bytearray()
+    await src.fetch_range(entry, 100, 150, lambda off, data: got.extend(data))
+    assert bytes(got) == emu.recordings[entry.id].blob.read(100, 50)
+
+
+async def test_token_expiry_mid_crawl_resumes_with_the_same_cursor(emu, http):
+    src = make_source(emu, http, page_size=2)
+    await src.start()
+    emu.listings.clear()
+    expired = []
+
+    def expire_after_second_page(count):
+        if count == 2 and not expired:
+            expired.append(count)
+            emu.advance(emu.token_lifetime + 1)
+    emu.on_listing = expire_after_second_page
+    account = emu.demo_accounts[0]
+    first_pass = await src.list_dir(("acct", account))
+    refused = [i for i, q in enumerate(emu.listings) if q["status"] == 401]
+    assert len(refused) == 1 and emu.count("api_auth") == 2
+    before, again = emu.listings[refused[0]], emu.listings[refused[0] + 1]
+    assert again["status"] == 200
+    assert {k: v for k, v in before.items() if k != "status"} == \
+        {k: v for k, v in again.items() if k != "status"}
+    assert again.get("start_key")            # page 2 of a window, resumed at the same key
+    # the result is that of a crawl that never expired
+    fresh = make_source(emu, http, page_size=2)
+    assert [e.name for e in first_pass.entries] == \
+        [e.name for e in (await fresh.list_dir(("acct", account))).entries]
+
+
+async def test_a_429_storm_is_survived():
+    # a small bucket, emptied before the first request: every burst overdraws it
+    with demo(SEED, bucket_tokens=5, fill_rate=100) as emu:
+        client = Http(retry=RetryPolicy(attempts=12, base_delay=0.05, max_delay=0.5, budget=60))
+        try:
+            src = make_source(emu, client)
+            emu.drain_bucket()
+            files = await walk(src)
+            want_accounts, want_users = expected_paths(emu)
+            assert set(files) == set(want_accounts) | set(want_users)
+            results = {}
+            readers = trio.CapacityLimiter(8)      # as the reader bounds requests in flight
+
+            async def read(path, entry):
+                async with readers:
+                    results[path] = await read_all(src, entry, step=1 << 20)
+            async with trio.open_nursery() as nursery:
+                for path, entry in files.items():
+                    nursery.start_soon(read, path, entry)
+            for path, entry in files.items():
+                assert results[path] == emu.recordings[entry.id].blob.all_bytes()
+            assert emu.count("throttled") > 0
+            assert client.retries >= emu.count("throttled")
+        finally:
+            await client.aclose()
+
+
+async def test_media_missing_after_listing_is_hidden_and_reads_fail_with_eio(emu, http, caplog):
+    src = make_source(emu, http)
+    account = emu.demo_accounts[1]
+    want, _ = expected_paths(emu)
+    path = next(p for p in sorted(want) if p.startswith(account))
+    y, m, d = (int(x) for x in path.split("/")[1:4])
+    listing = await src.list_dir(("day", account, None, y, m, d))
+    entry = next(e for e in listing.entries if e.id == want[path].id)
+    emu.recordings[entry.id].blob = None
+    caplog.set_level(logging.INFO, logger="recfs")
+    await src.resolve_sizes([entry])
+    assert entry.size is None
+    assert any(entry.id in r.getMessage() and "no media" in r.getMessage() for r in caplog.records)
+    entry.size = 10
+    with pytest.raises(SourceError) as err:
+        await src.fetch_range(entry, 0, 10, lambda off, data: None)
+    assert err.value.errno == errno.EIO
+    assert any(r.levelno == logging.ERROR and entry.id in r.getMessage() for r in caplog.records)
+
+
+async def test_default_account_is_the_keys_own(emu, http):
+    src = make_source(emu, http, accounts=None)
+    await src.start()
+    root = await src.list_dir(src.root_ref())
+    assert [e.name for e in root.entries] == [emu.demo_accounts[0]]
+
+
+async def test_an_account_the_key_cannot_see_fails_start_clearly(emu, http):
+    reseller, sub = emu.demo_accounts
+    emu.demo_key = emu.add_api_key(sub)
+    src = make_source(emu, http)
+    with pytest.raises(SourceError) as err:
+        await src.start()
+    assert reseller in str(err.value) and "403" in str(err.value)
+    assert emu.demo_key not in str(err.value)
+
+
+# ---------------------------------------------------------------- emulator fidelity
+
+def auth(emu: KazooEmulator) -> dict[str, str]:
+    r = httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": emu.demo_key}})
+    assert r.status_code == 201 and r.json()["data"]["account_id"] == emu.demo_accounts[0]
+    return {"X-Auth-Token": r.json()["auth_token"]}
+
+
+def test_emulator_listing_rules(emu):
+    h = auth(emu)
+    acct = emu.demo_accounts[0]
+    url = f"{emu.url}/v2/accounts/{acct}/recordings"
+    now = emu.now_gregorian()
+    too_wide = httpx.get(url, headers=h, params={"created_from": now - 2_682_001, "created_to": now})
+    assert too_wide.status_code == 400
+    assert "date_range" in too_wide.json()["data"]["created_from"]
+    assert too_wide.json()["error"] == "400" and too_wide.json()["status"] == "error"
+    reversed_ = httpx.get(url, headers=h, params={"created_from": now, "created_to": now - 10})
+    assert reversed_.status_code == 400
+    # no window: only the last 31 days; pages are newest first and the last has no cursor
+    params = {"page_size": 3}
+    seen = []
+    while True:
+        body = httpx.get(url, headers=h, params=params).json()
+        assert body["status"] == "success" and body["page_size"] == len(body["data"])
+        seen += body["data"]
+        if "next_start_key" not in body:
+            break
+        params["start_key"] = body["next_start_key"]
+    created_order = [d["start"] for d in seen]
+    assert created_order == sorted(created_order, reverse=True)
+    assert all(d["start"] >= now - 2_682_000 - 86400 for d in seen)
+    assert all("_read_only" in d and not any(k.startswith("pvt_") for k in d) for d in seen)
+    junk = httpx.get(url, headers=h, params={"start_key": "not-a-key"}).json()
+    assert junk["data"] == []
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"X-Auth-Token": "forged"}).json()["message"] == "invalid_credentials"
+
+
+def test_emulator_media_rules(emu):
+    h = auth(emu)
+    wav = next(r for r in emu.recordings.values()
+               if r.attachment_type == "audio/wav" and r.blob and not r.deleted)
+    url = f"{emu.url}/v2/accounts/{wav.account_id}/recordings/{wav.id}"
+    media = {**h, "Accept": "audio/mpeg"}
+    r = httpx.get(url, headers={**media, "Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.headers["content-type"] == "audio/wav"
+    assert r.headers["content-range"] == f"bytes 10-19/{wav.blob.size}"
+    assert r.content == wav.blob.read(10, 10)
+    assert r.headers["content-disposition"] == f"attachment; filename={wav.attachment_name}"
+    for rng in (f"bytes=0-{wav.blob.size - 1}", "bytes=-100", f"bytes={wav.blob.size + 5}-"):
+        whole = httpx.get(url, headers={**media, "Range": rng})
+        assert whole.status_code == 200 and len(whole.content) == wav.blob.size, rng
+    assert httpx.get(url, params={"accept": "audio/mpeg"}, headers=h).content == wav.blob.all_bytes()
+    assert httpx.get(url, headers=h).json()["data"]["id"] == wav.id
+    no_media = next(r for r in emu.recordings.values() if r.blob is None)
+    r = httpx.get(f"{emu.url}/v2/accounts/{no_media.account_id}/recordings/{no_media.id}", headers=media)
+    assert r.status_code == 404 and r.json()["message"] == "bad_identifier"
+    deleted = httpx.delete(url, headers=h)
+    assert deleted.status_code == 200
+    assert httpx.get(url, headers=media).status_code == 404
+    assert httpx.delete(url, headers=h).status_code == 404
+
+
+def test_emulator_token_buckets_answer_429_without_retry_after():
+    with KazooEmulator(bucket_tokens=3, fill_rate=0.001) as emu:
+        codes = [httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": "x"}})
+                 for _ in range(5)]
+        assert [c.status_code for c in codes] == [401, 401, 401, 429, 429]
+        assert codes[-1].json()["message"] == "too_many_requests"
+        assert "retry-after" not in codes[-1].headers
+        assert emu.count("throttled") == 2
+
+
+def test_emulator_token_expiry():
+    with KazooEmulator(token_lifetime=60, bucket_tokens=None) as emu:
+        acct = emu.add_account("A")
+        key = emu.add_api_key(acct)
+        token = httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": key}}).json()["auth_token"]
+        url = f"{emu.url}/v2/accounts/{acct}/recordings"
+        assert httpx.get(url, headers={"X-Auth-Token": token}).status_code == 200
+        emu.advance(61)
+        assert httpx.get(url, headers={"X-Auth-Token": token}).status_code == 401
