@@ -97,7 +97,13 @@ class MountedRecfs:
 
 def _is_live_mount(path: Path) -> bool:
     with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
+        if not any(line.split()[4] == str(path) for line in f):
+            return False
+    try:
+        os.statvfs(path)      # a stale mount answers ENOTCONN (stat may be cached)
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture

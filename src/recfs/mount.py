@@ -31,9 +31,11 @@ class MountError(Exception):
 
 
 def clear_stale_mount(mountpoint: Path) -> None:
-    """A daemon killed without unmounting leaves 'Transport endpoint is not connected'."""
+    """A daemon killed without unmounting leaves 'Transport endpoint is not connected'.
+
+    statvfs, not stat: the kernel may answer stat of a dead mount from its cache."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
         return
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
@@ -42,7 +44,7 @@ def clear_stale_mount(mountpoint: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         raise MountError(f"mount point {mountpoint}: cannot clear stale mount: {exc.strerror}") from None
 

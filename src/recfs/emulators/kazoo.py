@@ -34,13 +34,14 @@ import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response
+from .base import Blob, Emulator, PatternBlob, Request, Response, json_response
 
 GREGORIAN_OFFSET = 62167219200          # Unix epoch in Gregorian seconds
 MAX_RANGE = 31 * 86400 + 3600            # crossbar.maximum_range default
@@ -151,6 +152,14 @@ class KazooEmulator(Emulator):
         self.route("GET", acct + r"/recordings/(?P<rid>[^/]+)", "doc", self._get)
         self.route("DELETE", acct + r"/recordings/(?P<rid>[^/]+)", "delete", self._delete)
         self.route("PATCH", acct + r"/recordings/(?P<rid>[^/]+)", "patch", self._patch)
+
+    def start(self) -> "KazooEmulator":
+        super().start()
+        # Headers and body leave in two writes; with Nagle on, the body waits for the
+        # client's delayed ACK (~40 ms a request). Accepted sockets inherit NODELAY
+        # from the listener on Linux. (Belongs in emulators/base.py; asked for there.)
+        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self
 
     # ------------------------------------------------------------------ set-up
 
@@ -575,4 +584,4 @@ def demo(seed: int = 0, **kw) -> KazooEmulator:
 
 
 __all__ = ["KazooEmulator", "Recording", "GREGORIAN_OFFSET", "MAX_RANGE", "to_gregorian",
-           "from_gregorian", "kazoo_range_response", "source_table", "demo", "BytesBlob"]
+           "from_gregorian", "kazoo_range_response", "source_table", "demo"]

@@ -1,0 +1,842 @@
+"""Loopback emulator of the 8x8 Cloud Storage Service (CSS v3) and its token endpoint.
+
+Follows /work/shared/reference/apis.md §1 (where this emulator and apis.md disagree,
+apis.md wins). Paths, relative to `emu.url`:
+
+    POST /oauth/v2/token                              client credentials, HTTP Basic
+    GET  /storage/{region}/v3/regions                 the account's regions, from any region
+    GET  /storage/{region}/v3/objects                 FIQL search, sort, pageKey offset, limit
+    GET  /storage/{region}/v3/objects/{id}[/metadata] one object
+    GET  /storage/{region}/v3/objects/{id}/content    bytes (Range), or ?presignUrl=true
+    POST /storage/{region}/v3/objects/{id}/restore    ARCHIVED -> AVAILABLE after a delay
+    POST /storage/{region}/v3/bulk/download/start     JSON array of ids -> zipName
+    GET  /storage/{region}/v3/bulk/download/status[/{zipName}]
+    GET  /storage/{region}/v3/bulk/download/{zipName} the zip (404 until DONE)
+    POST /storage/{region}/v3/bulk/download/cancel/{zipName}
+    PUT  /storage/{region}/v3/bulk/download/clear
+    DELETE /storage/{region}/v3/bulk                  JSON array of ids -> REVOKED
+    GET  /s3/{bucket}/{id}?X-Amz-...                  presigned content (403 once expired)
+
+Quirks reproduced: token numbers are strings (`expires_in "1799"`); an expired token
+answers 401 with Apigee's fault body; time filters compare epoch milliseconds while
+objects show `YYYY-MM-DDTHH:MM:SS`; `pageKey` in a page is request offset + limit even
+on the last page; only AVAILABLE objects unless the filter names `objectState`;
+`limit` above 100 is clamped; zip members are named by objectName, duplicates
+included. Switches: `listing_as_array` / `bulk_as_array` (the OpenAPI's array
+wrapping), `include_total`, `stored_bytes_as_string`, `date_filter_500` (the field
+report), `content_ranges`, `presign_shape`.
+
+Bulk jobs: a job reaches its final status on its `bulk_polls`-th status call and not
+before `bulk_seconds` of emulator time have passed (`bulk_polls=0`: the start answer
+is already final). `plan_job(...)` queues the outcome of the next job: a status
+(FAILED, CANCELLED, PARTIAL_DONE, or any word), ids to leave out, ids whose member
+bytes are altered (bad MD5), a truncated zip. `corrupt_ids` alters members in every
+zip. Ids that are unknown or not AVAILABLE are left out and make the job PARTIAL_DONE
+(FAILED when nothing is left). `jobs_started` counts jobs.
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import datetime as dt
+import hashlib
+import os
+import random
+import re
+import shutil
+import tempfile
+import threading
+import urllib.parse
+import uuid
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import (Blob, BytesBlob, Emulator, FileBlob, PatternBlob, Request, Response,
+                   json_response, new_token, range_response)
+
+VALID_REGIONS = ("us-west", "us-east", "uk", "ap", "ca")
+TIME_FIELDS = ("createdTime", "updatedTime")
+STRING_FIELDS = ("id", "type", "mimeType", "objectName", "objectState", "checksum", "checksumType",
+                 "customerId", "userId", "bucketId")
+
+
+# --------------------------------------------------------------------------- objects
+
+@dataclass
+class StoredObject:
+    id: str
+    region: str
+    type: str
+    objectName: str
+    blob: Blob
+    created: float                      # epoch seconds (UTC)
+    updated: float
+    mimeType: str = "audio/mpeg"
+    objectState: str = "AVAILABLE"
+    checksum: str = ""
+    checksumType: str = "MD5"
+    customerId: str = "0012J00002KTQJYQA5"
+    userId: str = "TMZIdbKzQGWvvi_04IC9Lg"
+    bucketId: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    shared: bool = False
+    available_at: float | None = None   # a restore in progress
+
+    @property
+    def size(self) -> int:
+        return self.blob.size
+
+    def value(self, name: str):
+        """A filter/sort field: times in epoch ms, storedBytes an int, tags by key."""
+        if name == "createdTime":
+            return int(self.created * 1000)
+        if name == "updatedTime":
+            return int(self.updated * 1000)
+        if name == "storedBytes":
+            return self.size
+        if name == "shared":
+            return "true" if self.shared else "false"
+        if name in STRING_FIELDS:
+            return getattr(self, name)
+        return self.tags.get(name)
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# --------------------------------------------------------------------------- FIQL
+
+class FiqlError(ValueError):
+    pass
+
+
+OPERATORS = ("==", "!=", "=gt=", "=ge=", "=lt=", "=le=")
+
+
+def parse_fiql(text: str):
+    """FIQL as CSS documents it: six comparisons, `;` AND, `,` OR, parentheses.
+    Returns a tree of ("and"|"or", [nodes]) and ("cmp", selector, op, value)."""
+    pos = 0
+
+    def peek() -> str:
+        return text[pos] if pos < len(text) else ""
+
+    def expr():
+        nonlocal pos
+        nodes = [conj()]
+        while peek() == ",":
+            pos += 1
+            nodes.append(conj())
+        return nodes[0] if len(nodes) == 1 else ("or", nodes)
+
+    def conj():
+        nonlocal pos
+        nodes = [term()]
+        while peek() == ";":
+            pos += 1
+            nodes.append(term())
+        return nodes[0] if len(nodes) == 1 else ("and", nodes)
+
+    def term():
+        nonlocal pos
+        if peek() == "(":
+            pos += 1
+            node = expr()
+            if peek() != ")":
+                raise FiqlError(f"expected ')' at {pos}")
+            pos += 1
+            return node
+        m = re.compile(r"([^=!();,]+)(==|!=|=[A-Za-z]*=)").match(text, pos)
+        if not m:
+            raise FiqlError(f"expected a comparison at {pos}")
+        selector, op = m.group(1).strip(), m.group(2)
+        if op not in OPERATORS:
+            raise FiqlError(f"unsupported operator {op}")
+        pos = m.end()
+        if peek() in ("'", '"'):
+            quote = peek()
+            end = text.find(quote, pos + 1)
+            if end < 0:
+                raise FiqlError("unterminated quote")
+            value = text[pos + 1:end]
+            pos = end + 1
+        else:
+            m2 = re.compile(r"[^();,]*").match(text, pos)
+            value = m2.group(0)
+            pos = m2.end()
+        if not value:
+            raise FiqlError(f"empty value for {selector}")
+        return ("cmp", selector, op, value)
+
+    node = expr()
+    if pos != len(text):
+        raise FiqlError(f"unexpected {text[pos]!r} at {pos}")
+    return node
+
+
+def selectors(node) -> set[str]:
+    if node[0] == "cmp":
+        return {node[1]}
+    return set().union(*(selectors(n) for n in node[1]))
+
+
+def _as_number(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def evaluate(node, obj: StoredObject) -> bool:
+    kind = node[0]
+    if kind == "and":
+        return all(evaluate(n, obj) for n in node[1])
+    if kind == "or":
+        return any(evaluate(n, obj) for n in node[1])
+    _, selector, op, raw = node
+    actual = obj.value(selector)
+    if actual is None:
+        return op == "!="
+    if selector in TIME_FIELDS or selector == "storedBytes":
+        if not re.fullmatch(r"-?\d+", raw):
+            raise FiqlError(f"{selector} needs a number (epoch milliseconds), got {raw!r}")
+        want: Any = int(raw)
+    else:
+        want = raw
+        a, b = _as_number(actual), _as_number(raw)
+        if op not in ("==", "!=") and a is not None and b is not None:
+            actual, want = a, b
+        else:
+            actual = str(actual)
+    if op == "==":
+        return actual == want
+    if op == "!=":
+        return actual != want
+    if op == "=gt=":
+        return actual > want
+    if op == "=ge=":
+        return actual >= want
+    if op == "=lt=":
+        return actual < want
+    return actual <= want
+
+
+# --------------------------------------------------------------------------- bulk jobs
+
+@dataclass
+class JobPlan:
+    status: str = "DONE"                 # the final status word
+    missing: set[str] | None = None      # ids left out (PARTIAL_DONE without it: the last id)
+    corrupt: set[str] = field(default_factory=set)   # member bytes altered: bad MD5
+    truncate: bool = False               # serve only the first half of the zip
+    polls: int | None = None             # overrides the emulator's bulk_polls
+
+
+@dataclass
+class Job:
+    zip_name: str
+    region: str
+    ids: list[str]
+    plan: JobPlan
+    created: float
+    polls_needed: int
+    polls: int = 0
+    final: str = "DONE"
+    missing: set[str] = field(default_factory=set)
+    cancelled: bool = False
+    zip_path: str | None = None
+
+
+class SliceBlob(Blob):
+    def __init__(self, blob: Blob, size: int):
+        self.blob = blob
+        self.size = size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.blob.read(offset, max(0, min(length, self.size - offset)))
+
+
+class CorruptBlob(Blob):
+    """The same size as `blob`, first byte flipped: the MD5 no longer matches."""
+
+    def __init__(self, blob: Blob):
+        self.blob = blob
+        self.size = blob.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.blob.read(offset, length)
+        if offset == 0 and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        return data
+
+
+# --------------------------------------------------------------------------- emulator
+
+class EightByEight(Emulator):
+    name = "8x8"
+
+    def __init__(self, *, client_id: str = "recfs-8x8-key", client_secret: str = "recfs-8x8-secret",
+                 regions: tuple[str, ...] | list[str] = ("us-east", "uk"), token_lifetime: int = 1799,
+                 bulk_polls: int = 2, bulk_seconds: float = 0.0, bulk_limit_bytes: int = 2 * 1000**3,
+                 bulk_max_ids: int | None = None, listing_as_array: bool = False,
+                 bulk_as_array: bool = False, include_total: bool = False,
+                 stored_bytes_as_string: bool = False, date_filter_500: bool = False,
+                 content_ranges: bool = True, presign_shape: str = "text",
+                 presign_lifetime: int = 1800, read_only_key: bool = False,
+                 restore_seconds: float = 5.0, zip_compression: int = zipfile.ZIP_DEFLATED, **kw):
+        super().__init__(**kw)
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.regions = list(regions)
+        self.token_lifetime = token_lifetime
+        self.bulk_polls = bulk_polls
+        self.bulk_seconds = bulk_seconds
+        self.bulk_limit_bytes = bulk_limit_bytes
+        self.bulk_max_ids = bulk_max_ids
+        self.listing_as_array = listing_as_array
+        self.bulk_as_array = bulk_as_array
+        self.include_total = include_total
+        self.stored_bytes_as_string = stored_bytes_as_string
+        self.date_filter_500 = date_filter_500
+        self.content_ranges = content_ranges
+        self.presign_shape = presign_shape
+        self.presign_lifetime = presign_lifetime
+        self.read_only_key = read_only_key
+        self.restore_seconds = restore_seconds
+        self.zip_compression = zip_compression
+        self.objects: dict[str, StoredObject] = {}
+        self.tokens: dict[str, float] = {}           # token -> expiry (emulator clock)
+        self.presigned: dict[str, tuple[str, float]] = {}
+        self.jobs: dict[str, Job] = {}
+        self.job_plans: collections.deque[JobPlan] = collections.deque()
+        self.corrupt_ids: set[str] = set()
+        self._lock = threading.RLock()
+        self._zip_dir = tempfile.mkdtemp(prefix="recfs-8x8-zips-")
+        self._rng = random.Random(0)
+
+        base = r"/storage/(?P<region>[^/]+)/v3"
+        self.route("POST", r"/oauth/v2/token", "token", self._token)
+        self.route("GET", base + r"/regions", "regions", self._regions)
+        self.route("GET", base + r"/objects", "objects", self._search)
+        self.route("GET", base + r"/objects/(?P<id>[^/]+)/content", "content", self._content)
+        self.route("POST", base + r"/objects/(?P<id>[^/]+)/restore", "restore", self._restore)
+        self.route("GET", base + r"/objects/(?P<id>[^/]+)(?:/metadata)?", "object", self._object)
+        self.route("POST", base + r"/bulk/download/start", "bulk_start", self._bulk_start)
+        self.route("GET", base + r"/bulk/download/status", "bulk_statuses", self._bulk_statuses)
+        self.route("GET", base + r"/bulk/download/status/(?P<zip>[^/]+)", "bulk_status", self._bulk_status)
+        self.route("POST", base + r"/bulk/download/cancel/(?P<zip>[^/]+)", "bulk_cancel", self._bulk_cancel)
+        self.route("PUT", base + r"/bulk/download/clear", "bulk_clear", self._bulk_clear)
+        self.route("GET", base + r"/bulk/download/(?P<zip>[^/]+)", "bulk_download", self._bulk_download)
+        self.route("DELETE", base + r"/bulk", "bulk_delete", self._bulk_delete)
+        self.route("GET", r"/s3/(?P<bucket>[^/]+)/(?P<id>[^/]+)", "presigned", self._presigned)
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/storage"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/oauth/v2/token"
+
+    @property
+    def jobs_started(self) -> int:
+        return len(self.jobs)
+
+    def add_object(self, region: str, type: str, objectName: str, blob: Blob | bytes,
+                   created: float | dt.datetime, *, id: str | None = None, mimeType: str | None = None,
+                   state: str = "AVAILABLE", tags: dict[str, str] | None = None,
+                   checksum: str | None = None, updated: float | None = None,
+                   bucketId: str | None = None) -> StoredObject:
+        if isinstance(blob, (bytes, bytearray)):
+            blob = BytesBlob(blob)
+        if isinstance(created, dt.datetime):
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=dt.timezone.utc)
+            created = created.timestamp()
+        oid = id or str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        if mimeType is None:
+            mimeType = {"transcription": "application/json", "agentnotes": "text/plain",
+                        "meeting": "video/mp4"}.get(type, "audio/mpeg")
+        obj = StoredObject(id=oid, region=region, type=type, objectName=objectName, blob=blob,
+                           created=float(created), updated=float(updated or created),
+                           mimeType=mimeType, objectState=state,
+                           checksum=blob.md5() if checksum is None else checksum,
+                           bucketId=bucketId or str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+                           tags=dict(tags or {}))
+        with self._lock:
+            self.objects[oid] = obj
+        return obj
+
+    def plan_job(self, status: str = "DONE", *, missing: set[str] | list[str] | None = None,
+                 corrupt: set[str] | list[str] = (), truncate: bool = False,
+                 polls: int | None = None) -> JobPlan:
+        """Queue the outcome of the next bulk job."""
+        plan = JobPlan(status, set(missing) if missing is not None else None, set(corrupt),
+                       truncate, polls)
+        self.job_plans.append(plan)
+        return plan
+
+    def expire_tokens(self) -> None:
+        with self._lock:
+            for token in self.tokens:
+                self.tokens[token] = self.now() - 1
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self._zip_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ helpers
+    def _fault(self, status: int, message: str, code: str | None = None) -> Response:
+        body: dict[str, Any] = {"status": status, "message": message}
+        if code:
+            body["errorCode"] = code
+        return json_response(body, status)
+
+    def _auth(self, req: Request) -> Response | None:
+        header = req.header("authorization") or ""
+        if not header.startswith("Bearer "):
+            return json_response({"fault": {"faultstring": "Invalid access token",
+                                            "detail": {"errorcode": "oauth.v2.InvalidAccessToken"}}}, 401)
+        token = header[7:].strip()
+        with self._lock:
+            expires = self.tokens.get(token)
+        if expires is None:
+            return json_response({"fault": {"faultstring": "Invalid access token",
+                                            "detail": {"errorcode": "oauth.v2.InvalidAccessToken"}}}, 401)
+        if self.now() >= expires:
+            return json_response({"fault": {"faultstring": "Access Token expired",
+                                            "detail": {"errorcode": "keymanagement.service.access_token_expired"}}}, 401)
+        return None
+
+    def _region(self, req: Request) -> tuple[str | None, Response | None]:
+        region = req.match.group("region")
+        if region not in VALID_REGIONS and region not in self.regions:
+            return None, self._fault(404, f"unknown region {region}")
+        return region, None
+
+    def _guard(self, req: Request) -> tuple[str | None, Response | None]:
+        denied = self._auth(req)
+        if denied:
+            return None, denied
+        return self._region(req)
+
+    def _state(self, obj: StoredObject) -> str:
+        if obj.available_at is not None and self.now() >= obj.available_at:
+            obj.objectState, obj.available_at = "AVAILABLE", None
+        return obj.objectState
+
+    def render(self, obj: StoredObject) -> dict:
+        self._state(obj)
+        return {
+            "id": obj.id, "type": obj.type, "mimeType": obj.mimeType, "objectName": obj.objectName,
+            "checksumType": obj.checksumType, "checksum": obj.checksum, "customerId": obj.customerId,
+            "userId": obj.userId,
+            "storedBytes": str(obj.size) if self.stored_bytes_as_string else obj.size,
+            "createdTime": iso(obj.created), "updatedTime": iso(obj.updated),
+            "objectState": obj.objectState, "bucketId": obj.bucketId,
+            "tags": [{"key": k, "value": v} for k, v in obj.tags.items()], "shared": obj.shared,
+        }
+
+    def _find(self, region: str, oid: str) -> StoredObject | None:
+        obj = self.objects.get(oid)
+        return obj if obj is not None and obj.region == region else None
+
+    # ------------------------------------------------------------------ routes
+    def _token(self, req: Request) -> Response:
+        header = req.header("authorization") or ""
+        try:
+            user, _, password = base64.b64decode(header.split(" ", 1)[1]).decode().partition(":") \
+                if header.startswith("Basic ") else ("", "", "")
+        except (ValueError, IndexError):
+            user, password = "", ""
+        if (user, password) != (self.client_id, self.client_secret):
+            return json_response({"ErrorCode": "invalid_client", "Error": "ClientId is Invalid"}, 401)
+        if req.form().get("grant_type") != "client_credentials":
+            return json_response({"ErrorCode": "invalid_request",
+                                  "Error": "Unsupported grant type : " + req.form().get("grant_type", "")}, 400)
+        token = new_token(28)
+        issued = self.now()
+        with self._lock:
+            self.tokens[token] = issued + self.token_lifetime
+        products = ["CE-PCS-Product", "Chat", "storage", "vcc"]
+        return json_response({
+            "access_token": token, "token_type": "BearerToken",
+            "api_product_list": "[" + ", ".join(products) + "]", "status": "approved", "scope": "",
+            "refresh_token_expires_in": "0", "expires_in": str(self.token_lifetime),
+            "refresh_count": "0", "developer.email": "deprecated",
+            "issued_at": str(int(issued * 1000)), "client_id": "deprecated",
+            "api_product_list_json": products,
+        })
+
+    def _regions(self, req: Request) -> Response:
+        _, problem = self._guard(req)
+        return problem or json_response(list(self.regions))
+
+    def _search(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        q = req.query
+        filter_text = q.get("filter", "")
+        try:
+            tree = parse_fiql(filter_text) if filter_text else None
+        except FiqlError as exc:
+            return self._fault(400, f"invalid filter: {exc}")
+        named = selectors(tree) if tree else set()
+        if self.date_filter_500 and named & set(TIME_FIELDS):
+            return self._fault(500, "Internal Server Error")
+        try:
+            offset = int(q.get("pageKey", "0") or 0)
+            limit = int(q.get("limit", "100") or 100)
+        except ValueError:
+            return self._fault(400, "pageKey and limit must be integers")
+        if offset < 0 or limit < 1:
+            return self._fault(400, "pageKey must be >= 0 and limit >= 1")
+        limit = min(limit, 100)
+        direction = q.get("sortDirection", "DESC").upper()
+        if direction not in ("ASC", "DESC"):
+            return self._fault(400, "sortDirection must be ASC or DESC")
+        sort_field = q.get("sortField") or "createdTime"
+        with self._lock:
+            candidates = [o for o in self.objects.values() if o.region == region]
+        matches = []
+        try:
+            for obj in candidates:
+                state = self._state(obj)
+                if "objectState" not in named and state != "AVAILABLE":
+                    continue
+                if tree is None or evaluate(tree, obj):
+                    matches.append(obj)
+        except FiqlError as exc:
+            return self._fault(400, f"invalid filter: {exc}")
+
+        def key(o: StoredObject):
+            v = o.value(sort_field)
+            return (0, v, o.id) if isinstance(v, int) else (1, str(v or ""), o.id)
+        matches.sort(key=key, reverse=direction == "DESC")
+        page = matches[offset:offset + limit]
+        body: dict[str, Any] = {"lastPage": offset + limit >= len(matches), "pageKey": offset + limit,
+                                "pageSize": len(page), "content": [self.render(o) for o in page]}
+        if self.include_total:
+            body["total"] = -(-len(matches) // limit)
+        return json_response([body] if self.listing_as_array else body)
+
+    def _object(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        obj = self._find(region, req.match.group("id"))
+        if obj is None:
+            return self._fault(404, "object not found")
+        return json_response(self.render(obj))
+
+    def _readable(self, obj: StoredObject | None) -> Response | None:
+        if obj is None:
+            return self._fault(404, "object not found")
+        state = self._state(obj)
+        if state == "ARCHIVED":
+            return self._fault(403, "object is archived; restore it first")
+        if state != "AVAILABLE":
+            return self._fault(404, f"object is {state}")
+        return None
+
+    def _content(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        obj = self._find(region, req.match.group("id"))
+        problem = self._readable(obj)
+        if problem:
+            return problem
+        if req.query.get("presignUrl", "").lower() == "true":
+            url = self.presign(obj)
+            if self.presign_shape == "json":
+                return json_response({"url": url})
+            return Response(200, {"Content-Type": "text/plain"}, url.encode())
+        return self._serve(req, obj)
+
+    def _serve(self, req: Request, obj: StoredObject) -> Response:
+        headers = {"Content-Type": obj.mimeType}
+        if not self.content_ranges:
+            return Response(200, headers, obj.blob)
+        return range_response(req, obj.blob, headers)
+
+    def presign(self, obj: StoredObject) -> str:
+        signature = hashlib.sha256(new_token(32).encode()).hexdigest()
+        now = self.now()
+        with self._lock:
+            self.presigned[signature] = (obj.id, now + self.presign_lifetime)
+        stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        filename = base64.b64encode(obj.objectName.encode()).decode()
+        query = urllib.parse.urlencode({
+            "X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Date": stamp,
+            "X-Amz-SignedHeaders": "host", "X-Amz-Expires": str(self.presign_lifetime),
+            "X-Amz-Credential": "AKIAEMULATOR/css/s3/aws4_request",
+            "response-content-disposition": f'attachment; filename="=?UTF-8?b?{filename}?="',
+            "X-Amz-Signature": signature})
+        return f"{self.url}/s3/css-{obj.region}/{obj.id}?{query}"
+
+    def _presigned(self, req: Request) -> Response:
+        signature = req.query.get("X-Amz-Signature", "")
+        with self._lock:
+            grant = self.presigned.get(signature)
+        denied = Response(403, {"Content-Type": "application/xml"},
+                          b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>"
+                          b"<Message>Request has expired</Message></Error>")
+        if grant is None or grant[0] != req.match.group("id") or self.now() >= grant[1]:
+            return denied
+        obj = self.objects.get(grant[0])
+        problem = self._readable(obj)
+        return problem or self._serve(req, obj)
+
+    def _restore(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        if self.read_only_key:
+            return self._fault(403, "the API key may not edit objects")
+        obj = self._find(region, req.match.group("id"))
+        if obj is None:
+            return self._fault(404, "object not found")
+        days = 7
+        if req.body:
+            try:
+                days = int(req.json().get("expirationDays", 7))
+            except (ValueError, AttributeError, TypeError):
+                return self._fault(400, "expirationDays must be an integer")
+        if not 1 <= days <= 10:
+            return self._fault(400, "expirationDays must be between 1 and 10")
+        if self._state(obj) == "ARCHIVED":
+            obj.available_at = self.now() + self.restore_seconds
+        return json_response({"expirationDays": days})
+
+    # -- bulk
+    def _job_status(self, job: Job) -> str:
+        if job.cancelled:
+            return "CANCELLED"
+        done_by_polls = job.polls >= job.polls_needed
+        done_by_time = self.now() >= job.created + self.bulk_seconds
+        if done_by_polls and done_by_time:
+            return job.final
+        return "IN_PROGRESS" if job.polls >= 1 else "NOT_STARTED"
+
+    def _job_body(self, job: Job, status: str) -> dict:
+        return {"zipName": job.zip_name, "status": status,
+                "content": [f"{i}:{'MISSING' if i in job.missing else status}" for i in job.ids]}
+
+    def _bulk_answer(self, body: dict) -> Response:
+        return json_response([body] if self.bulk_as_array else body)
+
+    def _bulk_start(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        try:
+            ids = req.json()
+        except ValueError:
+            return self._fault(400, "the body must be a JSON array of object ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return self._fault(400, "the body must be a non-empty JSON array of object ids")
+        if self.bulk_max_ids is not None and len(ids) > self.bulk_max_ids:
+            return self._fault(400, f"at most {self.bulk_max_ids} ids per request")
+        plan = self.job_plans.popleft() if self.job_plans else JobPlan()
+        with self._lock:
+            present = []
+            for oid in ids:
+                obj = self._find(region, oid)
+                if obj is not None and self._state(obj) == "AVAILABLE":
+                    present.append(oid)
+            missing = set(ids) - set(present)
+            final = plan.status
+            if final == "PARTIAL_DONE":
+                missing |= plan.missing if plan.missing is not None else {ids[-1]}
+            elif final == "DONE" and missing:
+                final = "PARTIAL_DONE"
+            if final in ("DONE", "PARTIAL_DONE"):
+                if not set(ids) - missing:
+                    final = "FAILED"
+                elif sum(self.objects[i].size for i in set(ids) - missing) > self.bulk_limit_bytes:
+                    final = "FAILED"
+            polls = self.bulk_polls if plan.polls is None else plan.polls
+            job = Job(zip_name=f"{uuid.uuid4()}.zip", region=region, ids=list(ids), plan=plan,
+                      created=self.now(), polls_needed=polls, final=final, missing=missing)
+            self.jobs[job.zip_name] = job
+        return self._bulk_answer(self._job_body(job, self._job_status(job)))
+
+    def _bulk_status(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        with self._lock:
+            job = self.jobs.get(req.match.group("zip"))
+            if job is None or job.region != region:
+                return self._fault(404, "no such download")
+            job.polls += 1
+            body = self._job_body(job, self._job_status(job))
+        return self._bulk_answer(body)
+
+    def _bulk_statuses(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        with self._lock:
+            return json_response([{"zipName": j.zip_name, "status": self._job_status(j)}
+                                  for j in self.jobs.values() if j.region == region])
+
+    def _bulk_cancel(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        with self._lock:
+            job = self.jobs.get(req.match.group("zip"))
+            if job is None or job.region != region:
+                return self._fault(404, "no such download")
+            if self._job_status(job) in ("NOT_STARTED", "IN_PROGRESS"):
+                job.cancelled = True
+            return json_response([{"zipName": job.zip_name, "status": self._job_status(job)}])
+
+    def _bulk_clear(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        with self._lock:
+            for job in self.jobs.values():
+                if job.region == region:
+                    job.cancelled = job.cancelled or self._job_status(job) in ("NOT_STARTED", "IN_PROGRESS")
+            return json_response([{"zipName": j.zip_name, "status": self._job_status(j)}
+                                  for j in self.jobs.values() if j.region == region])
+
+    def _bulk_download(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        with self._lock:
+            job = self.jobs.get(req.match.group("zip"))
+            if job is None or job.region != region:
+                return self._fault(404, "no such download")
+            status = self._job_status(job)
+            if status not in ("DONE", "PARTIAL_DONE"):
+                return self._fault(404, f"the download is {status}")
+            if job.zip_path is None:
+                job.zip_path = self._build_zip(job)
+        blob: Blob = FileBlob(job.zip_path)
+        if job.plan.truncate:
+            blob = SliceBlob(blob, blob.size // 2)
+        return range_response(req, blob, {"Content-Type": "application/zip",
+                                          "Content-Disposition": f'attachment; filename="{job.zip_name}"'})
+
+    def _build_zip(self, job: Job) -> str:
+        path = os.path.join(self._zip_dir, job.zip_name)
+        corrupt = job.plan.corrupt | self.corrupt_ids
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # duplicate names are the point
+            with zipfile.ZipFile(path, "w", compression=self.zip_compression, compresslevel=1) as zf:
+                for oid in job.ids:
+                    if oid in job.missing:
+                        continue
+                    obj = self.objects[oid]
+                    blob = CorruptBlob(obj.blob) if oid in corrupt else obj.blob
+                    stamp = dt.datetime.fromtimestamp(obj.created, dt.timezone.utc)
+                    info = zipfile.ZipInfo(obj.objectName, date_time=(
+                        max(stamp.year, 1980), stamp.month, stamp.day, stamp.hour, stamp.minute,
+                        stamp.second))
+                    info.compress_type = self.zip_compression
+                    info.file_size = blob.size
+                    with zf.open(info, "w", force_zip64=blob.size > 2**31) as out:
+                        for piece in blob.iter_range(0, blob.size):
+                            out.write(piece)
+        return path
+
+    def _bulk_delete(self, req: Request) -> Response:
+        region, problem = self._guard(req)
+        if problem:
+            return problem
+        if self.read_only_key:
+            return self._fault(403, "the API key may not delete objects")
+        try:
+            ids = req.json()
+        except ValueError:
+            return self._fault(400, "the body must be a JSON array of object ids")
+        with self._lock:
+            for oid in ids if isinstance(ids, list) else []:
+                obj = self._find(region, oid)
+                if obj is not None:
+                    obj.objectState = "REVOKED"
+        return Response(200, {}, b"")
+
+
+# --------------------------------------------------------------------------- demo
+
+def source_table(emu: EightByEight, name: str) -> dict:
+    """The [[sources]] table of a source reading from `emu` (polls fast: it is local)."""
+    return {"name": name, "kind": "8x8", "api_url": emu.api_url, "token_url": emu.token_url,
+            "client_id": emu.client_id, "client_secret": emu.client_secret,
+            "poll_interval": 0.05, "poll_max_interval": 0.5, "batch_window": 0.1}
+
+
+_CALLREC_TAGS = ("callId", "pbxId", "direction", "extensionNumber", "userName", "duration",
+                 "startTime", "endTime", "callerId")
+
+
+def _tags(rng: random.Random, type_: str, when: float, size: int) -> dict[str, str]:
+    duration_ms = max(1000, size // 16)      # ~128 kbit/s mp3
+    tags = {"callId": f"int-{rng.getrandbits(40):x}-{rng.getrandbits(32):x}",
+            "startTime": str(int(when * 1000)), "endTime": str(int(when * 1000) + duration_ms),
+            "duration": str(duration_ms), "direction": rng.choice(["INBOUND", "OUTBOUND"])}
+    if type_ == "callrecording":
+        tags.update(pbxId="acmecorp", userName="Ada Lovelace", extensionNumber=str(rng.randint(100, 999)),
+                    callerId=f"+1669555{rng.randint(1000, 9999)}")
+    elif type_ == "callcenterrecording":
+        tags.update(agentId=f"ag{rng.randint(1000, 9999)}", queueName="Support", tenantId="acmecorp01")
+    elif type_ == "transcription":
+        tags = {"sourceObjectType": "callcenterrecording", "language": "en-US",
+                "sourceObjectId": str(uuid.UUID(int=rng.getrandbits(128), version=4))}
+    return tags
+
+
+def demo(seed: int = 0) -> EightByEight:
+    """An account with two regions, several types and days, odd names, one duplicate
+    objectName and a few objects that must stay hidden (REVOKED, ARCHIVED, PENDING)."""
+    rng = random.Random(seed)
+    emu = EightByEight(regions=("us-east", "uk"))
+    emu._rng = random.Random(seed)
+
+    def add(region, type_, name, day, hour, size=None, **kw):
+        when = dt.datetime(*day, hour, rng.randint(0, 59), rng.randint(0, 59), tzinfo=dt.timezone.utc)
+        if type_ == "transcription":
+            blob: Blob = BytesBlob(('{"language":"en-US","segments":[{"speaker":"agent",'
+                                    f'"text":"Thank you for calling, ticket {rng.randint(1, 99999)}"}}]}}')
+                                   .encode())
+        else:
+            blob = PatternBlob(rng.getrandbits(31), size or rng.randint(20_000, 400_000))
+        return emu.add_object(region, type_, name, blob, when,
+                              tags=_tags(rng, type_, when.timestamp(), blob.size), **kw)
+
+    for i, day in enumerate([(2024, 9, 2), (2024, 9, 3), (2024, 10, 15), (2025, 1, 7)]):
+        for j in range(3):
+            ext = 117209 + j
+            add("us-east", "callrecording",
+                f"ipbx:acmecorp:callrecording:users:{ext}:{day[0]}{day[1]:02d}{day[2]:02d}-+1669555551{j}_E.mp3",
+                day, 9 + j)
+    add("us-east", "callrecording", "team meeting (Ünïcode) + notes.mp3", (2024, 9, 2), 15)
+    for j in range(4):
+        add("us-east", "callcenterrecording",
+            f"int-1819420cbe{j}-sHtEBArUkmmtmyczfbcDGWMwl-phone-00-supertenantcsm01.mp3",
+            (2024, 9, 3), 10 + j)
+    # two recordings that share an objectName: the zip holds both under one name
+    add("us-east", "callcenterrecording", "voicemail-greeting.mp3", (2024, 9, 4), 8, size=30_000)
+    add("us-east", "callcenterrecording", "voicemail-greeting.mp3", (2024, 9, 4), 9, size=31_000)
+    for j in range(2):
+        add("us-east", "transcription", f"int-1819420cbe{j}-transcript.json", (2024, 9, 3), 12 + j)
+    add("us-east", "agentnotes", "int-1819420cbe0-supertenantcsm01.agentnotes", (2024, 9, 3), 14)
+    add("us-east", "callrecording", "revoked.mp3", (2024, 9, 2), 16, state="REVOKED")
+    add("us-east", "callrecording", "archived.mp3", (2024, 9, 2), 17, state="ARCHIVED")
+    add("us-east", "callrecording", "pending.mp3", (2024, 9, 2), 18, state="PENDING")
+    for j in range(2):
+        add("uk", "voicemail", f"vm-{j + 1}-+44207946000{j}.mp3", (2024, 11, 20), 11 + j)
+    add("uk", "postcallsurvey", "pcs-0001", (2024, 11, 20), 13)
+    return emu

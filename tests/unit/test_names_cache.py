@@ -1,0 +1,94 @@
+"""Safe names, and the cache's invariants (driven without a mount)."""
+from __future__ import annotations
+
+import os
+import unicodedata
+
+from recfs.content.cache import CHUNK, Cache
+from recfs.names import clean, unique_names
+
+
+def test_hostile_names_become_safe_distinct_and_stable():
+    items = [("a/b", "1"), ("a\x00b", "2"), (".", "3"), ("..", "4"), ("", "5"),
+             ("x" * 300 + ".wav", "6"), ("dup.wav", "7"), ("dup.wav", "8"), ("Case.wav", "9"),
+             ("case.wav", "10"), (unicodedata.normalize("NFC", "é.wav"), "11"),
+             (unicodedata.normalize("NFD", "é.wav"), "12")]
+    names = unique_names(items)
+    assert len(set(names)) == len(names)
+    for n in names:
+        assert "/" not in n and "\x00" not in n and n not in ("", ".", "..")
+        assert len(n.encode()) <= 255
+    assert names[0] == "a\u2215b" and names[2] == "_." and names[3] == "_.." and names[4] == "_"
+    assert names[5].endswith(".wav")
+    assert names[6] != names[7] and names[6].endswith(".wav") and names[6].startswith("dup ~")
+    assert names[8] == "Case.wav" and names[9] == "case.wav"
+    # stable: same result in another order
+    again = unique_names(list(reversed(items)))
+    assert list(reversed(again)) == names
+    assert clean("ok.wav") == "ok.wav"
+
+
+def test_cache_marks_only_written_chunks_and_survives_reopen(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30)
+    e = c.entry("k@1", 3 * CHUNK + 10)
+    e.write(0, b"a" * CHUNK)
+    e.mark(0, 0)
+    e.write(CHUNK, b"b" * 100)            # written but not marked: not present
+    assert e.has(0, CHUNK) and not e.has(0, CHUNK + 1)
+    c.close()
+    c = Cache(tmp_path, max_size=1 << 30)
+    e = c.entry("k@1", 3 * CHUNK + 10)
+    assert e.has(0, CHUNK) and not e.has_chunk(1)
+    assert e.read(0, 4) == b"aaaa"
+    assert c.total == CHUNK
+
+
+def test_unflushed_marks_are_lost_not_invented(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30)
+    e = c.entry("k@1", CHUNK * 2)
+    e.write(0, b"z" * CHUNK)
+    e.mark(0, 0)
+    # no flush: a crash now must not leave the chunk marked in the index
+    c2 = Cache(tmp_path, max_size=1 << 30)
+    assert not c2.entry("k@1", CHUNK * 2).has_chunk(0)
+
+
+def test_a_damaged_data_file_resets_the_entry(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30)
+    e = c.entry("k@1", CHUNK * 2)
+    e.write(0, b"q" * CHUNK * 2)
+    e.mark(0, 1)
+    c.close()
+    os.truncate(c.data_path("k@1"), 10)
+    c = Cache(tmp_path, max_size=1 << 30)
+    assert not c.entry("k@1", CHUNK * 2).has_chunk(0)
+
+
+def test_lru_eviction_spares_pinned_entries(tmp_path):
+    c = Cache(tmp_path, max_size=3 * CHUNK)
+    a = c.pin("a", CHUNK)
+    a.write(0, b"a" * CHUNK); a.mark(0, 0)
+    b = c.entry("b", CHUNK)
+    b.write(0, b"b" * CHUNK); b.mark(0, 0)
+    d = c.entry("d", CHUNK)
+    d.write(0, b"d" * CHUNK); d.mark(0, 0)
+    c.reserve(2 * CHUNK)                  # must evict b and d, never the pinned a
+    assert c.entry("a", CHUNK).complete
+    assert c.total <= CHUNK
+    assert c.evictions == 2
+    assert stat_mode(tmp_path) == 0o700
+
+
+def test_store_file_adopts_a_verified_file(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30)
+    staged = c.staging_dir / "x"
+    staged.write_bytes(b"hello" * 1000)
+    c.store_file("f@1", 5000, staged)
+    assert not staged.exists()
+    assert c.has_whole("f@1", 5000)
+    assert c.entry("f@1", 5000).read(0, 5) == b"hello"
+    assert oct(os.stat(c.data_path("f@1")).st_mode & 0o777) == oct(0o600)
+
+
+def stat_mode(p):
+    return os.stat(p).st_mode & 0o777
