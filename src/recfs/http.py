@@ -279,7 +279,7 @@ class Http:
         """Stream bytes [start, end) of a file into `sink`, resuming after failures.
 
         `url_for(renew)` gives the URL and headers to use; it is called with True once
-        after a 403 (an expired signed URL or token), and the same range is retried.
+        after a 401 or 403 (an expired token or signed URL), and the same range is retried.
         The answer must be the range asked for: a 206 whose Content-Range matches, or
         a 200 with the whole file (the range is then cut out of it). A total different
         from `total` raises SizeChangedError: the object changed under us.
@@ -297,7 +297,7 @@ class Http:
             resp_for_retry = None
             try:
                 async with self.client.stream("GET", url, headers=h) as resp:
-                    if resp.status_code == 403 and not renewed:
+                    if resp.status_code in (401, 403) and not renewed:
                         renewed = True
                         await resp.aclose()
                         await url_for(True)

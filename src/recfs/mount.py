@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pyfuse3
@@ -119,7 +118,7 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             reader = Reader(cache, nursery, **settings.get("reader", {}))
             control = Control(tree, reader, cache, http, sources)
             ops = Operations(tree, reader, control)
-            pyfuse3.init(ops, str(mountpoint), fuse_options(f"recfs", allow_other))
+            pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True
             if read_ahead_kb:
                 raise_read_ahead(mountpoint, read_ahead_kb)

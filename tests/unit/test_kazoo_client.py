@@ -117,6 +117,7 @@ def test_names_take_the_extension_of_the_stored_media_type():
     assert file_name("abc.mp3", "audio/wav") == "abc.wav"
     assert file_name("Sales call with Zoë", "audio/mpeg") == "Sales call with Zoë.mp3"
     assert file_name("call 2024.01.05", "audio/wav") == "call 2024.01.05.wav"
+    assert file_name("odd.mp3", "application/octet-stream") == "odd.mp3"
 
 
 def test_jwt_lifetime():

@@ -112,8 +112,10 @@ async def test_tree_of_two_accounts_and_the_user_view(emu, http):
     assert len(hidden) == 4 and not any(r.id in {e.id for e in files.values()} for r in hidden)
     # one pass over the history per account for all levels above the day folders
     windows = len(month_windows(src.since, src.clock()))
+    # history windows start at midnight; day folders' an hour before; start()'s last 1 s
     history = [q for q in emu.listings if q["owner"] is None
-               and int(q["created_to"]) - int(q["created_from"]) > 3 * 86400]
+               and from_gregorian(int(q["created_from"])) % 86400 == 0
+               and int(q["created_to"]) > int(q["created_from"])]
     assert len(history) == windows * 2
     # every file's size was probed once, however many views show it
     assert emu.count("media") == len({e.id for e in files.values()})
@@ -155,6 +157,23 @@ async def test_token_expiry_mid_crawl_resumes_with_the_same_cursor(emu, http):
     fresh = make_source(emu, http, page_size=2)
     assert [e.name for e in first_pass.entries] == \
         [e.name for e in (await fresh.list_dir(("acct", account))).entries]
+
+
+async def test_token_expiry_mid_read_reauthenticates(emu, http):
+    src = make_source(emu, http)
+    files = await walk(src)
+    entry = max(files.values(), key=lambda e: e.size)
+    blob = emu.recordings[entry.id].blob
+    got = bytearray(entry.size)
+
+    def sink(offset, data):
+        got[offset:offset + len(data)] = data
+    await src.fetch_range(entry, 0, 1000, sink)
+    auths = emu.count("api_auth")
+    emu.advance(emu.token_lifetime + 1)
+    await src.fetch_range(entry, 1000, entry.size, sink)
+    assert bytes(got) == blob.all_bytes()
+    assert emu.count("unauthorized") == 1 and emu.count("api_auth") == auths + 1
 
 
 async def test_a_429_storm_is_survived():

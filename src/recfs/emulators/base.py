@@ -362,6 +362,9 @@ class Emulator:
 
 class _RequestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without TCP_NODELAY the body waits
+    # for the client's delayed ACK (about 40 ms a request)
+    disable_nagle_algorithm = True
     emulator: Emulator
     server_version = "recfs-emulator"
     sys_version = ""

@@ -34,7 +34,6 @@ import hashlib
 import json
 import random
 import re
-import socket
 import threading
 import time
 import uuid
@@ -152,14 +151,6 @@ class KazooEmulator(Emulator):
         self.route("GET", acct + r"/recordings/(?P<rid>[^/]+)", "doc", self._get)
         self.route("DELETE", acct + r"/recordings/(?P<rid>[^/]+)", "delete", self._delete)
         self.route("PATCH", acct + r"/recordings/(?P<rid>[^/]+)", "patch", self._patch)
-
-    def start(self) -> "KazooEmulator":
-        super().start()
-        # Headers and body leave in two writes; with Nagle on, the body waits for the
-        # client's delayed ACK (~40 ms a request). Accepted sockets inherit NODELAY
-        # from the listener on Linux. (Belongs in emulators/base.py; asked for there.)
-        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self
 
     # ------------------------------------------------------------------ set-up
 

@@ -306,7 +306,10 @@ def media_type_of(doc: dict[str, Any]) -> str:
 
 
 def extension_for(mime: str) -> str:
-    return MIME_EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ""
+    """The extension for an audio type; '' for anything else (the name is then kept)."""
+    if mime in MIME_EXTENSIONS:
+        return MIME_EXTENSIONS[mime]
+    return (mimetypes.guess_extension(mime) or "") if mime.startswith("audio/") else ""
 
 
 def file_name(name: str, mime: str) -> str:
@@ -363,6 +366,7 @@ class KazooSource(Source):
                  clock: Callable[[], float] = time.time):
         super().__init__(name, options, ctx)
         self.clock = clock
+        self.created_at = clock()
         self.client = KazooClient(ctx.http, options["api_url"], options["api_key"],
                                   page_size=int(options.get("page_size") or 200),
                                   what=f"kazoo source {name!r}")
@@ -450,12 +454,16 @@ class KazooSource(Source):
     async def list_dir(self, ref: Hashable) -> Listing:
         what = ref[0]
         if what == "root":
-            return Listing([self._dir(a, ("acct", a)) for a in await self.accounts()])
+            # the root must not cost a history pass, so accounts show the mount's start
+            return Listing([self._dir(a, ("acct", a), mtime=self.created_at)
+                            for a in await self.accounts()])
         if what == "acct":
             account = ref[1]
-            entries = self._period_dirs(await self._days(account, None), account, None, "year", ())
+            days = await self._days(account, None)
+            entries = self._period_dirs(days, account, None, "year", ())
             if self.user_view:
-                entries.append(self._dir("users", ("users", account)))
+                entries.append(self._dir("users", ("users", account),
+                                         mtime=max(days.values(), default=self.created_at)))
             return Listing(entries)
         if what == "users":
             account = ref[1]
