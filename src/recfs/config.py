@@ -199,6 +199,26 @@ CACHE_KEYS = {
 }
 
 
+def _positive(v) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+TUNING_KEYS = {
+    "connect_timeout": Key("float", default=10.0, check=_positive, doc="seconds to connect"),
+    "read_timeout": Key("float", default=30.0, check=_positive,
+                        doc="seconds without a byte before a request counts as stalled"),
+    "retry_attempts": Key("int", default=6, check=_positive, doc="tries per request, the first included"),
+    "retry_base_delay": Key("float", default=0.2, check=_positive, doc="first backoff, doubled per try"),
+    "retry_max_delay": Key("float", default=10.0, check=_positive, doc="longest single backoff"),
+    "retry_budget": Key("float", default=60.0, check=_positive, doc="seconds of retrying per request"),
+    "max_connections": Key("int", default=32, check=_positive, doc="HTTP connections in all"),
+    "first_window": Key("size", default=1 << 20, doc="first read-ahead window of a sequential reader"),
+    "max_window": Key("size", default=64 << 20, doc="largest read-ahead window"),
+    "max_request": Key("size", default=8 << 20, doc="largest single ranged GET"),
+    "small_file": Key("size", default=4 << 20, doc="files up to this size are fetched whole"),
+}
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "recfs"
@@ -222,6 +242,7 @@ class SourceConfig:
 class Config:
     cache: CacheConfig
     sources: list[SourceConfig]
+    tuning: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -234,10 +255,14 @@ def source_module(kind: str):
 
 
 def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
-    known_top = {"cache", "sources"}
+    known_top = {"cache", "sources", "tuning"}
     for k in data:
         if k not in known_top:
-            raise ConfigError(f"{k}: unknown key (known: cache, sources)")
+            raise ConfigError(f"{k}: unknown key (known: cache, sources, tuning)")
+    tuning_tab = data.get("tuning", {})
+    if not isinstance(tuning_tab, dict):
+        raise ConfigError("tuning: expected a table [tuning]")
+    tuning = _apply_schema(tuning_tab, TUNING_KEYS, "tuning", config_dir)
     cache_tab = data.get("cache", {})
     if not isinstance(cache_tab, dict):
         raise ConfigError("cache: expected a table [cache]")
@@ -275,7 +300,8 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
             if problem:
                 raise ConfigError(f"{where}.{problem}")
         sources.append(SourceConfig(name=name, kind=kind, options=opts))
-    return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"]), sources=sources)
+    return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"]), sources=sources,
+                  tuning=tuning)
 
 
 def load_config(path: str | Path) -> Config:

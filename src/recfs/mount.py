@@ -13,12 +13,12 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from .config import Config, source_module
+from .config import TUNING_KEYS, Config, source_module
 from .content.cache import Cache
 from .content.reader import Reader
 from .control import Control
 from .fs import Operations
-from .http import Http, HttpError
+from .http import Http, HttpError, RetryPolicy
 from .sources.base import SourceContext, SourceError
 from .tree import Tree
 
@@ -98,13 +98,17 @@ def raise_read_ahead(mountpoint: Path, kib: int) -> None:
         log.debug("cannot raise read_ahead_kb: %s", exc.strerror)
 
 
-async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead_kb: int,
-                 settings: dict) -> None:
+async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead_kb: int) -> None:
     cache = Cache(cfg.cache.dir, cfg.cache.max_size, cfg.cache.min_free)
-    http = Http(ca_bundle=next((s.options.get("ca_bundle") for s in cfg.sources
-                                if s.options.get("ca_bundle")), None),
-                **settings.get("http", {}))
-    ctx = SourceContext(http=http, cache=cache, settings=settings)
+    t = {name: key.default for name, key in TUNING_KEYS.items()}
+    t.update(cfg.tuning or {})
+    http = Http(max_connections=t["max_connections"], connect_timeout=t["connect_timeout"],
+                read_timeout=t["read_timeout"],
+                retry=RetryPolicy(attempts=t["retry_attempts"], base_delay=t["retry_base_delay"],
+                                  max_delay=t["retry_max_delay"], budget=t["retry_budget"]),
+                ca_bundle=next((s.options.get("ca_bundle") for s in cfg.sources
+                                if s.options.get("ca_bundle")), None))
+    ctx = SourceContext(http=http, cache=cache, settings=dict(t))
     sources = [source_module(s.kind).create(s.name, s.options, ctx) for s in cfg.sources]
     mounted = False
     try:
@@ -115,7 +119,9 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
                 raise MountError(f"source {src.name!r}: {exc}") from None
         async with trio.open_nursery() as nursery:
             tree = Tree(sources, cache)
-            reader = Reader(cache, nursery, **settings.get("reader", {}))
+            reader = Reader(cache, nursery, max_connections=t["max_connections"],
+                            first_window=t["first_window"], max_window=t["max_window"],
+                            max_request=t["max_request"], small_file=t["small_file"])
             control = Control(tree, reader, cache, http, sources)
             ops = Operations(tree, reader, control)
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
@@ -154,9 +160,9 @@ async def _watch_signals() -> None:
 
 
 def run_mount(cfg: Config, mountpoint: Path, *, allow_other: bool = False,
-              read_ahead_kb: int = 1024, settings: dict | None = None) -> None:
+              read_ahead_kb: int = 1024) -> None:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     check_mountpoint(mountpoint)
     trio.run(lambda: _serve(cfg, mountpoint, allow_other=allow_other,
-                            read_ahead_kb=read_ahead_kb, settings=settings or {}))
+                            read_ahead_kb=read_ahead_kb))
