@@ -73,7 +73,9 @@ def sd_notify(message: str) -> None:
 
 def fuse_options(name: str, allow_other: bool) -> set[str]:
     opts = set(pyfuse3.default_options)   # default_permissions
-    opts |= {f"fsname={name}", "subtype=recfs", "ro", "noatime", "nodev", "nosuid"}
+    # not "ro": the kernel would refuse setxattr, which the control interface
+    # (user.recfs.* on the root) needs; fs.py answers EROFS to every write itself
+    opts |= {f"fsname={name}", "subtype=recfs", "noatime", "nodev", "nosuid"}
     if allow_other:
         opts |= {"allow_other", "default_permissions"}
     return opts

@@ -355,12 +355,14 @@ def test_member_paths_are_never_used_as_paths(tmp_path):
     wanted = [oce.Wanted("a", "a.wav", 4), oce.Wanted("b", "b.wav", 2),
               oce.Wanted("c", "c.wav", 3), oce.Wanted("d", "d.wav", 5),
               oce.Wanted("e", "e.wav", 3), oce.Wanted("f", "f.wav", 1)]
-    done, problems = oce.extract_members(zpath, wanted, out, "job")
+    done, problems = oce.extract_members(zpath, wanted, out)
     assert {k: p.read_bytes() for k, p in done.items()} == \
         {"a": b"AAAA", "b": b"BB", "c": b"CCC", "d": b"DDDDD"}
-    assert all(p.parent == out and p.name.startswith("job-") for p in done.values())
+    # each member went to a file of our naming in `out`, nowhere else
+    assert all(p.parent == out and not p.name.endswith(".wav") for p in done.values())
     assert set(problems) == {"e", "f"}
     assert "expected 3" in problems["e"] and "not in the package" in problems["f"]
+    assert sorted(out.iterdir()) == sorted(done.values())
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
         ["out", "p.zip"] + [p.name for p in done.values()])
 
@@ -368,7 +370,7 @@ def test_member_paths_are_never_used_as_paths(tmp_path):
 def test_namesakes_are_told_apart_by_size_and_depth(tmp_path):
     zpath = tmp_path / "p.zip"
     zpath.write_bytes(zip_of({"F/sub/x.wav": b"123", "F/x.wav": b"456"}))
-    done, problems = oce.extract_members(zpath, [oce.Wanted("x", "x.wav", 3)], tmp_path, "j")
+    done, problems = oce.extract_members(zpath, [oce.Wanted("x", "x.wav", 3)], tmp_path)
     assert done["x"].read_bytes() == b"456" and not problems
 
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from recfs.config import parse_config
-from recfs.emulators.base import Fault, PatternBlob
+from recfs.emulators.base import PatternBlob
 from recfs.emulators.oce import OceEmulator, source_table
 from recfs.http import Http, RetryPolicy, SizeChangedError
 from recfs.sources import oce
@@ -389,8 +389,11 @@ async def test_fetch_whole_waits_only_for_a_running_job(emu, source):
 async def test_cancelled_prefetch_deletes_its_job(emu, source):
     emu.job_polls = 10_000
     entries = await day_entries(source, emu)
-    with trio.move_on_after(0.3):
-        await source.prefetch_dir(emu.ids["day"], entries)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(source.prefetch_dir, emu.ids["day"], entries)
+        while emu.count("download_status") < 2:
+            await trio.sleep(0.005)
+        nursery.cancel_scope.cancel()        # the one waiting for the job goes away
     assert emu.count("download_create") == 1
     assert emu.count("download_delete") == 1
     assert emu.job_history[-1].progress == "ABORTED"
@@ -428,3 +431,41 @@ async def test_ids_outside_the_folder_are_refused_by_the_emulator(emu, source):
         json={"idList": f"{entries[0].id},{other.id}"}, expect=None, idempotent=False)
     assert resp.status_code == 400
     assert resp.json()["errorCode"] == "-96"
+
+
+async def test_prefetch_through_the_control_layer_then_reads_cost_nothing(emu, tmp_path):
+    """`recfs prefetch` as the mount runs it (Control -> prefetch_dir -> Reader ->
+    fetch_whole), with the real cache, minus the kernel."""
+    from recfs.content.reader import Reader
+    from recfs.control import Control
+    from recfs.tree import Tree
+    if Cache is None:
+        pytest.skip("needs recfs.content.cache")
+    cache = Cache(tmp_path / "cache", max_size=1 << 30)
+    src = build_source(emu, cache)
+    try:
+        async with trio.open_nursery() as nursery:
+            reader = Reader(cache, nursery)
+            tree = Tree([src], cache)
+            control = Control(tree, reader, cache, src.ctx.http, [src])
+            node = await control.resolve("oce/Recordings/2024-05-01")
+            await control.prefetch("oce/Recordings/2024-05-01", node)
+            job = control.prefetches["oce/Recordings/2024-05-01"]
+            assert job["failed"] == 0 and job["done_files"] == 8
+            # one job for the folder, one for its subfolder; no ranged GETs
+            assert emu.count("download_create") == 2 and emu.count("data") == 0
+            for child in await tree.children(node):
+                if child.is_dir:
+                    continue
+                h = reader.open(src, child.entry)
+                try:
+                    data = await reader.read(h, 0, child.entry.size)
+                finally:
+                    reader.release(h)
+                assert data == emu.nodes[child.entry.id].blob.all_bytes()
+            assert emu.count("data") == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        await src.aclose()
+        await src.ctx.http.aclose()
+        cache.close()

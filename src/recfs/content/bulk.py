@@ -417,14 +417,14 @@ async def run_job(backend: BulkBackend, files: list[BulkFile], *, cache, policy:
         return all_files(failed(f"{label}: could not start a bulk job: {exc}"))
     total = sum(f.size for f in files)
     log.info("%s: job %s started for %d files (%d bytes)", label, handle, len(files), total)
-    deadline = time.monotonic() + policy.timeout
+    deadline = trio.current_time() + policy.timeout
     delays = iter(policy.delays())
     while status.state is JobState.WAITING:
-        if time.monotonic() >= deadline:
+        if trio.current_time() >= deadline:
             await _cancel(backend, handle)
             return all_files(fallback(f"{label}: job {handle} did not finish within "
                                       f"{policy.timeout:.0f}s"))
-        await trio.sleep(min(next(delays), max(0.0, deadline - time.monotonic())))
+        await trio.sleep(min(next(delays), max(0.0, deadline - trio.current_time())))
         try:
             status = await backend.poll(handle)
         except (HttpError, ValueError, KeyError, TypeError) as exc:

@@ -153,7 +153,7 @@ class Reader:
                 msg = describe(exc)
                 log.error("%s: %s: %s", state.source.name, state.entry.name, msg)
                 raise ReadError(msg, getattr(exc, "errno", errno.EIO),
-                                isinstance(exc, SizeChangedError)) from None
+                                is_stale(exc)) from None
             if state.ce.complete:
                 return
             # a bulk path may have stored the file under the same key: pick it up
@@ -250,7 +250,7 @@ class Reader:
                 if not ce.has_chunk(i) and fetch.error is not None:
                     exc = fetch.error
                     raise ReadError(describe(exc), getattr(exc, "errno", errno.EIO),
-                                    isinstance(exc, SizeChangedError))
+                                    is_stale(exc))
 
     async def prefetch(self, source: Source, entry: Entry) -> None:
         """Fetch a whole file into the cache (for `recfs prefetch`)."""
@@ -262,6 +262,11 @@ class Reader:
             await self._wait(h.state, 0, entry.size)
         finally:
             self.release(h)
+
+
+def is_stale(exc: Exception) -> bool:
+    """The object changed or vanished on the server: its folder must be listed again."""
+    return isinstance(exc, SizeChangedError) or bool(getattr(exc, "stale", False))
 
 
 def describe(exc: Exception) -> str:

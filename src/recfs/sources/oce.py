@@ -48,7 +48,6 @@ import re
 import unicodedata
 import urllib.parse
 import zipfile
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -58,6 +57,7 @@ from typing import Any, NamedTuple
 import trio
 
 from ..config import Key, Secret
+from ..content import bulk
 from ..http import (CachedToken, HttpError, SizeChangedError, TokenAuth,
                     basic_auth_header, parse_content_range, safe_url)
 from .base import Entry, Kind, Listing, Source, SourceContext, SourceError
@@ -346,60 +346,53 @@ class Wanted:
     size: int
 
 
-def extract_members(zip_path: Path, wanted: list[Wanted], out_dir: Path,
-                    prefix: str) -> tuple[dict[str, Path], dict[str, str]]:
-    """Copy the members of `zip_path` that are the files in `wanted` to new files
-    in `out_dir` named `<prefix>-<n>` (never after the member).
+def extract_members(zip_path: Path, wanted: list[Wanted],
+                    out_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Extract the members of `zip_path` that are the files in `wanted` into
+    temporary files of our own naming in `out_dir`.
 
-    A member is one of ours when its base name (after the last / or \\) equals
-    the file's name and its size is the exact size expected; when several
-    qualify (a namesake in a subdirectory), the shallowest wins. Each copy reads
-    at most size+1 bytes and is checked against the size; zipfile checks the CRC.
-    Returns ({key: path}, {key: problem}).
+    OCE's zip layout is not documented (files at the root, or under a folder
+    named after the job's folder), so each file's member is found first: the
+    member whose base name (after the last / or \\) is the file's name and
+    whose declared size is the file's size; the shallowest when several qualify
+    (a namesake in a subdirectory). The copy and its checks (size, CRC, names
+    never used as paths) are the shared `bulk.extract_verified`.
+    Returns ({key: path}, {key: problem}); the caller owns the files.
     """
     done: dict[str, Path] = {}
     problems: dict[str, str] = {}
-    with zipfile.ZipFile(zip_path) as zf:
-        members = [i for i in zf.infolist() if not i.is_dir()]
-        by_name: dict[str, list[zipfile.ZipInfo]] = defaultdict(list)
-        for info in members:
-            by_name[_norm(member_basename(info.filename))].append(info)
-        used: set[int] = set()
-        for n, want in enumerate(wanted):
-            candidates = [i for i in by_name.get(_norm(want.name), []) if id(i) not in used]
-            if not candidates:
-                # a name with a slash in it lands in the zip as a path
-                candidates = [i for i in members if id(i) not in used and
-                              (_norm(i.filename) == _norm(want.name)
-                               or _norm(i.filename).endswith("/" + _norm(want.name)))]
-            sized = [i for i in candidates if i.file_size == want.size]
-            if not sized:
-                problems[want.key] = ("not in the package" if not candidates else
-                                      f"the package holds {candidates[0].file_size} bytes, "
-                                      f"expected {want.size}")
-                continue
-            info = min(sized, key=lambda i: i.filename.replace("\\", "/").count("/"))
-            used.add(id(info))
-            out = out_dir / f"{prefix}-{n}"
-            written = 0
-            try:
-                with zf.open(info) as src, open(out, "xb") as dst:
-                    os.chmod(out, 0o600)
-                    while written <= want.size:
-                        piece = src.read(min(1 << 20, want.size + 1 - written))
-                        if not piece:
-                            break
-                        dst.write(piece)
-                        written += len(piece)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                problems[want.key] = f"unreadable member ({type(exc).__name__}: {exc})"
-                out.unlink(missing_ok=True)
-                continue
-            if written != want.size:
-                problems[want.key] = f"the member has {written} bytes, expected {want.size}"
-                out.unlink(missing_ok=True)
-                continue
-            done[want.key] = out
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return {}, {w.key: f"the package is not a readable zip ({exc})" for w in wanted}
+    by_base: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for info in infos:
+        name = bulk.member_name(info)
+        by_base[_norm(member_basename(name))].append((name, info.file_size))
+    everything = [m for group in by_base.values() for m in group]
+    taken: set[str] = set()
+    files: list[bulk.BulkFile] = []
+    for want in wanted:
+        name = _norm(want.name)
+        candidates = [m for m in by_base.get(name, []) if m[0] not in taken]
+        if not candidates:
+            # a name with a slash in it lands in the zip as a path
+            candidates = [m for m in everything if m[0] not in taken
+                          and (m[0] == name or m[0].endswith("/" + name))]
+        sized = [m for m in candidates if m[1] == want.size]
+        if not sized:
+            problems[want.key] = ("not in the package" if not candidates else
+                                  f"the package holds {candidates[0][1]} bytes, expected {want.size}")
+            continue
+        member = min(sized, key=lambda m: m[0].replace("\\", "/").count("/"))[0]
+        taken.add(member)
+        files.append(bulk.BulkFile(key=want.key, size=want.size, member_name=member))
+    for key, (path, result) in bulk.extract_verified(zip_path, files, out_dir).items():
+        if path is not None:
+            done[key] = path
+        else:
+            problems[key] = result.message
     return done, problems
 
 
@@ -470,9 +463,9 @@ class OceSource(Source):
             err = SourceError(message + "; permission denied", errno.EACCES)
         elif status == 404:
             err = SourceError(message + "; it no longer exists", errno.ENOENT)
-            err.stale = True            # the folder's listing must be read again
         else:
             err = SourceError(message, errno.EIO)
+        err.stale = status == 404       # True: the folder's listing must be read again
         return err
 
     def _from_http(self, what: str, exc: HttpError) -> SourceError:
@@ -615,9 +608,11 @@ class OceSource(Source):
             pos = offset + len(data)
 
         async def url_for(renew: bool) -> tuple[str, dict[str, str]]:
-            # `renew` follows a 403, which OCE sends for a missing permission, not for a
-            # stale token: a new token would not help, so none is fetched
+            # `renew` follows a 401 or a 403; only the 401 is about the token, but both
+            # get a fresh one (a permission denial then repeats and is reported)
             nonlocal used
+            if renew:
+                await self.auth.invalidate(used)
             used = await self.auth.headers()
             return url, used
 
@@ -794,8 +789,8 @@ class OceSource(Source):
                       if fid not in job.failures]
             try:
                 done, problems = await trio.to_thread.run_sync(
-                    extract_members, zip_path, wanted, staging, f"oce-{job.job_id}")
-            except (zipfile.BadZipFile, OSError) as exc:
+                    extract_members, zip_path, wanted, staging)
+            except OSError as exc:
                 raise SourceError(f"{self.name}: job {job.job_id}: the package is not a "
                                   f"readable zip ({exc})", errno.EIO) from None
             job.failures.update(problems)
