@@ -141,16 +141,47 @@ def _refresh(args) -> int:
     return 0
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _progress_line(job: dict) -> str:
+    if not job.get("listed"):
+        return "listing…"
+    done, total = job["done_bytes"], max(1, job["bytes"])
+    frac = min(1.0, done / total)
+    elapsed = max(0.001, time.time() - job["started"])
+    rate = done / elapsed
+    eta = (job["bytes"] - done) / rate if rate > 0 else float("inf")
+    bar = "#" * int(frac * 30)
+    eta_text = f"ETA {int(eta // 60)}:{int(eta % 60):02d}" if eta != float("inf") else "ETA --:--"
+    return (f"[{bar:<30}] {frac * 100:5.1f}%  {job['done_files']}/{job['files']} files  "
+            f"{_human(done)}/{_human(job['bytes'])}  {_human(rate)}/s  {eta_text}")
+
+
 def _prefetch(args) -> int:
     mnt, inside = _split_mount_path(args.path)
     inside = "/" if inside == "." else inside
     try:
         os.setxattr(mnt, "user.recfs.prefetch", inside.encode())
     except OSError as exc:
-        print(f"recfs prefetch: {exc.strerror}", file=sys.stderr)
+        print(f"recfs prefetch: {args.path}: {exc.strerror}", file=sys.stderr)
         return 1
-    job = json.loads(_xattr_get(mnt, f"prefetch:{inside}"))
-    print(f"prefetched {job['done_files']} files, {job['done_bytes']} bytes"
+    tty = sys.stderr.isatty()
+    while True:
+        job = json.loads(_xattr_get(mnt, f"prefetch:{inside}"))
+        if tty:
+            print("\r" + _progress_line(job), end="", file=sys.stderr, flush=True)
+        if job["finished"]:
+            break
+        time.sleep(0.2)
+    if tty:
+        print(file=sys.stderr)
+    print(f"prefetched {job['done_files']} files, {_human(job['done_bytes'])}"
           f"{', ' + str(job['failed']) + ' failed' if job['failed'] else ''}")
     return 1 if job["failed"] else 0
 

@@ -19,7 +19,8 @@ log = logging.getLogger("recfs.control")
 
 
 class Control:
-    def __init__(self, tree, reader, cache, http, sources):
+    def __init__(self, tree, reader, cache, http, sources, nursery=None):
+        self.nursery = nursery
         self.tree = tree
         self.reader = reader
         self.cache = cache
@@ -72,15 +73,39 @@ class Control:
             log.info("refresh %s: %d folder snapshots dropped", path or "/", n)
             return True
         if name == "prefetch":
-            await self.prefetch(path, node)
+            # the job runs in the background; `recfs prefetch` polls prefetch:PATH for
+            # progress, so no FUSE request waits for the length of a download
+            key = path or "/"
+            running = self.prefetches.get(key)
+            if running and not running["finished"]:
+                return True
+            self.prefetches[key] = self._new_job()
+            if self.nursery is None:
+                await self.prefetch(key, node)
+            else:
+                self.nursery.start_soon(self.prefetch, key, node)
             return True
         return False
+
+    @staticmethod
+    def _new_job() -> dict:
+        return {"files": 0, "bytes": 0, "done_files": 0, "done_bytes": 0, "failed": 0,
+                "listed": False, "finished": False, "started": time.time()}
 
     async def prefetch(self, path: str, node) -> None:
         """Warm the cache for every file under `node`; folders whose provider has a
         bulk job use it, the rest are read with ranged GETs."""
-        job = self.prefetches[path or "/"] = {"files": 0, "bytes": 0, "done_files": 0,
-                                              "done_bytes": 0, "failed": 0, "finished": False}
+        job = self.prefetches.setdefault(path or "/", self._new_job())
+        try:
+            await self._prefetch(job, node)
+        except Exception as exc:     # a background job must never take the mount down
+            log.error("prefetch %s: %s", path, exc)
+            job["error"] = str(exc)
+            job["failed"] += 1
+        finally:
+            job["finished"] = True
+
+    async def _prefetch(self, job: dict, node) -> None:
         folders = [node] if node.is_dir else []
         files = [] if node.is_dir else [node]
         while folders:
@@ -112,8 +137,8 @@ class Control:
                 job["done_files"] += 1
 
         job["bytes"] = sum(f.size for f in files)
+        job["listed"] = True
         async with trio.open_nursery() as n:
             for f in files:
                 if f.entry.kind is Kind.FILE:
                     n.start_soon(one, f)
-        job["finished"] = True

@@ -124,7 +124,7 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             reader = Reader(cache, nursery, max_connections=t["max_connections"],
                             first_window=t["first_window"], max_window=t["max_window"],
                             max_request=t["max_request"], small_file=t["small_file"])
-            control = Control(tree, reader, cache, http, sources)
+            control = Control(tree, reader, cache, http, sources, nursery)
             ops = Operations(tree, reader, control)
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True
@@ -154,11 +154,35 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
 
 
 async def _watch_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         async for signum in signals:
+            if signum == signal.SIGUSR1:
+                dump_tasks()
+                continue
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+def dump_tasks() -> None:
+    """Log what every trio task is waiting on (SIGUSR1): the innermost frames of each."""
+    lines = []
+
+    def walk(task, depth):
+        coro = task.coro
+        where = []
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        lines.append(f"{'  ' * depth}{task.name}: {' > '.join(where[-4:]) or '(running)'}")
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    walk(trio.lowlevel.current_root_task(), 0)
+    log.info("SIGUSR1: %d tasks\n%s", len(lines), "\n".join(lines))
 
 
 def run_mount(cfg: Config, mountpoint: Path, *, allow_other: bool = False,

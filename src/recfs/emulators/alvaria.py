@@ -275,6 +275,18 @@ def populate_sample(emu: AlvariaEmulator, seed: int = 0, files_per_day: int = 4)
 
 
 def demo(seed: int = 0) -> AlvariaEmulator:
+    """Sample data with real, playable call recordings and their transcripts."""
+    from .samples import call_wav, transcript
     emu = AlvariaEmulator()
-    populate_sample(emu, seed)
+    populate_sample(emu, seed, files_per_day=0)
+    t0 = 1_760_000_000.0
+    for day in range(3):
+        for i in range(3):
+            n = seed * 100 + day * 10 + i
+            seconds = 4 + (n % 5)
+            stamp = t0 + day * 86400 + i * 900
+            folder = f"exports/cxp/recordings/2025-10-{10 + day:02d}"
+            emu.put(f"{folder}/call-{day}{i:03d}.wav", call_wav(n, seconds), stamp)
+            emu.put(f"exports/cxp/callsre/2025-10-{10 + day:02d}/call-{day}{i:03d}.json",
+                    transcript(n, seconds, f"call-{day}{i:03d}"), stamp + 60)
     return emu

@@ -1,0 +1,168 @@
+"""Operating recfs: control commands, systemd notification and units, the demo."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recfs.emulators.alvaria import AlvariaEmulator, populate_sample, source_table
+from tests.conftest import MountedRecfs, _is_live_mount, toml_config
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def emu():
+    emu = AlvariaEmulator()
+    populate_sample(emu, seed=5)
+    with emu:
+        yield emu
+
+
+def recfs(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recfs", *args], capture_output=True, text=True, **kw)
+
+
+def test_status_reports_sources_cache_and_requests(emu, recfs_mount):
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
+    subprocess.run(["cat", str(mnt / "alv/exports/cxp/utterances/utt-0001.json")], check=True,
+                   capture_output=True)
+    done = recfs("status", str(mnt))
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["sources"] == [{"name": "alv", "kind": "alvaria"}]
+    assert status["http"]["requests"] > 0 and status["reads"]["fetches"] >= 1
+    assert status["cache"]["bytes"] > 0
+
+
+def test_control_attributes_do_not_appear_as_files(emu, recfs_mount, tmp_path):
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
+    subprocess.run(["rsync", "-a", f"{mnt}/", str(tmp_path / "copy")], check=True)
+    copied = sorted(str(p.relative_to(tmp_path / "copy" / "alv"))
+                    for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == sorted(emu.objects)
+
+
+def test_refresh_drops_listing_snapshots(emu, recfs_mount):
+    mnt = recfs_mount(toml_config([dict(source_table(emu, "alv"), listing_ttl=3600)]))
+    folder = mnt / "alv/imports/outreach/list-management"
+    before = sorted(os.listdir(folder))
+    emu.put("imports/outreach/list-management/new-list.csv", b"id\n")
+    assert sorted(os.listdir(folder)) == before          # the snapshot is still fresh
+    done = recfs("refresh", str(mnt / "alv/imports"))
+    assert done.returncode == 0, done.stderr
+    assert "new-list.csv" in os.listdir(folder)
+
+
+def test_prefetch_warms_the_cache_then_reads_fetch_nothing(emu, recfs_mount):
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
+    done = recfs("prefetch", str(mnt / "alv/exports/cxp"))
+    assert done.returncode == 0, done.stderr
+    assert "prefetched" in done.stdout
+    emu.reset_stats()
+    for key, obj in emu.objects.items():
+        if key.startswith("exports/cxp/"):
+            assert (mnt / "alv" / key).read_bytes() == obj.blob.all_bytes()
+    assert emu.count("s3") == 0
+
+
+def test_prefetch_outside_a_mount_is_a_clear_error(tmp_path):
+    done = recfs("prefetch", str(tmp_path))
+    assert done.returncode != 0 and "not inside a recfs mount" in done.stderr
+
+
+def test_file_metadata_with_getfattr(emu, recfs_mount):
+    if not shutil.which("getfattr"):
+        pytest.skip("getfattr (Debian attr) not installed")
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
+    out = subprocess.run(["getfattr", "-d", str(mnt / "alv/exports/cxp/utterances/utt-0001.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert 'user.alvaria.key="exports/cxp/utterances/utt-0001.json"' in out
+
+
+def test_sd_notify_ready_after_the_mount_is_live_and_stopping(emu, tmp_path):
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    m = MountedRecfs(toml_config([source_table(emu, "alv")], cache_dir=tmp_path / "c"), tmp_path, "mnt",
+                     env={"NOTIFY_SOCKET": str(sock_path)})
+    m._log_file = open(m.log, "ab")
+    m.proc = subprocess.Popen([sys.executable, "-m", "recfs", "mount", str(m.config), str(m.path)],
+                              stdout=m._log_file, stderr=subprocess.STDOUT, env=m.env)
+    try:
+        message = sock.recv(4096).decode()
+        assert "READY=1" in message
+        assert _is_live_mount(m.path)          # READY only once the mount answers
+        m.proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in sock.recv(4096).decode()
+        assert m.proc.wait(timeout=20) == 0
+    finally:
+        m.unmount()
+        sock.close()
+
+
+def test_sigusr1_dumps_tasks_to_the_log(emu, recfs_mount):
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
+    m = recfs_mount.mounts[-1]
+    os.listdir(mnt / "alv")
+    m.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "SIGUSR1:" not in m.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert re.search(r"SIGUSR1: \d+ tasks", m.log_text())
+    assert m.proc.poll() is None                # and it keeps serving
+    assert os.listdir(mnt / "alv")
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+@pytest.mark.parametrize("unit", ["recfs@.service", "recfs-user@.service"])
+def test_systemd_units_verify(unit, tmp_path):
+    text = (REPO / "systemd" / unit).read_text()
+    recfs_bin = shutil.which("recfs") or str(Path(sys.executable).parent / "recfs")
+    text = text.replace("/usr/local/bin/recfs", recfs_bin).replace("%h/.local/bin/recfs", recfs_bin)
+    target = tmp_path / unit.replace("@", "@demo")
+    target.write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True, text=True)
+    problems = [l for l in (done.stdout + done.stderr).splitlines()
+                if l.strip() and "ConditionPathExists" not in l]
+    assert done.returncode == 0 and not problems, problems
+    assert "Type=notify" in text and "DeviceAllow=/dev/fuse" in text or "user" in unit
+
+
+def test_demo_mounts_every_emulated_service_and_ctrl_c_stops_it(tmp_path):
+    mnt = tmp_path / "demo"
+    log = open(tmp_path / "demo.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "recfs", "demo", str(mnt), "--cache-dir",
+                             str(tmp_path / "cache")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (mnt.exists() and _is_live_mount(mnt)) and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "demo.log").read_text()
+            time.sleep(0.1)
+        names = sorted(os.listdir(mnt))
+        assert "alvaria" in names and len(names) >= 3, names
+        wavs = list((mnt / "alvaria").rglob("*.wav"))
+        assert wavs and wavs[0].read_bytes()[:4] == b"RIFF"
+        if shutil.which("ffprobe"):
+            probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                                    "-of", "csv=p=0", str(wavs[0])], capture_output=True, text=True)
+            assert probe.returncode == 0 and float(probe.stdout) > 1.0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert not _is_live_mount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        log.close()
