@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -217,15 +218,79 @@ def main(argv: list[str] | None = None) -> int:
             "prefetch": _prefetch}[args.command](args)
 
 
-def mount_helper_main() -> int:
-    """`mount.recfs CONFIG MOUNTPOINT [-o opts]`, as mount(8) calls it for fstab entries."""
-    argv = sys.argv[1:]
-    if len(argv) < 2:
-        print("usage: mount.recfs CONFIG MOUNTPOINT [-o options]", file=sys.stderr)
+MOUNT_OPTIONS_IGNORED = {"defaults", "auto", "noauto", "user", "users", "nofail", "rw", "ro",
+                         "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime",
+                         "relatime", "sync", "async"}
+
+
+def mount_helper_main(argv: list[str] | None = None) -> int:
+    """`mount.recfs CONFIG MOUNTPOINT [-o options]`, as mount(8) runs it for fstab
+    entries: start the daemon in the background, return once the mount is live.
+
+    Options: allow_other; log=/path (the daemon's log; default
+    /var/log/recfs/<mountpoint name>.log when writable, else ~/.cache/recfs/…);
+    the generic mount options (defaults, _netdev, nofail, …) are accepted and ignored.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    positional, opts = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "-o" and i + 1 < len(argv):
+            opts += [o for o in argv[i + 1].split(",") if o]
+            i += 2
+            continue
+        if a.startswith("-"):       # -s -f -n -v from mount(8)
+            i += 1
+            continue
+        positional.append(a)
+        i += 1
+    if len(positional) != 2:
+        print("usage: mount.recfs CONFIG MOUNTPOINT [-o allow_other,log=/path]", file=sys.stderr)
         return 2
-    config, mountpoint = argv[0], argv[1]
-    opts: list[str] = []
-    if "-o" in argv:
-        opts = argv[argv.index("-o") + 1].split(",")
-    setup_logging("info")
-    return _mount(config, mountpoint, allow_other="allow_other" in opts)
+    config, mountpoint = positional
+    extra, log_path = [], None
+    for o in opts:
+        if o == "allow_other":
+            extra.append("--allow-other")
+        elif o.startswith("log="):
+            log_path = Path(o[4:])
+        elif o in MOUNT_OPTIONS_IGNORED or o.startswith(("_", "x-", "comment=")):
+            continue
+        else:
+            print(f"mount.recfs: unknown option {o!r}", file=sys.stderr)
+            return 2
+    mnt = Path(mountpoint).resolve()
+    if log_path is None:
+        base = Path("/var/log/recfs") if os.access("/var/log", os.W_OK) else \
+            Path.home() / ".cache" / "recfs" / "logs"
+        log_path = base / f"{mnt.name or 'root'}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "recfs", "mount", config, str(mnt), *extra],
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            print(f"mount.recfs: recfs exited with status {proc.returncode}:", file=sys.stderr)
+            for line in tail:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        if _mounted(mnt):
+            return 0
+        time.sleep(0.05)
+    print(f"mount.recfs: {mnt} did not come up within 60 s; see {log_path}", file=sys.stderr)
+    return 1
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        if not any(line.split()[4] == str(path) for line in f):
+            return False
+    try:
+        os.statvfs(path)
+    except OSError:
+        return False
+    return True

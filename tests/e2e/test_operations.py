@@ -166,3 +166,36 @@ def test_demo_mounts_every_emulated_service_and_ctrl_c_stops_it(tmp_path):
             proc.kill()
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         log.close()
+
+
+def test_mount_helper_for_fstab_returns_once_live_and_umount_stops_it(emu, tmp_path):
+    cfg = tmp_path / "fstab.toml"
+    cfg.write_text(toml_config([source_table(emu, "alv")], cache_dir=tmp_path / "cache"))
+    os.chmod(cfg, 0o600)
+    mnt = tmp_path / "fstab-mnt"
+    mnt.mkdir()
+    helper = Path(sys.executable).parent / "mount.recfs"
+    done = subprocess.run([str(helper), str(cfg), str(mnt), "-o",
+                           f"defaults,_netdev,nofail,log={tmp_path / 'daemon.log'}"],
+                          capture_output=True, text=True, timeout=90)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert _is_live_mount(mnt)                        # live when the helper returns
+        assert "alv" in os.listdir(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    deadline = time.monotonic() + 20
+    while "unmounted" not in (tmp_path / "daemon.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "unmounted" in (tmp_path / "daemon.log").read_text()
+
+
+def test_mount_helper_reports_a_bad_config(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[sources]]\nname = "x"\nkind = "alvaria"\n')
+    (tmp_path / "m").mkdir()
+    helper = Path(sys.executable).parent / "mount.recfs"
+    done = subprocess.run([str(helper), str(cfg), str(tmp_path / "m"), "-o", f"log={tmp_path / 'l.log'}"],
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 1
+    assert "sources[0].api_url: missing required key" in done.stderr
