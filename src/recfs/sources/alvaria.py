@@ -34,12 +34,14 @@ log = logging.getLogger("recfs.alvaria")
 CONFIG_KEYS = {
     "api_url": Key("url", required=True, doc="…/via/v2|v3/organizations/{orgId}"),
     "token_url": Key("url", required=True, doc="…/tokenservice/oauth2/access_token"),
-    "client_id": Key("secret", required=True),
-    "client_secret": Key("secret", required=True),
+    "client_id": Key("secret", required=True, doc="OAuth2 client id"),
+    "client_secret": Key("secret", required=True, doc="OAuth2 client secret"),
     "api_key": Key("secret", required=True, doc="sent as x-api-key"),
     "root": Key("str", default="", doc="key prefix shown as the source's folder"),
-    "page_size": Key("int", default=1000, check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000"),
-    "size_concurrency": Key("int", default=32, check=lambda v: None if 1 <= v <= 256 else "must be 1..256"),
+    "page_size": Key("int", default=1000, check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000",
+                     doc="maxResults per listing request"),
+    "size_concurrency": Key("int", default=32, check=lambda v: None if 1 <= v <= 256 else "must be 1..256",
+                            doc="concurrent exact-size probes per folder"),
 }
 
 _API_RE = re.compile(r"/via/(v2|v3)/organizations/[^/]+$")
