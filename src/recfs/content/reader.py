@@ -27,6 +27,8 @@ from .cache import CHUNK, Cache, CacheEntry
 
 log = logging.getLogger("recfs.read")
 
+SEEK_TOLERANCE = 512 * 1024
+
 
 class ReadError(Exception):
     def __init__(self, message: str, errno_: int = errno.EIO, stale: bool = False):
@@ -119,7 +121,9 @@ class Reader:
         end = min(offset + length, size)
         if offset >= end:
             return b""
-        sequential = h.last_end - (1 << 20) <= offset <= h.last_end + (1 << 20)
+        # the kernel's readahead sends several READs at once, so they may arrive a
+        # little out of order: tolerate that, but not a forward jump (a seek)
+        sequential = h.last_end - (1 << 20) <= offset <= h.last_end + SEEK_TOLERANCE
         h.last_end = end
         if ce.has(offset, end):
             self.stats.cache_hits += 1

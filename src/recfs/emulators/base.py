@@ -427,10 +427,11 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             if limit is not None and sent + len(piece) > limit:
                 piece = piece[: limit - sent]
             if piece:
-                self.wfile.write(piece)
-                sent += len(piece)
+                # counted before the write, so a client that has the bytes sees them counted
                 with emu._stats_lock:
                     emu.bytes_sent += len(piece)
+                self.wfile.write(piece)
+                sent += len(piece)
                 if emu.wan:
                     ahead = sent / emu.wan.bytes_per_s - (time.monotonic() - started)
                     if ahead > 0:
