@@ -92,3 +92,27 @@ def test_store_file_adopts_a_verified_file(tmp_path):
 
 def stat_mode(p):
     return os.stat(p).st_mode & 0o777
+
+
+def test_a_full_disk_evicts_and_retries_once(tmp_path, monkeypatch):
+    import errno as errno_
+    c = Cache(tmp_path, max_size=1 << 30)
+    old = c.entry("old", CHUNK)
+    old.write(0, b"o" * CHUNK); old.mark(0, 0)
+    new = c.pin("new", CHUNK)
+    real_pwrite = os.pwrite
+    calls = {"n": 0}
+
+    def full_once(fd, data, offset):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno_.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_once)
+    new.write(0, b"n" * CHUNK)
+    assert c.evictions == 1 and not c.entry("old", CHUNK).has_chunk(0)
+    monkeypatch.setattr(os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(errno_.ENOSPC, "full")))
+    import pytest
+    with pytest.raises(OSError):
+        new.write(0, b"n" * 10)

@@ -19,6 +19,7 @@ Invariants (what makes the cache crash-safe; the tests check each):
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -93,14 +94,27 @@ class CacheEntry:
             self._fd = None
 
     def read(self, offset: int, length: int) -> bytes:
-        self.last_used = time.time()
+        if not self.dirty:
+            self.cache.touched.add(self)
         return os.pread(self.fd, length, offset)
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write fetched bytes; they count as present only once `mark`ed (I1)."""
+        """Write fetched bytes; they count as present only once `mark`ed (I1).
+
+        A full disk evicts least recently used entries and tries once more; then the
+        error propagates and the fetch fails (EIO for its readers, with a log line)."""
         view = memoryview(data)
+        retried = False
         while view:
-            n = os.pwrite(self.fd, view, offset)
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or retried:
+                    raise
+                retried = True
+                freed = self.cache.evict_bytes(max(len(view), 64 << 20))
+                log.warning("cache: disk full; evicted %d bytes and trying again", freed)
+                continue
             offset += n
             view = view[n:]
 
@@ -151,6 +165,7 @@ class Cache:
         self.total = self.db.execute("SELECT COALESCE(SUM(present), 0) FROM entries").fetchone()[0]
         self.entries: dict[str, CacheEntry] = {}
         self.dirty: set[CacheEntry] = set()
+        self.touched: set[CacheEntry] = set()     # read since the last flush (LRU order)
         self.evictions = 0
 
     def data_path(self, key: str) -> Path:
@@ -244,6 +259,13 @@ class Cache:
                             nbytes, self.total)
                 return
 
+    def evict_bytes(self, nbytes: int) -> int:
+        """Evict unpinned entries, least recently used first, until `nbytes` are freed."""
+        start = self.total
+        while start - self.total < nbytes and self._evict_one():
+            pass
+        return start - self.total
+
     def _evict_one(self) -> bool:
         self.flush()
         pinned = [k for k, e in self.entries.items() if e.pins > 0]
@@ -259,6 +281,7 @@ class Cache:
         if e is not None:
             e.close_fd()
             self.dirty.discard(e)
+            self.touched.discard(e)
         try:
             os.unlink(self.data_path(key))
         except FileNotFoundError:
@@ -270,9 +293,11 @@ class Cache:
     def _forget(self, e: CacheEntry) -> None:
         self.entries.pop(e.key, None)
         self.dirty.discard(e)
+        self.touched.discard(e)
 
     # -- persistence
     def _persist(self, e: CacheEntry) -> None:
+        e.last_used = time.time()
         self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, last_used) "
                         "VALUES (?, ?, ?, ?, ?)", (e.key, e.size, bytes(e.bitmap), e.present, e.last_used))
         e.dirty = False
@@ -280,6 +305,13 @@ class Cache:
 
     def flush(self) -> None:
         """Make every marked chunk durable, then record it (I2)."""
+        if self.touched:
+            now = time.time()
+            self.db.executemany("UPDATE entries SET last_used=? WHERE key=?",
+                                [(now, e.key) for e in self.touched])
+            for e in self.touched:
+                e.last_used = now
+            self.touched.clear()
         if not self.dirty:
             return
         batch = list(self.dirty)
