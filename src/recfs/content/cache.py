@@ -33,6 +33,7 @@ import trio
 log = logging.getLogger("recfs.cache")
 
 CHUNK = 256 * 1024
+MAX_LOADED = 4096        # cache entries kept in memory beyond those in use
 
 
 def key_hash(key: str) -> str:
@@ -335,6 +336,11 @@ class Cache:
         for e in batch:
             if e.pins <= 0:
                 e.close_fd()
+        if len(self.entries) > MAX_LOADED:
+            # unpinned, clean entries reload from the index when needed again
+            for key in [k for k, e in self.entries.items() if e.pins <= 0 and not e.dirty]:
+                self.entries[key].close_fd()
+                del self.entries[key]
 
     async def run_flusher(self, interval: float = 1.0) -> None:
         while True:
