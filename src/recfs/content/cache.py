@@ -218,7 +218,12 @@ class Cache:
             e.close_fd()
 
     def has_whole(self, key: str, size: int) -> bool:
-        return self.entry(key, size).complete
+        """Whether the cache holds all of `key`; creates nothing (cheap for look-ahead)."""
+        e = self.entries.get(key)
+        if e is not None and e.size == size:
+            return e.complete
+        row = self.db.execute("SELECT size, present FROM entries WHERE key=?", (key,)).fetchone()
+        return bool(row) and row[0] == size and row[1] >= size
 
     def store_file(self, key: str, size: int, path: Path) -> None:
         """Adopt a complete, verified file (moved in) as the content of `key` (I4)."""

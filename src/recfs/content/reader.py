@@ -57,6 +57,7 @@ class _FileState:
         self.handles = 0
         self.whole_lock = trio.Lock()
         self.whole_tried = False
+        self.whole_error: ReadError | None = None
 
 
 class Handle:
@@ -130,7 +131,7 @@ class Reader:
             if sequential and not ce.complete:
                 self._read_ahead(h, end)
             return ce.read(offset, end - offset)
-        if not state.whole_tried:
+        if not state.whole_tried or state.whole_error is not None:
             await self._try_whole(state)
             if ce.has(offset, end):
                 return ce.read(offset, end - offset)
@@ -147,6 +148,10 @@ class Reader:
 
     async def _try_whole(self, state: _FileState) -> None:
         async with state.whole_lock:
+            if state.whole_error is not None:
+                # the kernel retries a failed read page by page: keep failing until the
+                # file is opened again, rather than switching to another path half-way
+                raise state.whole_error
             if state.whole_tried:
                 return
             state.whole_tried = True
@@ -156,8 +161,8 @@ class Reader:
                 self.stats.failures += 1
                 msg = describe(exc)
                 log.error("%s: %s: %s", state.source.name, state.entry.name, msg)
-                raise ReadError(msg, getattr(exc, "errno", errno.EIO),
-                                is_stale(exc)) from None
+                state.whole_error = ReadError(msg, getattr(exc, "errno", errno.EIO), is_stale(exc))
+                raise state.whole_error from None
             if state.ce.complete:
                 return
             # a bulk path may have stored the file under the same key: pick it up

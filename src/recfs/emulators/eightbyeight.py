@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import collections
 import datetime as dt
+import functools
 import hashlib
 import os
 import random
@@ -53,9 +54,10 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import (Blob, BytesBlob, Emulator, FileBlob, PatternBlob, Request, Response,
+from .base import (Blob, BytesBlob, Emulator, FileBlob, Request, Response,
                    json_response, new_token, range_response)
 
+UTC = dt.timezone.utc
 VALID_REGIONS = ("us-west", "us-east", "uk", "ap", "ca")
 TIME_FIELDS = ("createdTime", "updatedTime")
 STRING_FIELDS = ("id", "type", "mimeType", "objectName", "objectState", "checksum", "checksumType",
@@ -778,12 +780,7 @@ def source_table(emu: EightByEight, name: str) -> dict:
             "poll_interval": 0.05, "poll_max_interval": 0.5, "batch_window": 0.1}
 
 
-_CALLREC_TAGS = ("callId", "pbxId", "direction", "extensionNumber", "userName", "duration",
-                 "startTime", "endTime", "callerId")
-
-
-def _tags(rng: random.Random, type_: str, when: float, size: int) -> dict[str, str]:
-    duration_ms = max(1000, size // 16)      # ~128 kbit/s mp3
+def _tags(rng: random.Random, type_: str, when: float, duration_ms: int) -> dict[str, str]:
     tags = {"callId": f"int-{rng.getrandbits(40):x}-{rng.getrandbits(32):x}",
             "startTime": str(int(when * 1000)), "endTime": str(int(when * 1000) + duration_ms),
             "duration": str(duration_ms), "direction": rng.choice(["INBOUND", "OUTBOUND"])}
@@ -798,45 +795,58 @@ def _tags(rng: random.Random, type_: str, when: float, size: int) -> dict[str, s
     return tags
 
 
+@functools.lru_cache(maxsize=256)
+def _call_wav(n: int, seconds: int) -> bytes:
+    from .samples import call_wav
+    return call_wav(n, seconds)
+
+
 def demo(seed: int = 0) -> EightByEight:
-    """An account with two regions, several types and days, odd names, one duplicate
-    objectName and a few objects that must stay hidden (REVOKED, ARCHIVED, PENDING)."""
+    """An account with two regions, several types and days, real (playable) WAV call
+    recordings with their JSON transcripts, odd names, one duplicate objectName, and
+    objects that must stay hidden (REVOKED, ARCHIVED, PENDING)."""
+    from .samples import transcript
     rng = random.Random(seed)
     emu = EightByEight(regions=("us-east", "uk"))
     emu._rng = random.Random(seed)
+    counter = iter(range(1, 1000))
 
-    def add(region, type_, name, day, hour, size=None, **kw):
-        when = dt.datetime(*day, hour, rng.randint(0, 59), rng.randint(0, 59), tzinfo=dt.timezone.utc)
+    def add(region, type_, name, day, hour, seconds=None, **kw):
+        when = dt.datetime(*day, hour, rng.randint(0, 59), rng.randint(0, 59), tzinfo=UTC)
+        n = seed * 1000 + next(counter)
+        seconds = seconds or 3 + n % 5
         if type_ == "transcription":
-            blob: Blob = BytesBlob(('{"language":"en-US","segments":[{"speaker":"agent",'
-                                    f'"text":"Thank you for calling, ticket {rng.randint(1, 99999)}"}}]}}')
-                                   .encode())
+            blob: Blob = BytesBlob(transcript(n, seconds, f"int-{n:06d}"))
+        elif type_ in ("agentnotes", "postcallsurvey"):
+            blob = BytesBlob(f"call {n}: customer asked about order status; resolved.\n".encode())
+            kw.setdefault("mimeType", "text/plain" if type_ == "agentnotes" else "application/json")
         else:
-            blob = PatternBlob(rng.getrandbits(31), size or rng.randint(20_000, 400_000))
-        return emu.add_object(region, type_, name, blob, when,
-                              tags=_tags(rng, type_, when.timestamp(), blob.size), **kw)
+            blob = BytesBlob(_call_wav(n, seconds))
+            kw.setdefault("mimeType", "audio/wav")
+        tags = _tags(rng, type_, when.timestamp(), seconds * 1000)
+        return emu.add_object(region, type_, name, blob, when, tags=tags, **kw)
 
-    for i, day in enumerate([(2024, 9, 2), (2024, 9, 3), (2024, 10, 15), (2025, 1, 7)]):
+    for day in [(2024, 9, 2), (2024, 9, 3), (2024, 10, 15), (2025, 1, 7)]:
         for j in range(3):
             ext = 117209 + j
             add("us-east", "callrecording",
-                f"ipbx:acmecorp:callrecording:users:{ext}:{day[0]}{day[1]:02d}{day[2]:02d}-+1669555551{j}_E.mp3",
+                f"ipbx:acmecorp:callrecording:users:{ext}:{day[0]}{day[1]:02d}{day[2]:02d}-+1669555551{j}_E.wav",
                 day, 9 + j)
-    add("us-east", "callrecording", "team meeting (Ünïcode) + notes.mp3", (2024, 9, 2), 15)
+    add("us-east", "callrecording", "team meeting (Ünïcode) + notes.wav", (2024, 9, 2), 15)
     for j in range(4):
         add("us-east", "callcenterrecording",
-            f"int-1819420cbe{j}-sHtEBArUkmmtmyczfbcDGWMwl-phone-00-supertenantcsm01.mp3",
+            f"int-1819420cbe{j}-sHtEBArUkmmtmyczfbcDGWMwl-phone-00-supertenantcsm01.wav",
             (2024, 9, 3), 10 + j)
     # two recordings that share an objectName: the zip holds both under one name
-    add("us-east", "callcenterrecording", "voicemail-greeting.mp3", (2024, 9, 4), 8, size=30_000)
-    add("us-east", "callcenterrecording", "voicemail-greeting.mp3", (2024, 9, 4), 9, size=31_000)
+    add("us-east", "callcenterrecording", "voicemail-greeting.wav", (2024, 9, 4), 8, seconds=3)
+    add("us-east", "callcenterrecording", "voicemail-greeting.wav", (2024, 9, 4), 9, seconds=4)
     for j in range(2):
         add("us-east", "transcription", f"int-1819420cbe{j}-transcript.json", (2024, 9, 3), 12 + j)
     add("us-east", "agentnotes", "int-1819420cbe0-supertenantcsm01.agentnotes", (2024, 9, 3), 14)
-    add("us-east", "callrecording", "revoked.mp3", (2024, 9, 2), 16, state="REVOKED")
-    add("us-east", "callrecording", "archived.mp3", (2024, 9, 2), 17, state="ARCHIVED")
-    add("us-east", "callrecording", "pending.mp3", (2024, 9, 2), 18, state="PENDING")
+    add("us-east", "callrecording", "revoked.wav", (2024, 9, 2), 16, state="REVOKED")
+    add("us-east", "callrecording", "archived.wav", (2024, 9, 2), 17, state="ARCHIVED")
+    add("us-east", "callrecording", "pending.wav", (2024, 9, 2), 18, state="PENDING")
     for j in range(2):
-        add("uk", "voicemail", f"vm-{j + 1}-+44207946000{j}.mp3", (2024, 11, 20), 11 + j)
+        add("uk", "voicemail", f"vm-{j + 1}-+44207946000{j}.wav", (2024, 11, 20), 11 + j)
     add("uk", "postcallsurvey", "pcs-0001", (2024, 11, 20), 13)
     return emu

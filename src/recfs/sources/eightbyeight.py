@@ -16,7 +16,8 @@ Listing cost is proportional to the folder, never to the account:
   one probe per type plus one. A type's years, a year's months and a month's days:
   probe sorted by `createdTime` ascending from a cursor, jump the cursor to the start
   of the next year/month/day after the object found; one probe per non-empty folder
-  plus one. Every probe count is bounded.
+  plus one (the first probe of a level reuses what the parent's probe found). Every
+  probe count is bounded.
 
 Every search carries `objectState==AVAILABLE` (unless the configured `filter` names
 `objectState` itself) and the configured `filter`, ANDed. So folders appear only
@@ -58,8 +59,9 @@ Jobs are polled with backoff from `poll_interval` to `poll_max_interval` (8x8 su
 `FAILED`, `CANCELLED` and any unknown status fail the job's files. Members are
 matched by objectName (two objects may share one; they are told apart by size and
 MD5), verified (size, and MD5 when the checksum is 32 hex digits) and only then
-adopted by the cache. A file a job failed gives EIO to its reader; nothing is cached
-for it, so a later read tries again.
+adopted by the cache. A file a job failed gives EIO to its reader, and (the reader
+sees to it) to every read until it is opened again; nothing is cached for it, so
+the next open tries again. See docs/providers/8x8.md.
 """
 from __future__ import annotations
 
@@ -299,7 +301,7 @@ class EightByEightSource(Source):
         self._states_named = "objectstate" in user_filter.lower()
         self._base: list[str] = [] if self._states_named else ["objectState==AVAILABLE"]
         if user_filter:
-            self._base.append(f"({user_filter})" if "," in user_filter else user_filter)
+            self._base.append(_grouped(user_filter))
         self.bulk_mode = options.get("bulk") or "auto"
         self.hot_window = float(_opt(options, "hot_window"))
         self.max_wait = float(_opt(options, "bulk_max_wait"))
@@ -317,6 +319,7 @@ class EightByEightSource(Source):
         self._hot_until: dict[DirRef, float] = {}
         self._siblings: dict[DirRef, list[Entry]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._firsts: dict[tuple[str, str, int], tuple[float, float]] = {}
         self._lease_locks: dict[str, trio.Lock] = {}
 
     # -- lifecycle
@@ -481,26 +484,49 @@ class EightByEightSource(Source):
         out: list[int] = []
         cursor = lo
         for _ in range(limit):
-            clauses = [f"type=={type_}"]
-            if cursor is not None:
-                clauses.append(f"createdTime=ge={_ms(cursor)}")
-            if hi is not None:
-                clauses.append(f"createdTime=lt={_ms(hi)}")
-            obj = await self._probe(region, self.fiql(*clauses), "createdTime")
-            if obj is None:
-                break
-            ts = parse_time(obj.get("createdTime"))
-            if ts is None or (cursor is not None and ts < cursor.timestamp()) or \
-                    (hi is not None and ts >= hi.timestamp()):
-                log.warning("%s: 8x8 answered createdTime %r outside the window asked for; "
-                            "stopping the probe", self.name, obj.get("createdTime"))
-                break
+            ts = self._first_after(region, type_, cursor)
+            if ts is None or (hi is not None and ts >= hi.timestamp()):
+                clauses = [f"type=={type_}"]
+                if cursor is not None:
+                    clauses.append(f"createdTime=ge={_ms(cursor)}")
+                if hi is not None:
+                    clauses.append(f"createdTime=lt={_ms(hi)}")
+                obj = await self._probe(region, self.fiql(*clauses), "createdTime")
+                if obj is None:
+                    break
+                ts = parse_time(obj.get("createdTime"))
+                if ts is None or (cursor is not None and ts < cursor.timestamp()) or \
+                        (hi is not None and ts >= hi.timestamp()):
+                    log.warning("%s: 8x8 answered createdTime %r outside the window asked for; "
+                                "stopping the probe", self.name, obj.get("createdTime"))
+                    break
+                self._remember_first(region, type_, ts)
             value, cursor = step(_utc(ts))
             if value not in out:
                 out.append(value)
             if hi is not None and cursor >= hi:
                 break
         return out
+
+    def _remember_first(self, region: str, type_: str, ts: float) -> None:
+        """A probe from a cursor found `ts` first, so `ts` is also the first object of
+        its year, month and day: the walk one level down need not probe for it again."""
+        if len(self._firsts) > 4096:
+            self._firsts.clear()
+        t = _utc(ts)
+        now = trio.current_time()
+        for start in (dt.datetime(t.year, 1, 1, tzinfo=dt.timezone.utc),
+                      dt.datetime(t.year, t.month, 1, tzinfo=dt.timezone.utc),
+                      dt.datetime(t.year, t.month, t.day, tzinfo=dt.timezone.utc)):
+            self._firsts[(region, type_, _ms(start))] = (ts, now)
+
+    def _first_after(self, region: str, type_: str, cursor: dt.datetime | None) -> float | None:
+        if cursor is None:
+            return None
+        hit = self._firsts.pop((region, type_, _ms(cursor)), None)
+        if hit is None or trio.current_time() - hit[1] > self.listing_ttl:
+            return None
+        return hit[0]
 
     async def _list_day(self, ref: DirRef, now: float) -> Listing:
         lo, hi = _period_bounds(ref)
@@ -515,8 +541,15 @@ class EightByEightSource(Source):
                 entries.append(entry)
         # name order is the order ls, cp -r and rsync read in, which prefetch follows
         entries.sort(key=lambda e: (e.name, e.mtime, e.id))
-        self._siblings[ref] = entries
+        self._remember_siblings(ref, entries)
         return Listing(entries, ttl=self._ttl(hi, now))
+
+    def _remember_siblings(self, folder: DirRef, entries: list[Entry]) -> None:
+        """The files of recently used folders, in listing order, for read-ahead."""
+        self._siblings.pop(folder, None)
+        self._siblings[folder] = entries
+        while len(self._siblings) > 64:
+            del self._siblings[next(iter(self._siblings))]
 
     def _file_entry(self, obj: dict, folder: DirRef, day_start: float) -> Entry | None:
         oid = obj.get("id")
@@ -580,6 +613,8 @@ class EightByEightSource(Source):
             nonlocal used
             if self.presign:
                 return await self._presigned(ref, renew), {"Accept": "*/*"}
+            if renew:                   # a 401 or 403: the token, not the URL, went stale
+                await self.auth.invalidate(used)
             used = await self.auth.headers()
             return self._url(ref.region, f"objects/{ref.id}/content"), {**used, "Accept": "*/*"}
 
@@ -630,7 +665,7 @@ class EightByEightSource(Source):
         return bool(await maybe_await(cache.has_whole(self.cache_key(entry), entry.size)))
 
     def _folder_hot(self, folder: DirRef, oid: str) -> bool:
-        now = time.monotonic()
+        now = trio.current_time()
         reads = self._first_reads.setdefault(folder, {})
         for other, when in list(reads.items()):
             if now - when > self.hot_window:
@@ -640,17 +675,22 @@ class EightByEightSource(Source):
         if len(self._first_reads) > 256:
             for key in [k for k, v in self._first_reads.items() if not v]:
                 del self._first_reads[key]
+            for key in [k for k, until in self._hot_until.items() if until <= now]:
+                del self._hot_until[key]
         if hot:
             self._hot_until[folder] = now + self.hot_window
         return hot
 
-    async def _following(self, entry: Entry, siblings: list[Entry]) -> list[BulkFile]:
-        """Uncached files after `entry` in listing order, as many as one job can take."""
+    async def _following(self, entry: Entry, siblings: list[Entry], *,
+                         with_entry: bool = True) -> list[BulkFile]:
+        """Uncached files after `entry` in listing order, as many as one job can take
+        (besides `entry` itself when `with_entry`)."""
         index = next((i for i, s in enumerate(siblings) if s.id == entry.id), -1)
         out: list[BulkFile] = []
-        room_bytes = self.batcher.max_bytes - (entry.size or 0)
+        room_files = self.batcher.max_files - (1 if with_entry else 0)
+        room_bytes = self.batcher.max_bytes - ((entry.size or 0) if with_entry else 0)
         for sib in siblings[index + 1:]:
-            if len(out) >= self.batcher.max_files - 1 or room_bytes <= 0:
+            if len(out) >= room_files or room_bytes <= 0:
                 break
             if sib.is_dir or not isinstance(sib.ref, FileRef) or not sib.size:
                 continue
@@ -671,12 +711,12 @@ class EightByEightSource(Source):
             return True
         folder = entry.ref.folder
         if siblings:
-            self._siblings[folder] = siblings
+            self._remember_siblings(folder, siblings)
         ticket = self.batcher.in_flight(file.key)
         if ticket is None:
             if self.bulk_mode == "auto" and not self._folder_hot(folder, entry.id):
                 return False
-            self._hot_until[folder] = time.monotonic() + self.hot_window
+            self._hot_until[folder] = trio.current_time() + self.hot_window
             ticket = self.batcher.request(folder, file,
                                           await self._following(entry, siblings or self._siblings.get(folder, [])))
         return self._outcome(entry, await ticket.wait(self.max_wait))
@@ -687,21 +727,24 @@ class EightByEightSource(Source):
         if result.fallback:
             log.info("%s: %s: reading per object: %s", self.name, entry.name, result.message)
             return False
-        raise SourceError(f"{self.name}: {entry.name}: {result.message}", errno.EIO)
+        raise SourceError(result.message, errno.EIO)
 
     async def prefetch_dir(self, ref: Hashable, entries: list[Entry]) -> bool:
         if self.bulk_mode == "never" or self.ctx.cache is None:
             return False
-        files = []
+        by_folder: dict[DirRef, list[BulkFile]] = {}
         for entry in entries:
             if entry.is_dir or not isinstance(entry.ref, FileRef) or not entry.size:
                 continue
             file = self._bulk_file(entry)
             if self.batcher.fits(file) and not await self._cached(entry):
-                files.append(file)
+                # jobs are per region, so group by the folder the file was listed in
+                by_folder.setdefault(entry.ref.folder, []).append(file)
+        files = [f for group in by_folder.values() for f in group]
         if not files:
             return True
-        results = [await t.wait() for t in self.batcher.prefetch(ref, files)]
+        tickets = [t for folder, group in by_folder.items() for t in self.batcher.prefetch(folder, group)]
+        results = [await t.wait() for t in tickets]
         bad = [r for r in results if not r.ok]
         if bad:
             raise SourceError(f"{self.name}: {len(bad)} of {len(files)} files could not be "
@@ -722,10 +765,9 @@ class EightByEightSource(Source):
                     if isinstance(s.ref, FileRef) and self.cache_key(s) in keys), default=None)
         if last is None:
             return
-        following = [siblings[last]] + siblings[last + 1:]
-        batch = await self._following(siblings[last], following)
+        batch = await self._following(siblings[last], siblings, with_entry=False)
         if batch:
-            self._hot_until[folder] = time.monotonic() + self.hot_window
+            self._hot_until[folder] = trio.current_time() + self.hot_window
             self.batcher.prefetch(folder, batch)
 
     async def _run_job(self, folder: DirRef, files: list[BulkFile]) -> dict[str, FileResult]:
@@ -763,7 +805,18 @@ class EightByEightSource(Source):
                 name=f"{name}: 8x8 bulk cancel", auth=self.auth, headers=JSON_HEADERS,
                 idempotent=False, expect=None)
 
-        return BulkBackend(start, poll, download, cancel, label=f"{name}: 8x8")
+        return BulkBackend(start, poll, download, cancel, label="8x8 bulk")
+
+
+def _grouped(expr: str) -> str:
+    """`expr` safe to AND with other clauses: an OR outside parentheses gets wrapped."""
+    depth = 0
+    for ch in expr:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            return f"({expr})"
+    return expr
 
 
 def _opt(options: dict, key: str):
