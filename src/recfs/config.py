@@ -190,6 +190,8 @@ COMMON_SOURCE_KEYS = {
     "kind": Key("str", required=True, doc="8x8, oce, alvaria or kazoo"),
     "listing_ttl": Key("float", doc="seconds a folder listing stays fresh (provider default)"),
     "ca_bundle": Key("str", doc="CA bundle (PEM) to verify the service's TLS certificate"),
+    "allow_delete": Key("bool", default=False,
+                        doc="let rm delete objects on the service (where its API can); off: EROFS"),
 }
 
 CACHE_KEYS = {

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..content.cache import Cache
     from ..http import Http
 
@@ -129,6 +131,26 @@ class Source:
         """Optionally warm the cache for all files of a folder in one provider job.
         Return False when the provider has no such path."""
         return False
+
+    # -- writes (issue 9). A source that cannot do one leaves the default: EROFS.
+    @property
+    def allow_delete(self) -> bool:
+        return bool(self.options.get("allow_delete"))
+
+    async def delete(self, entry: Entry) -> None:
+        """Delete the object on the service (only called when `allow_delete` is set).
+        Raise SourceError (errno EROFS when this kind of object cannot be deleted)."""
+        import errno as _errno
+        raise SourceError(f"{self.name}: this service offers no delete", _errno.EROFS)
+
+    def upload_dir(self, ref: Hashable) -> bool:
+        """Whether files may be created in the folder `ref` (e.g. Alvaria imports/)."""
+        return False
+
+    async def upload(self, dir_ref: Hashable, name: str, path: "Path", size: int) -> None:
+        """Store the local file `path` as `name` in folder `dir_ref`; raise on failure."""
+        import errno as _errno
+        raise SourceError(f"{self.name}: this service takes no uploads", _errno.EROFS)
 
     def cache_key(self, entry: Entry) -> str:
         return f"{self.kind}:{self.name}:{entry.id}@{entry.version}"
