@@ -19,8 +19,9 @@ log = logging.getLogger("recfs.control")
 
 
 class Control:
-    def __init__(self, tree, reader, cache, http, sources, nursery=None):
+    def __init__(self, tree, reader, cache, http, sources, nursery=None, uploads=None):
         self.nursery = nursery
+        self.uploads = uploads
         self.tree = tree
         self.reader = reader
         self.cache = cache
@@ -51,6 +52,9 @@ class Control:
             "open_files": len(self.reader.states),
             "listings": self.tree.listings,
             "prefetches": self.prefetches,
+            "uploads": {"pending": self.uploads.status() if self.uploads else [],
+                        "uploaded": self.uploads.uploaded if self.uploads else 0,
+                        "failed": self.uploads.failed if self.uploads else 0},
         }
 
     async def resolve(self, path: str):

@@ -6,13 +6,15 @@ import errno
 import logging
 import os
 import stat
+import time
 from typing import Any
 
 import pyfuse3
 
 from .content.reader import Reader, ReadError, describe
+from .content.uploads import Staged
 from .http import HttpError
-from .sources.base import SourceError
+from .sources.base import Entry, Kind, SourceError
 from .tree import ROOT_INODE, Node, Tree
 
 log = logging.getLogger("recfs.fs")
@@ -27,10 +29,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, reader: Reader, control: Any = None):
+    def __init__(self, tree: Tree, reader: Reader, control: Any = None, uploads: Any = None):
         super().__init__()
         self.tree = tree
         self.reader = reader
+        self.uploads = uploads
         self.control = control          # answers the user.recfs.* xattrs on the root
         self.uid = os.getuid()
         self.gid = os.getgid()
@@ -60,13 +63,14 @@ class Operations(pyfuse3.Operations):
         a.generation = 0
         e = node.entry
         if node.is_dir:
-            a.st_mode = stat.S_IFDIR | 0o555
+            writable = node.source is not None and node.source.upload_dir(e.ref)
+            a.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
             a.st_nlink = 2
             a.st_size = 0
             ttl = node.source.listing_ttl if node.source else 60.0
             a.entry_timeout = a.attr_timeout = min(ttl, FILE_TIMEOUT)
         else:
-            a.st_mode = stat.S_IFREG | 0o444
+            a.st_mode = stat.S_IFREG | (0o644 if isinstance(node.staged, Staged) else 0o444)
             a.st_nlink = 1
             a.st_size = node.size
             # an unresolved size must not be cached: the next stat comes back to us
@@ -149,6 +153,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(node.staged, Staged):
+            return self._open_staged(node, flags)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
@@ -165,6 +171,8 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         node, handle = self.handles[fh]
+        if isinstance(handle, _StagedHandle):
+            return os.pread(handle.fd, size, off)
         try:
             return await self.reader.read(handle, off, size)
         except ReadError as exc:
@@ -176,6 +184,9 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh):
         _, handle = self.handles.pop(fh)
+        if isinstance(handle, _StagedHandle):
+            os.close(handle.fd)
+            return
         self.reader.release(handle)
 
     # -- extended attributes: recording metadata, and the control interface on the root
@@ -210,20 +221,140 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    # -- everything that would change the tree: read-only for now
+    # -- writes: files created in a folder the service takes uploads in (Alvaria
+    # imports/), deletes where the source allows them; everything else is EROFS
+
+    def _writable_dir(self, parent_inode) -> Node:
+        parent = self._node(parent_inode)
+        if not parent.is_dir or parent.source is None or self.uploads is None \
+                or not parent.source.upload_dir(parent.entry.ref):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return parent
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._writable_dir(parent_inode)
+        fname = os.fsdecode(name)
+        existing = await self.tree.lookup(parent, fname)
+        if existing is not None and not isinstance(existing.staged, Staged):
+            raise pyfuse3.FUSEError(errno.EEXIST if flags & os.O_EXCL else errno.EROFS)
+        if existing is not None:
+            self.uploads.discard(existing.staged)
+            self.tree.remove(existing)
+        staged = self.uploads.create(parent.source.name, parent.entry.ref, fname)
+        entry = Entry(fname, Kind.FILE, ref=None, mtime=time.time(), size=0, id=f"staged:{staged.id}")
+        node = self.tree.add_local(parent, fname, entry, staged)
+        info = self._open_staged(node, flags | os.O_RDWR)
+        self.tree.remember(node)
+        return info, self.attrs(node)
+
+    def _open_staged(self, node: Node, flags) -> pyfuse3.FileInfo:
+        staged = node.staged
+        fd = os.open(self.uploads.data_path(staged), os.O_RDWR)
+        if flags & os.O_TRUNC:
+            os.ftruncate(fd, 0)
+            node.entry.size = 0
+            staged.dirty = True
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = (node, _StagedHandle(fd, staged))
+        # direct_io: the size changes while written; no stale page cache either way
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=True)
+
+    async def write(self, fh, off, buf):
+        node, handle = self.handles[fh]
+        if not isinstance(handle, _StagedHandle):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        n = os.pwrite(handle.fd, buf, off)
+        handle.staged.dirty = True
+        node.entry.size = max(node.entry.size or 0, off + n)
+        node.entry.mtime = time.time()
+        return n
+
+    async def flush(self, fh):
+        """close(): upload a written file now, so close reports whether it landed."""
+        node, handle = self.handles[fh]
+        if not isinstance(handle, _StagedHandle):
+            return
+        staged = handle.staged
+        if staged.id not in self.uploads.pending or not (staged.dirty or staged.closed):
+            return                      # already sent, or opened and closed unwritten
+        try:
+            await self.uploads.upload(staged)
+        except Exception:
+            raise pyfuse3.FUSEError(errno.EIO)
+        finally:
+            # U3: a close is also the moment to send what failed before
+            await self.uploads.retry_all(exclude=staged.id)
+        src = node.source
+        if node.parent is not None:
+            node.entry = Entry(node.name, Kind.FILE, ref=src.child_ref(node.parent.entry.ref, node.name, Kind.FILE),
+                               mtime=node.entry.mtime, size=staged.size,
+                               id=str(src.child_ref(node.parent.entry.ref, node.name, Kind.FILE)),
+                               version=f"uploaded:{staged.id}")
+            node.staged = "uploaded"
+            parent = node.parent
+            while parent is not None and parent.staged == "dir":
+                parent.staged = None            # the folder exists on the service now
+                parent = parent.parent
+            self.tree.invalidate(node.parent)
+
+    async def fsync(self, fh, datasync):
+        await self.flush(fh)
+
     async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if not isinstance(node.staged, Staged):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if fields.update_size:
+            with open(self.uploads.data_path(node.staged), "r+b") as f:
+                f.truncate(attr.st_size)
+            node.entry.size = attr.st_size
+            node.staged.dirty = True
+        # modes and times of a file being uploaded cannot be stored: accepted, ignored
+        return self.attrs(node)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent = self._writable_dir(parent_inode)
+        dname = os.fsdecode(name)
+        if await self.tree.lookup(parent, dname) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        ref = parent.source.child_ref(parent.entry.ref, dname, Kind.DIR)
+        entry = Entry(dname, Kind.DIR, ref=ref, mtime=time.time(), id=str(ref))
+        node = self.tree.add_local(parent, dname, entry, "dir")
+        self.tree.remember(node)
+        return self.attrs(node)
+
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._node(parent_inode)
+        node = await self.tree.lookup(parent, os.fsdecode(name)) if parent.is_dir else None
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(node.staged, Staged):       # never sent: just forget it
+            self.uploads.discard(node.staged)
+            self.tree.remove(node)
+            return
+        if node.source is None or not node.source.allow_delete:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        try:
+            await node.source.delete(node.entry)
+        except Exception as exc:
+            raise self._fail(exc, f"deleting {node.path()}")
+        log.info("deleted %s", node.path())
+        self.tree.remove(node)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self._node(parent_inode)
+        node = await self.tree.lookup(parent, os.fsdecode(name)) if parent.is_dir else None
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.staged == "dir" and not node.children:
+            self.tree.remove(node)
+            return
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def mkdir(self, parent_inode, name, mode, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def unlink(self, parent_inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def rmdir(self, parent_inode, name, ctx):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def symlink(self, parent_inode, name, target, ctx):
@@ -235,8 +366,10 @@ class Operations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def create(self, parent_inode, name, mode, flags, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def write(self, fh, off, buf):
-        raise pyfuse3.FUSEError(errno.EROFS)
+class _StagedHandle:
+    __slots__ = ("fd", "staged")
+
+    def __init__(self, fd: int, staged: Staged):
+        self.fd = fd
+        self.staged = staged

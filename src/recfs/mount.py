@@ -16,6 +16,7 @@ import trio
 from .config import TUNING_KEYS, Config, source_module
 from .content.cache import Cache
 from .content.reader import Reader
+from .content.uploads import Uploads
 from .control import Control
 from .fs import Operations
 from .http import Http, HttpError, RetryPolicy
@@ -124,13 +125,15 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             reader = Reader(cache, nursery, max_connections=t["max_connections"],
                             first_window=t["first_window"], max_window=t["max_window"],
                             max_request=t["max_request"], small_file=t["small_file"])
-            control = Control(tree, reader, cache, http, sources, nursery)
-            ops = Operations(tree, reader, control)
+            uploads = Uploads(cfg.cache.dir / "uploads", {s.name: s for s in sources})
+            control = Control(tree, reader, cache, http, sources, nursery, uploads)
+            ops = Operations(tree, reader, control, uploads)
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True
             if read_ahead_kb:
                 raise_read_ahead(mountpoint, read_ahead_kb)
             nursery.start_soon(cache.run_flusher)
+            nursery.start_soon(uploads.run_retries)
             nursery.start_soon(_watch_signals)
             log.info("mounted %s at %s", ", ".join(f"{s.name} ({s.kind})" for s in sources), mountpoint)
             sd_notify("READY=1\nSTATUS=mounted")

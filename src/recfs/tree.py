@@ -29,7 +29,7 @@ ROOT_INODE = 1
 
 class Node:
     __slots__ = ("ino", "parent", "name", "entry", "source", "children", "listed_at", "ttl",
-                 "lookups", "size_failed", "__weakref__")
+                 "lookups", "size_failed", "staged", "__weakref__")
 
     def __init__(self, ino: int, parent: "Node | None", name: str, entry: Entry, source: Source | None):
         self.ino = ino
@@ -42,6 +42,9 @@ class Node:
         self.ttl = 0.0
         self.lookups = 0
         self.size_failed = False
+        # not (yet) on the service: an uploads.Staged being written or waiting to be sent,
+        # "uploaded" (sent, not listed yet) or "dir" (made by mkdir); shown until listed
+        self.staged = None
 
     @property
     def is_dir(self) -> bool:
@@ -153,6 +156,17 @@ class Tree:
             if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
                 entry.size = self.cache.known_size(src.cache_key(entry))
             child = old.get(name)
+            if child is not None and child.staged is not None and child.entry.kind is entry.kind:
+                # what we uploaded (or the folder we made) is now listed by the service
+                if entry.size is None and child.entry.size is not None and child.entry.kind is Kind.FILE \
+                        and abs((entry.size_hint or 0) - child.entry.size) <= 1024:
+                    entry.size = child.entry.size
+                child.entry = entry
+                child.staged = None
+                if child.is_dir:
+                    self.invalidate(child)
+                new[name] = child
+                continue
             if child is not None and child.entry.kind is entry.kind and child.entry.id == entry.id:
                 if child.entry.version == entry.version and child.entry.size is not None \
                         and entry.size is None:
@@ -163,11 +177,34 @@ class Tree:
                 child = self._new_node(node, name, entry, src)
             new[name] = child
         for name, child in old.items():
+            if child.staged is not None and name not in new:
+                new[name] = child          # not on the service yet: keep showing it
+                continue
             if new.get(name) is not child:
                 child.parent = None
                 if child.lookups <= 0:
                     self._drop(child)
         node.children = new
+
+    def add_local(self, parent: Node, name: str, entry: Entry, staged) -> Node:
+        """A file being written, or a folder made by mkdir, before the service has it."""
+        node = self._new_node(parent, name, entry, parent.source)
+        node.staged = staged
+        if entry.kind is Kind.DIR:
+            node.children = {}
+            node.listed_at = time.monotonic()
+            node.ttl = float("inf")        # nothing to list until a file lands in it
+        parent.children[name] = node
+        return node
+
+    def remove(self, node: Node) -> None:
+        """Take a node out of its folder (deleted, or a staged file discarded)."""
+        parent = node.parent
+        if parent is not None and parent.children and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+        node.parent = None
+        if node.lookups <= 0:
+            self._drop(node)
 
     def _drop(self, node: Node) -> None:
         self.inodes.pop(node.ino, None)

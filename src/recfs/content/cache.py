@@ -219,6 +219,8 @@ class Cache:
 
     def has_whole(self, key: str, size: int) -> bool:
         """Whether the cache holds all of `key`; creates nothing (cheap for look-ahead)."""
+        if size == 0:
+            return True
         e = self.entries.get(key)
         if e is not None and e.size == size:
             return e.complete

@@ -71,7 +71,11 @@ class AlvariaEmulator(Emulator):
         self.route("GET", base + r"/objectKeys", "objectKeys", self._object_keys)
         self.route("DELETE", base + r"/objectKeys", "delete", self._delete)
         self.route("GET", base + r"/signedDownloadUrl", "signedDownloadUrl", self._signed_download)
+        self.route("GET", base + r"/signedUploadUrl", "signedUploadUrl", self._signed_upload)
         self.route("GET", r"/s3/(?P<bucket>[^/]+)/(?P<key>.+)", "s3", self._s3_get)
+        self.route("PUT", r"/s3/(?P<bucket>[^/]+)/(?P<key>.+)", "s3_put", self._s3_put)
+        self.kms_key = "08e98aa8-1c0a-4547-bf34-e6f6aa11d16a"
+        self.puts: list[str] = []                  # keys stored by PUT, in order
 
     # -- data
     def put(self, key: str, content: bytes | Blob, mtime: float = 1_700_000_000.0) -> None:
@@ -159,6 +163,8 @@ class AlvariaEmulator(Emulator):
             return json_response({"message": "key and keyType are required"}, 400)
         if key_type in ("signedDownloadUrl", "nativeSignedDownloadUrl"):
             return self._signed_download(req)
+        if key_type in ("signedUploadUrl", "nativeSignedUploadUrl"):
+            return self._signed_upload(req)
         if key_type not in ("file", "directory", "file:directory"):
             return json_response({"message": f"invalid keyType {key_type}"}, 400)
         prefix = key if (key == "" or key.endswith("/")) else key + "/"
@@ -227,6 +233,53 @@ class AlvariaEmulator(Emulator):
                               "lastModifiedTime": iso_ms(obj.mtime), "keyType": "File ",
                               "signedUploadUrl": " ", "signedDownloadUrl": url,
                               "nativeSignedDownloadUrl": url})
+
+    def signed_upload_url(self, key: str) -> str:
+        date = dt.datetime.fromtimestamp(self.now(), dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        expires = str(self.url_ttl)
+        q = urllib.parse.urlencode({
+            "kms-key": self.kms_key, "x-amz-storage-class": "STANDARD_IA",
+            "X-Amz-Security-Token": new_token(24), "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Date": date,
+            "X-Amz-SignedHeaders": "host;x-amz-server-side-encryption;x-amz-server-side-encryption-aws-kms-key-id",
+            "X-Amz-Expires": expires,
+            "X-Amz-Credential": f"EMULATOR/{date[:8]}/us-east-1/s3/aws4_request",
+            "X-Amz-Signature": self._sign("PUT", key, date, expires)})
+        return f"{self.url}/s3/aspect-via-data-{self.org}/{urllib.parse.quote(key)}?{q}"
+
+    def _signed_upload(self, req: Request) -> Response:
+        req.route = "signedUploadUrl"
+        denied = self._check_auth(req)
+        if denied:
+            return denied
+        key = req.query.get("key", "")
+        if not key.startswith("imports/") or key.endswith("/"):
+            # the credentials' scopes cover uploads to imports/ only
+            return json_response({"message": "Forbidden: no upload scope for this key"}, 403)
+        url = self.signed_upload_url(key)
+        return json_response({"key": key, "keyHash": hashlib.md5(key.encode()).hexdigest(),
+                              "keyName": key.rsplit("/", 1)[-1], "size": "", "lastModifiedDate": "",
+                              "keyType": "File ", "signedUploadUrl": url, "nativeSignedUploadUrl": url,
+                              "signedDownloadUrl": ""})
+
+    def _s3_put(self, req: Request) -> Response:
+        key = req.match.group("key")
+        q = req.query
+        date, expires = q.get("X-Amz-Date", ""), q.get("X-Amz-Expires", "")
+        if not hmac.compare_digest(q.get("X-Amz-Signature", ""), self._sign("PUT", key, date, expires)):
+            return self._s3_error("SignatureDoesNotMatch", "The request signature we calculated "
+                                  "does not match the signature you provided.")
+        issued = dt.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+        if self.now() > issued + int(expires):
+            return self._s3_error("AccessDenied", "Request has expired")
+        # the signed headers must come with the values the URL was signed for
+        sse = (req.header("x-amz-server-side-encryption") or "").strip("'\"")
+        if sse != "aws:kms" or req.header("x-amz-server-side-encryption-aws-kms-key-id") != q.get("kms-key"):
+            return self._s3_error("SignatureDoesNotMatch", "The signed encryption headers are missing "
+                                  "or differ from the signature.")
+        self.put(key, req.body, self.now())
+        self.puts.append(key)
+        return Response(200, {"ETag": f'"{hashlib.md5(req.body).hexdigest()}"'}, b"")
 
     @staticmethod
     def _s3_error(code: str, message: str, status: int = 403) -> Response:

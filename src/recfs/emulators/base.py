@@ -344,7 +344,7 @@ class Emulator:
         self.stop()
 
     # -- dispatch
-    def dispatch(self, req: Request) -> tuple[str, Response]:
+    def resolve(self, req: Request) -> tuple[str, Handler]:
         path_matched = False
         for method, pattern, name, handler in self._routes:
             m = pattern.match(req.path)
@@ -354,10 +354,14 @@ class Emulator:
             if method != req.method and not (method == "GET" and req.method == "HEAD"):
                 continue
             req.match = m
-            return name, handler(req)
+            return name, handler
         if path_matched:
-            return "method_not_allowed", json_response({"message": "Method Not Allowed"}, 405)
-        return "not_found", json_response({"message": "Not Found"}, 404)
+            return "method_not_allowed", lambda r: json_response({"message": "Method Not Allowed"}, 405)
+        return "not_found", lambda r: json_response({"message": "Not Found"}, 404)
+
+    def dispatch(self, req: Request) -> tuple[str, Response]:
+        name, handler = self.resolve(req)
+        return name, handler(req)
 
 
 class _RequestHandler(http.server.BaseHTTPRequestHandler):
@@ -385,21 +389,40 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
         )
-        try:
-            route, resp = emu.dispatch(req)
-        except Exception as exc:  # an emulator bug must show, not hang the client
-            route, resp = "error", json_response({"message": f"emulator error: {exc!r}"}, 500)
-        route = req.route or route
+        if type(emu).dispatch is not Emulator.dispatch:
+            # an emulator with its own dispatch (throttling, renamed routes) decides
+            # before any fault is looked at
+            try:
+                route, resp = emu.dispatch(req)
+            except Exception as exc:
+                route, resp = "error", json_response({"message": f"emulator error: {exc!r}"}, 500)
+            route = req.route or route
+            fault = emu.faults.take(route)
+        else:
+            route, handler = emu.resolve(req)
+            # a fault on the route's own name is decided before the handler runs, so an
+            # injected error leaves no side effect (a PUT that fails stores nothing)
+            fault = emu.faults.take(route)
+        if fault and fault.kind == "status":
+            resp = Response(fault.status, dict(fault.headers), fault.body)
+            fault = None
+        elif type(emu).dispatch is Emulator.dispatch:
+            try:
+                resp = handler(req)
+            except Exception as exc:  # an emulator bug must show, not hang the client
+                route, resp = "error", json_response({"message": f"emulator error: {exc!r}"}, 500)
+            if req.route and req.route != route:
+                route = req.route     # the handler counted itself under another name
+                fault = fault or emu.faults.take(route)
         with emu._stats_lock:
             emu.counts[route] += 1
             emu.log.append((self.command, parsed.path, resp.status))
-        fault = emu.faults.take(route)
         if emu.wan:
             time.sleep(emu.wan.latency_s)
         if fault and fault.kind == "delay":
             time.sleep(fault.seconds)
             fault = None
-        if fault and fault.kind == "status":
+        if fault and fault.kind == "status":      # a renamed route's fault, found late
             resp = Response(fault.status, dict(fault.headers), fault.body)
             fault = None
         if fault and fault.kind == "ignore_range" and isinstance(resp.body, Blob):

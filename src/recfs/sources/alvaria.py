@@ -17,12 +17,14 @@ Client:
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import re
 import time
 import urllib.parse
 from typing import Any
 
+import httpx
 import trio
 
 from ..config import Key
@@ -30,6 +32,8 @@ from ..http import ForbiddenError, HttpError, OAuthClientCredentials, parse_cont
 from .base import Entry, Kind, Listing, Sink, Source, SourceContext, SourceError
 
 log = logging.getLogger("recfs.alvaria")
+
+UPLOAD_PREFIX = "imports/"      # the service's folders for uploads; exports/ is read-only
 
 CONFIG_KEYS = {
     "api_url": Key("url", required=True, doc="…/via/v2|v3/organizations/{orgId}"),
@@ -251,6 +255,84 @@ class AlvariaSource(Source):
         key = entry.ref
         await self.ctx.http.get_range(lambda renew: self.signed_url(key, renew), start, end, sink,
                                       total=entry.size, name=f"{self.name}: {key}")
+
+
+    # -- writes: uploads into imports/, deletes behind allow_delete
+    def upload_dir(self, ref) -> bool:
+        return isinstance(ref, str) and (ref + "/").startswith(UPLOAD_PREFIX)
+
+    def child_ref(self, dir_ref, name: str, kind: Kind) -> str:
+        return dir_ref + name + ("/" if kind is Kind.DIR else "")
+
+    async def upload(self, dir_ref, name: str, path, size: int) -> None:
+        """Two steps, as the service documents: a signed upload URL for the key, then a
+        PUT of the bytes with the encryption headers the URL was signed for. A 403 (an
+        expired URL) gets a new URL once; 5xx and broken connections are retried."""
+        key = self.child_ref(dir_ref, name, Kind.FILE)
+        http = self.ctx.http
+        url = await self._signed_upload_url(key)
+        renewed = False
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            headers = {"Content-Length": str(size), "x-amz-server-side-encryption": "aws:kms"}
+            kms = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("kms-key")
+            if kms:
+                headers["x-amz-server-side-encryption-aws-kms-key-id"] = kms[0]
+            http.requests += 1
+            problem = None
+            resp = None
+            try:
+                resp = await http.client.put(url, content=_file_chunks(path), headers=headers)
+            except httpx.TransportError as exc:
+                problem = type(exc).__name__
+            if resp is not None:
+                if resp.status_code in (200, 201, 204):
+                    return
+                if resp.status_code == 403 and not renewed:
+                    renewed = True
+                    url = await self._signed_upload_url(key)
+                    continue
+                if resp.status_code not in (429, 500, 502, 503, 504):
+                    raise SourceError(f"{self.name}: upload of {key}: HTTP {resp.status_code} "
+                                      f"from {safe_url(url)}")
+                problem = f"HTTP {resp.status_code}"
+            if not await http._sleep_before_retry(attempt, started, resp, f"upload {key}", problem):
+                raise SourceError(f"{self.name}: upload of {key}: {problem}; giving up")
+            attempt += 1
+
+    async def _signed_upload_url(self, key: str) -> str:
+        resp = await self.ctx.http.request(
+            "GET", f"{self.data_url}/objectKeys", params={"key": key, "keyType": "signedUploadUrl"},
+            auth=self.auth, name=f"{self.name}: signed upload URL for {key}")
+        try:
+            body = resp.json()
+            if isinstance(body, dict) and isinstance(body.get("objectKeys"), list):
+                body = body["objectKeys"][0]
+            url = str(body["signedUploadUrl"]).strip()
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise SourceError(f"{self.name}: {key}: no signedUploadUrl in the answer") from None
+        if not url.startswith(("http://", "https://")):
+            raise SourceError(f"{self.name}: {key}: the signed upload URL is not an http(s) URL")
+        return url
+
+    async def delete(self, entry: Entry) -> None:
+        key = entry.ref
+        resp = await self.ctx.http.request(
+            "DELETE", f"{self.data_url}/objectKeys", params={"key": key}, auth=self.auth,
+            name=f"{self.name}: delete {key}", expect=(200, 204, 404))
+        if resp.status_code == 404:
+            raise SourceError(f"{self.name}: {key} does not exist any more", errno.ENOENT)
+        self.leases.pop(key, None)
+
+
+async def _file_chunks(path, chunk: int = 1 << 20):
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            if not data:
+                return
+            yield data
 
 
 def create(name: str, options: dict, ctx: SourceContext) -> AlvariaSource:

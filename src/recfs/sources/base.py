@@ -147,6 +147,10 @@ class Source:
         """Whether files may be created in the folder `ref` (e.g. Alvaria imports/)."""
         return False
 
+    def child_ref(self, dir_ref: Hashable, name: str, kind: Kind) -> Hashable:
+        """The ref a new file or folder `name` in `dir_ref` will have (for uploads)."""
+        raise NotImplementedError
+
     async def upload(self, dir_ref: Hashable, name: str, path: "Path", size: int) -> None:
         """Store the local file `path` as `name` in folder `dir_ref`; raise on failure."""
         import errno as _errno
