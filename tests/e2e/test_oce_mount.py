@@ -73,7 +73,8 @@ def test_every_file_is_byte_equal(emu, mnt, tmp_path):
         want = tmp_path / "want"
         want.write_bytes(node.blob.all_bytes())
         subprocess.run(["cmp", str(want), str(mnt / rel)], check=True)
-    assert emu.count("download_create") == 0            # single-file reads are ranged GETs
+    # reading every file of a folder in turn is a folder copy: at most a job per folder
+    assert emu.count("download_create") <= 4
 
 
 def test_random_offset_reads(emu, mnt):
@@ -137,3 +138,21 @@ def test_forbidden_and_vanished_files(emu, mnt):
     with pytest.raises(OSError) as e:
         (mnt / "Recordings/2024-05-01/call-1.wav").read_bytes()
     assert e.value.errno == errno.ENOENT
+
+
+def test_cp_r_of_a_folder_is_recognised_and_served_by_one_folder_job(emu, mnt, tmp_path):
+    busy = mnt / "Recordings" / "busy"
+    names = sorted(os.listdir(busy))
+    emu.reset_stats()
+    subprocess.run(["cp", "-r", str(busy), str(tmp_path / "copy")], check=True)
+    for name in names:
+        node = next(n for n in emu.files() if emu.path_of(n.id) == f"Recordings/busy/{name}")
+        assert (tmp_path / "copy" / name).read_bytes() == node.blob.all_bytes()
+    # the first file is read directly; the second read makes it a copy: one job for the rest
+    assert emu.count("download_create") == 1
+    assert emu.count("data") <= 3
+
+
+def test_a_single_file_read_never_starts_a_job(emu, mnt):
+    subprocess.run(["cat", str(mnt / "Recordings/busy/r0007.wav")], check=True, capture_output=True)
+    assert emu.count("download_create") == 0

@@ -24,8 +24,13 @@ Content policy:
   never used as a path (flat and nested layouts both work). Items the job
   reports in `items[].error`, or that the zip lacks, are logged and left to
   ranged reads; they do not fail the other files.
-- `fetch_whole` never starts a job: it waits (at most `job_wait` seconds) only
-  when a folder job that includes the file is already running.
+- A whole-folder copy is recognised by its reads: when the first read of a file
+  comes within `copy_window` seconds of the first read of another file of the same
+  folder, `fetch_whole` starts one folder job for this file and its uncached
+  siblings that follow in listing order (the order `cp -r` and `rsync` use) and
+  waits for it (at most `job_wait` seconds, then it reads directly); later files of
+  the copy are then in the cache already. A lone read (ffprobe, a single `cp`)
+  never starts a job; it waits only for a job that already includes its file.
 - A job is DELETEd once nobody waits for it: after its package was unpacked,
   after it failed, when its prefetch was cancelled, and on `aclose`.
 
@@ -98,6 +103,9 @@ CONFIG_KEYS = {
                              doc="seconds before the first poll of a bulk download job"),
     "job_timeout": Key("float", default=1800.0, check=_positive,
                        doc="seconds a bulk download job may take before it is abandoned"),
+    "copy_window": Key("float", default=10.0, check=_positive,
+                       doc="seconds between first reads of two files of a folder that make "
+                           "it a folder copy (served by one folder job)"),
     "job_wait": Key("float", default=60.0, check=_positive,
                     doc="seconds a read waits for a running folder job before reading directly"),
 }
@@ -440,6 +448,8 @@ class OceSource(Source):
                                   options["client_secret"], options["scope"], name)
         self._jobs: list[FolderJob] = []
         self._job_of_file: dict[str, FolderJob] = {}
+        self.copy_window = float(options.get("copy_window") or 10.0)
+        self._first_reads: dict[str, dict[str, float]] = {}    # folder -> file id -> time
         self.jobs_started = 0
         self.jobs_deleted = 0
 
@@ -647,6 +657,14 @@ class OceSource(Source):
 
     async def fetch_whole(self, entry: Entry, siblings: list[Entry]) -> bool:
         job = self._job_of_file.get(entry.id)
+        if job is None and self._copying_folder(entry):
+            batch = self._uncached_from(entry, siblings)
+            if len(batch) > 1:
+                job = FolderJob(entry.ref.folder, {e.id: e for e in batch})
+                for fid in job.files:
+                    self._job_of_file[fid] = job
+                trio.lowlevel.spawn_system_task(self._run_job_safely, job,
+                                                name=f"oce folder job {entry.ref.folder}")
         if job is None:
             return False
         with trio.move_on_after(self.job_wait):
@@ -695,8 +713,50 @@ class OceSource(Source):
             batches.append(current)
         return batches
 
-    async def _run_job(self, folder_id: str, files: list[Entry]) -> FolderJob:
-        job = FolderJob(folder_id, {e.id: e for e in files})
+    def _copying_folder(self, entry: Entry) -> bool:
+        """Did another file of this folder have its first read within copy_window?"""
+        folder = getattr(entry.ref, "folder", None)
+        now = trio.current_time()
+        recent = self._first_reads.setdefault(folder, {})
+        for fid in [f for f, t in recent.items() if now - t > self.copy_window]:
+            del recent[fid]
+        others = [f for f in recent if f != entry.id]
+        recent.setdefault(entry.id, now)
+        if len(self._first_reads) > 1000:
+            self._first_reads = {folder: recent}
+        return bool(others)
+
+    def _uncached_from(self, entry: Entry, siblings: list[Entry]) -> list[Entry]:
+        """`entry` and the uncached files after it in listing order, one job's worth."""
+        cache = self.ctx.cache
+        if cache is None or getattr(cache, "staging_dir", None) is None:
+            return []
+        names = [e.id for e in siblings]
+        start = names.index(entry.id) if entry.id in names else 0
+        out, nbytes = [], 0
+        for e in [entry] + [s for s in siblings[start + 1:]]:
+            if e.is_dir or not e.size or e.id in self._job_of_file \
+                    or getattr(e.ref, "folder", None) != entry.ref.folder:
+                continue
+            if e is not entry and cache.has_whole(self.cache_key(e), e.size):
+                continue
+            if len(out) >= self.job_max_files or nbytes + e.size > self.job_max_bytes:
+                break
+            out.append(e)
+            nbytes += e.size
+        return out
+
+    async def _run_job_safely(self, job: FolderJob) -> None:
+        """A job started by a read runs on its own: its failure is logged, never raised."""
+        try:
+            await self._run_job(job.folder_id, list(job.files.values()), job)
+        except Exception as exc:
+            log.error("%s: folder job for %s: %s", self.name, job.folder_id, exc)
+            job.error = job.error or str(exc)
+            job.done.set()
+
+    async def _run_job(self, folder_id: str, files: list[Entry], job: FolderJob | None = None) -> FolderJob:
+        job = job or FolderJob(folder_id, {e.id: e for e in files})
         self._jobs.append(job)
         for file_id in job.files:
             self._job_of_file[file_id] = job
