@@ -360,8 +360,17 @@ class Emulator:
         return "not_found", lambda r: json_response({"message": "Not Found"}, 404)
 
     def dispatch(self, req: Request) -> tuple[str, Response]:
+        """Answer a request without the network (faults and counters aside)."""
+        gated = self.gate(req)
+        if gated is not None:
+            return gated
         name, handler = self.resolve(req)
-        return name, handler(req)
+        resp = handler(req)
+        return req.route or name, resp
+
+    def gate(self, req: Request) -> tuple[str, Response] | None:
+        """Answer before routing (throttling): (route name, response), or None."""
+        return None
 
 
 class _RequestHandler(http.server.BaseHTTPRequestHandler):
@@ -389,24 +398,18 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
         )
-        if type(emu).dispatch is not Emulator.dispatch:
-            # an emulator with its own dispatch (throttling, renamed routes) decides
-            # before any fault is looked at
-            try:
-                route, resp = emu.dispatch(req)
-            except Exception as exc:
-                route, resp = "error", json_response({"message": f"emulator error: {exc!r}"}, 500)
-            route = req.route or route
-            fault = emu.faults.take(route)
+        gated = emu.gate(req)
+        if gated is not None:            # e.g. throttled before any route is looked at
+            route, handler = gated[0], (lambda r, resp=gated[1]: resp)
         else:
             route, handler = emu.resolve(req)
-            # a fault on the route's own name is decided before the handler runs, so an
-            # injected error leaves no side effect (a PUT that fails stores nothing)
-            fault = emu.faults.take(route)
+        # a fault on the route's own name is decided before the handler runs, so an
+        # injected error leaves no side effect (a PUT that fails stores nothing)
+        fault = emu.faults.take(route)
         if fault and fault.kind == "status":
             resp = Response(fault.status, dict(fault.headers), fault.body)
             fault = None
-        elif type(emu).dispatch is Emulator.dispatch:
+        else:
             try:
                 resp = handler(req)
             except Exception as exc:  # an emulator bug must show, not hang the client

@@ -33,6 +33,16 @@ is already final). `plan_job(...)` queues the outcome of the next job: a status
 bytes are altered (bad MD5), a truncated zip. `corrupt_ids` alters members in every
 zip. Ids that are unknown or not AVAILABLE are left out and make the job PARTIAL_DONE
 (FAILED when nothing is left). `jobs_started` counts jobs.
+
+Deletes (apis.md §1.7): `DELETE /{region}/v3/bulk` with a JSON array of ids moves
+the objects to REVOKED (hidden by the default AVAILABLE filter, content 404);
+`purge()` turns them DELETED later. The answer is `delete_status` (200 with an empty
+body, or 204). A body that is not a non-empty array of strings → 400; more than
+`delete_max_ids` ids → 400; a read-only key → 403. Ids unknown in the region
+(or already REVOKED/DELETED) follow `delete_unknown`: "reject" (404, nothing
+deleted), "partial" (the known ones deleted, then 404) or "ignore" (the known ones
+deleted, success). `deletes` records (region, ids) of every DELETE that deleted
+something; faults match the route name `bulk_delete`.
 """
 from __future__ import annotations
 
@@ -288,7 +298,9 @@ class EightByEight(Emulator):
                  stored_bytes_as_string: bool = False, date_filter_500: bool = False,
                  content_ranges: bool = True, presign_shape: str = "text",
                  presign_lifetime: int = 1800, read_only_key: bool = False,
-                 restore_seconds: float = 5.0, zip_compression: int = zipfile.ZIP_DEFLATED, **kw):
+                 restore_seconds: float = 5.0, zip_compression: int = zipfile.ZIP_DEFLATED,
+                 delete_status: int = 200, delete_unknown: str = "reject",
+                 delete_max_ids: int | None = None, **kw):
         super().__init__(**kw)
         self.client_id = client_id
         self.client_secret = client_secret
@@ -309,6 +321,12 @@ class EightByEight(Emulator):
         self.read_only_key = read_only_key
         self.restore_seconds = restore_seconds
         self.zip_compression = zip_compression
+        if delete_status not in (200, 204) or delete_unknown not in ("reject", "partial", "ignore"):
+            raise ValueError("delete_status: 200 or 204; delete_unknown: reject, partial or ignore")
+        self.delete_status = delete_status
+        self.delete_unknown = delete_unknown
+        self.delete_max_ids = delete_max_ids
+        self.deletes: list[tuple[str, list[str]]] = []
         self.objects: dict[str, StoredObject] = {}
         self.tokens: dict[str, float] = {}           # token -> expiry (emulator clock)
         self.presigned: dict[str, tuple[str, float]] = {}
@@ -381,6 +399,18 @@ class EightByEight(Emulator):
                        truncate, polls)
         self.job_plans.append(plan)
         return plan
+
+    @property
+    def deleted_ids(self) -> set[str]:
+        return {oid for _, ids in self.deletes for oid in ids}
+
+    def purge(self) -> None:
+        """What the service does some time after a delete: REVOKED objects become DELETED."""
+        with self._lock:
+            for oid in self.deleted_ids:
+                obj = self.objects.get(oid)
+                if obj is not None and obj.objectState == "REVOKED":
+                    obj.objectState = "DELETED"
 
     def expire_tokens(self) -> None:
         with self._lock:
@@ -763,11 +793,30 @@ class EightByEight(Emulator):
             ids = req.json()
         except ValueError:
             return self._fault(400, "the body must be a JSON array of object ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return self._fault(400, "the body must be a non-empty JSON array of object ids")
+        if self.delete_max_ids is not None and len(ids) > self.delete_max_ids:
+            return self._fault(400, f"at most {self.delete_max_ids} ids per request")
         with self._lock:
-            for oid in ids if isinstance(ids, list) else []:
+            known, unknown = [], []
+            for oid in dict.fromkeys(ids):
                 obj = self._find(region, oid)
-                if obj is not None:
-                    obj.objectState = "REVOKED"
+                if obj is None or self._state(obj) in ("REVOKED", "DELETED"):
+                    unknown.append(oid)
+                else:
+                    known.append(oid)
+            if unknown and self.delete_unknown == "reject":
+                return self._fault(404, f"{len(unknown)} of {len(ids)} objects not found")
+            for oid in known:
+                obj = self.objects[oid]
+                obj.objectState, obj.available_at = "REVOKED", None
+                obj.updated = self.now()
+            if known:
+                self.deletes.append((region, known))
+        if unknown and self.delete_unknown == "partial":
+            return self._fault(404, f"{len(unknown)} of {len(ids)} objects not found")
+        if self.delete_status == 204:
+            return Response(204, {}, b"")
         return Response(200, {}, b"")
 
 

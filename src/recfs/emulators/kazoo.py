@@ -9,22 +9,31 @@ What it reproduces (apis.md §4; the Kazoo 4.3 source is the authority there):
   `created_to` in Gregorian seconds, a span over 2,682,000 s (31 days + 1 hour) or
   a reversed window → 400 `date_range`; newest first by `[pvt_created, _id]`;
   `page_size` (≤0 or junk → 50); an opaque `start_key` / `next_start_key` cursor
-  (an undecodable key is used raw and matches nothing); soft-deleted documents are
-  hidden unless `include=soft_delete`; `paginate=false` returns everything.
+  (an undecodable key is used raw and matches nothing); deleted documents
+  (`pvt_deleted`, what DELETE sets) are never listed — the views skip them;
+  `paginate=false` returns everything.
 - `GET /v2/accounts/{A}/recordings/{ID}`: JSON document, or with
   `Accept: audio/mpeg` (or `?accept=`) the first attachment with its stored
   Content-Type (a WAV answers `audio/wav`), an unquoted `Content-Disposition`, and
   Kazoo's Range rules (one `bytes=S-E` → 206; a full-length range, a suffix range
   or an unsatisfiable one → 200 with the whole body, never 416). A document without
   an attachment, a soft-deleted one or a malformed id → 404 `bad_identifier`.
-- `DELETE` (soft by default, `should_soft_delete=false` hard) and `PATCH`
-  `soft_delete` / `soft_restore`.
+- `DELETE …/recordings/{ID}` (apis.md §4.6): 200 with the document's public fields
+  in `data`; soft by default (the document stays, hidden from listings, and GET or a
+  second DELETE → 404 `bad_identifier` with `data.cause`); `?should_soft_delete=false`
+  deletes it for good. `deletes` records (id, soft) of every delete that succeeded.
+- Kazoo 4.3 allows only GET and DELETE on a recording: PATCH answers 405
+  `invalid_method`. With `patch_soft_delete=True` the emulator plays the variant
+  described by a later recordings.md (not in the 4.3 source): PATCH
+  `{"data":{"soft_delete":{…}}}` marks a document (hidden from listings unless
+  `include=soft_delete`, still readable), `{"data":{"soft_restore":{}}}` unmarks it.
 - Token buckets (`bucket_tokens`, `fill_rate` per second): an empty bucket answers
   429 `too_many_requests` without `Retry-After`.
 
 Counters: `counts` per route name (`api_auth`, `list`, `list_user`, `doc`, `media`,
-`delete`, `patch`, `throttled`, `unauthorized`); `listings` records the query of
-every listing request (tests check cursors and windows with it).
+`delete`, `patch`, `throttled`, `unauthorized`, `method_not_allowed`); `listings`
+records the query of every listing request (tests check cursors and windows with it).
+Faults (base.py) match these route names, e.g. `Fault("status", route="delete")`.
 """
 from __future__ import annotations
 
@@ -86,7 +95,8 @@ class Recording:
     blob: Blob | None = None             # the first attachment; None: no media
     attachment_name: str = ""
     attachment_type: str = "audio/mpeg"
-    deleted: bool = False
+    deleted: bool = False                # pvt_deleted: DELETE's soft delete
+    marked: bool = False                 # the PATCH `soft_delete` variant's marker
 
     @property
     def view_key(self) -> tuple[int, str]:
@@ -124,11 +134,14 @@ class KazooEmulator(Emulator):
 
     def __init__(self, *, token_lifetime: float = 3600.0, bucket_tokens: float | None = 100,
                  fill_rate: float = 10.0, max_range: int = MAX_RANGE,
-                 default_page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0, **kw):
+                 default_page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0,
+                 patch_soft_delete: bool = False, **kw):
         super().__init__(**kw)
         self.token_lifetime = token_lifetime
         self.max_range = max_range
         self.default_page_size = default_page_size
+        self.patch_soft_delete = patch_soft_delete
+        self.deletes: list[tuple[str, bool]] = []             # (recording id, soft)
         self.bucket = TokenBucket(bucket_tokens, fill_rate) if bucket_tokens else None
         self.rng = random.Random(seed)
         self.accounts: dict[str, Account] = {}
@@ -253,7 +266,7 @@ class KazooEmulator(Emulator):
         return resp
 
     def _unauthorized(self, req: Request) -> Response:
-        req.kazoo_route = "unauthorized"
+        req.route = "unauthorized"
         return self._error(req, 401, "invalid_credentials", {"message": "invalid credentials"})
 
     def _bad_identifier(self, req: Request, data: Any) -> Response:
@@ -261,12 +274,11 @@ class KazooEmulator(Emulator):
 
     # ------------------------------------------------------------------ dispatch
 
-    def dispatch(self, req: Request) -> tuple[str, Response]:
+    def gate(self, req: Request) -> tuple[str, Response] | None:
         if self.bucket is not None and not self.bucket.take():
             return "throttled", self._error(req, 429, "too_many_requests",
                                             {"message": "too many requests"})
-        name, resp = super().dispatch(req)
-        return getattr(req, "kazoo_route", name), resp
+        return None
 
     # ------------------------------------------------------------------ auth
 
@@ -375,11 +387,13 @@ class KazooEmulator(Emulator):
             return self._error(req, 400, "validation error", {"created_from": {"date_range": {
                 "message": f"created_to is more than {self.max_range} seconds from created_from",
                 "cause": frm}}})
-        include_deleted = "soft_delete" in req.query.get("include", "").split(",")
+        include_marked = self.patch_soft_delete and \
+            "soft_delete" in req.query.get("include", "").split(",")
         ascending = req.query.get("ascending") == "true" or req.query.get("descending") == "false"
         with self._lock:
             docs = [r for r in self.recordings.values()
-                    if r.account_id == account_id and (include_deleted or not r.deleted)
+                    if r.account_id == account_id and not r.deleted
+                    and (include_marked or not r.marked)
                     and frm <= to_gregorian(r.created) <= to
                     and (owner is None or r.public.get("owner_id") == owner)]
         docs.sort(key=lambda r: r.view_key, reverse=not ascending)
@@ -439,7 +453,7 @@ class KazooEmulator(Emulator):
     def _get(self, req: Request) -> Response:
         wants = self._wants_media(req)
         if wants:
-            req.kazoo_route = "media"
+            req.route = "media"
         rec = self._load(req)
         if isinstance(rec, Response):
             return rec
@@ -462,31 +476,38 @@ class KazooEmulator(Emulator):
         rec = self._load(req)
         if isinstance(rec, Response):
             return rec
-        doc = dict(rec.public, id=rec.id)
-        if req.query.get("should_soft_delete") == "false":
-            with self._lock:
-                del self.recordings[rec.id]
-        else:
+        doc = {k: v for k, v in rec.public.items() if not k.startswith(("_", "pvt_"))}
+        doc["id"] = rec.id
+        soft = req.query.get("should_soft_delete") != "false"
+        with self._lock:
+            if rec.deleted:        # a concurrent DELETE got there first
+                return self._bad_identifier(req, {"cause": rec.id})
             rec.deleted = True
+            if not soft:
+                del self.recordings[rec.id]
+            self.deletes.append((rec.id, soft))
         return self._envelope(req, doc)
 
     def _patch(self, req: Request) -> Response:
+        if not self.patch_soft_delete:
+            req.route = "method_not_allowed"
+            return self._error(req, 405, "invalid_method", {"message": "invalid method"})
         account_id, rid = req.match.group("acct"), req.match.group("rid")
         denied = self._authorize(req, account_id)
         if denied:
             return denied
         rec = self.recordings.get(rid)
-        if rec is None or rec.account_id != account_id:
+        if rec is None or rec.account_id != account_id or rec.deleted:
             return self._bad_identifier(req, {"details": rid})
         try:
             data = req.json()["data"]
         except (ValueError, KeyError, TypeError):
             return self._error(req, 400, "invalid request", {})
         if "soft_delete" in data:
-            rec.deleted = True
+            rec.marked = True
             rec.public["soft_delete"] = data["soft_delete"]
         elif "soft_restore" in data:
-            rec.deleted = False
+            rec.marked = False
             rec.public.pop("soft_delete", None)
         return self._envelope(req, dict(rec.public, id=rec.id))
 

@@ -61,7 +61,19 @@ matched by objectName (two objects may share one; they are told apart by size an
 MD5), verified (size, and MD5 when the checksum is 32 hex digits) and only then
 adopted by the cache. A file a job failed gives EIO to its reader, and (the reader
 sees to it) to every read until it is opened again; nothing is cached for it, so
-the next open tries again. See docs/providers/8x8.md.
+the next open tries again.
+
+Deletes (only with `allow_delete = true`)
+-----------------------------------------
+CSS deletes by `DELETE /{region}/v3/bulk` with a JSON array of ids (there is no
+per-object delete). A delete goes out at once while fewer than 4 requests of its
+region are in flight; deletes that arrive while 4 are out (or in the same instant)
+share the next request, of at most 100 ids. Each caller waits for the request that
+carries its id and gets its outcome (a failed request fails all of its ids). 200
+and 204 are success. A 404 for one id means it is already gone (success); a 404
+for several does not say which id was unknown, so each is sent again on its own.
+Deleted objects turn REVOKED, which the AVAILABLE filter hides; this mount also
+hides them itself. See docs/providers/8x8.md.
 """
 from __future__ import annotations
 
@@ -72,8 +84,8 @@ import logging
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass
-from typing import Any, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Hashable
 
 import trio
 
@@ -93,6 +105,9 @@ MAX_YEARS = 100                  # probes per type folder
 MAX_PAGES = 10000                # a day folder of a million objects is a bug somewhere
 CLOSED_PERIOD_TTL = 6 * 3600.0   # listing TTL of a period that ended two days ago or more
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+DELETE_WINDOW = 0.0              # seconds a delete waits for others to join (0: one turn)
+DELETE_MAX_IDS = 100             # ids per DELETE /bulk (the API names no limit)
+DELETE_MAX_IN_FLIGHT = 4         # DELETE /bulk requests out at once per region
 
 
 def _positive(v):
@@ -283,6 +298,93 @@ def status_of(word: str) -> JobStatus:
     return JobStatus(JobState.FAILED, w or "(no status)")
 
 
+# --------------------------------------------------------------------------- deletes
+
+# send(group, ids) -> {id: None on success, or the SourceError of that id}
+DeleteSender = Callable[[Hashable, list[str]], Awaitable[dict[str, "SourceError | None"]]]
+
+
+_NO_OUTCOME = object()
+
+
+@dataclass
+class _DeleteBatch:
+    ids: list[str] = field(default_factory=list)
+    closed: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    results: dict[str, "SourceError | None"] = field(default_factory=dict)
+    failure: "SourceError | None" = None
+
+
+class DeleteCoalescer:
+    """Deletes of one group (a region) share requests of at most `max_ids` ids; every
+    caller waits for the request that carries its id and gets the outcome of that id.
+
+    A delete is sent at once when fewer than `max_in_flight` requests of its group
+    are out (after `window` seconds, default: only a scheduler turn, so deletes that
+    arrive in the same instant still travel together); otherwise it joins the batch
+    that goes out when a request returns. So deletes one after another (`rm -r`: the
+    kernel passes unlinks of one folder on one at a time) pay no waiting time, and
+    many at once (parallel unlinks across folders) become few requests.
+
+    The first caller of a batch sends it. It is shielded from cancellation from the
+    moment its batch opens: the other callers wait on it, and a delete that may
+    already have reached the service must not be left half-reported."""
+
+    def __init__(self, send: DeleteSender, *, window: float = DELETE_WINDOW,
+                 max_ids: int = DELETE_MAX_IDS, max_in_flight: int = DELETE_MAX_IN_FLIGHT):
+        self._send = send
+        self.window = window
+        self.max_ids = max_ids
+        self.max_in_flight = max_in_flight
+        self._open: dict[Hashable, _DeleteBatch] = {}
+        self._slots: dict[Hashable, trio.Semaphore] = {}
+        self.batches_sent = 0
+
+    async def delete(self, group: Hashable, oid: str) -> None:
+        batch = self._open.get(group)
+        leader = batch is None
+        if batch is None:
+            batch = self._open[group] = _DeleteBatch()
+        if oid not in batch.ids:
+            batch.ids.append(oid)
+        if len(batch.ids) >= self.max_ids:
+            self._close(group, batch)
+        if leader:
+            slots = self._slots.setdefault(group, trio.Semaphore(self.max_in_flight))
+            with trio.CancelScope(shield=True):
+                try:
+                    async with slots:       # while all slots are taken the batch fills up
+                        if self.window > 0:
+                            with trio.move_on_after(self.window):
+                                await batch.closed.wait()
+                        else:
+                            await trio.sleep(0)
+                        self._close(group, batch)
+                        self.batches_sent += 1
+                        batch.results = await self._send(group, list(batch.ids))
+                except SourceError as exc:
+                    batch.failure = exc
+                except Exception as exc:   # every waiter must hear of it, not just the sender
+                    batch.failure = SourceError(f"delete failed: {type(exc).__name__}: {exc}")
+                finally:
+                    self._close(group, batch)
+                    batch.done.set()
+        else:
+            await batch.done.wait()
+        problem = batch.failure or batch.results.get(oid, _NO_OUTCOME)
+        if problem is _NO_OUTCOME:
+            problem = SourceError(f"delete of {oid}: the request gave no outcome for it")
+        if problem is not None:
+            # a fresh exception per caller: one instance raised in many tasks tangles tracebacks
+            raise SourceError(str(problem), problem.errno)
+
+    def _close(self, group: Hashable, batch: _DeleteBatch) -> None:
+        batch.closed.set()
+        if self._open.get(group) is batch:
+            del self._open[group]
+
+
 # --------------------------------------------------------------------------- source
 
 class EightByEightSource(Source):
@@ -321,6 +423,10 @@ class EightByEightSource(Source):
         self._leases: dict[str, tuple[str, float]] = {}
         self._firsts: dict[tuple[str, str, int], tuple[float, float]] = {}
         self._lease_locks: dict[str, trio.Lock] = {}
+        self.deleter = DeleteCoalescer(self._send_deletes)
+        # (region, id) deleted through this mount: hidden even where the configured
+        # filter shows REVOKED objects, and from listings that were in flight
+        self._deleted: set[tuple[str, str]] = set()
 
     # -- lifecycle
     async def start(self) -> None:
@@ -500,7 +606,7 @@ class EightByEightSource(Source):
                     log.warning("%s: 8x8 answered createdTime %r outside the window asked for; "
                                 "stopping the probe", self.name, obj.get("createdTime"))
                     break
-                self._remember_first(region, type_, ts)
+                self._remember_first(region, type_, ts, cursor)
             value, cursor = step(_utc(ts))
             if value not in out:
                 out.append(value)
@@ -508,9 +614,12 @@ class EightByEightSource(Source):
                 break
         return out
 
-    def _remember_first(self, region: str, type_: str, ts: float) -> None:
-        """A probe from a cursor found `ts` first, so `ts` is also the first object of
-        its year, month and day: the walk one level down need not probe for it again."""
+    def _remember_first(self, region: str, type_: str, ts: float,
+                        cursor: dt.datetime | None) -> None:
+        """A probe from `cursor` found `ts` first, so `ts` is also the first object of
+        its year, month and day, as far as they start at or after the cursor: the walk
+        one level down need not probe for it again. (A probe from October 1 says
+        nothing about September, so it must not stand for the first of the year.)"""
         if len(self._firsts) > 4096:
             self._firsts.clear()
         t = _utc(ts)
@@ -518,7 +627,8 @@ class EightByEightSource(Source):
         for start in (dt.datetime(t.year, 1, 1, tzinfo=dt.timezone.utc),
                       dt.datetime(t.year, t.month, 1, tzinfo=dt.timezone.utc),
                       dt.datetime(t.year, t.month, t.day, tzinfo=dt.timezone.utc)):
-            self._firsts[(region, type_, _ms(start))] = (ts, now)
+            if cursor is None or start >= cursor:
+                self._firsts[(region, type_, _ms(start))] = (ts, now)
 
     def _first_after(self, region: str, type_: str, cursor: dt.datetime | None) -> float | None:
         if cursor is None:
@@ -535,6 +645,8 @@ class EightByEightSource(Source):
         entries = []
         for obj in objects:
             if not self._states_named and obj.get("objectState", "AVAILABLE") != "AVAILABLE":
+                continue
+            if (ref.region, str(obj.get("id") or "")) in self._deleted:
                 continue
             entry = self._file_entry(obj, ref, lo.timestamp())
             if entry is not None:
@@ -806,6 +918,75 @@ class EightByEightSource(Source):
                 idempotent=False, expect=None)
 
         return BulkBackend(start, poll, download, cancel, label="8x8 bulk")
+
+    # -- deletes (issue 9)
+    async def delete(self, entry: Entry) -> None:
+        if not self.allow_delete:
+            raise SourceError(f"{self.name}: deleting is off (set allow_delete = true)", errno.EROFS)
+        if entry.kind is not Kind.FILE or not isinstance(entry.ref, FileRef):
+            raise SourceError(f"{self.name}: only objects can be deleted", errno.EROFS)
+        ref: FileRef = entry.ref
+        await self.deleter.delete(ref.region, ref.id)
+        log.info("%s: deleted %s (%s) in %s", self.name, ref.object_name, ref.id, ref.region)
+        self._forget(ref)
+
+    async def _bulk_delete(self, region: str, ids: list[str]) -> int:
+        """One DELETE /bulk; the status (200, 204 or 404), or HttpError."""
+        # sending the same ids again is harmless (already gone: 404), so retries are safe
+        resp = await self.http.request(
+            "DELETE", self._url(region, "bulk"), name=f"{self.name}: 8x8 bulk delete",
+            auth=self.auth, headers=JSON_HEADERS, json=ids, expect=(200, 204, 404))
+        return resp.status_code
+
+    def _delete_error(self, exc: HttpError, region: str, count: int) -> SourceError:
+        what = "1 object" if count == 1 else f"{count} objects"
+        if isinstance(exc, ForbiddenError):
+            return SourceError(f"{self.name}: 8x8 refused to delete {what} in {region} (HTTP 403): "
+                               f"the API key needs edit access to objects", errno.EACCES)
+        return SourceError(f"{self.name}: cannot delete {what} in {region}: {exc}", errno.EIO)
+
+    async def _send_deletes(self, region: Hashable, ids: list[str]) -> dict[str, SourceError | None]:
+        region = str(region)
+        try:
+            status = await self._bulk_delete(region, ids)
+        except HttpError as exc:
+            raise self._delete_error(exc, region, len(ids)) from None
+        if status != 404:
+            return {oid: None for oid in ids}
+        if len(ids) == 1:
+            log.info("%s: 8x8 object %s in %s was already gone (404); counted as deleted",
+                     self.name, ids[0], region)
+            return {ids[0]: None}
+        # the answer does not say which ids were unknown, nor whether the others went:
+        # ask for each on its own (a rare path: someone else deleted some first)
+        log.info("%s: 8x8 bulk delete of %d objects in %s answered 404; deleting them one by one",
+                 self.name, len(ids), region)
+        results: dict[str, SourceError | None] = {}
+        limiter = trio.CapacityLimiter(8)
+
+        async def one(oid: str) -> None:
+            async with limiter:
+                try:
+                    await self._bulk_delete(region, [oid])
+                    results[oid] = None
+                except HttpError as exc:
+                    results[oid] = self._delete_error(exc, region, 1)
+
+        async with trio.open_nursery() as nursery:
+            for oid in ids:
+                nursery.start_soon(one, oid)
+        return results
+
+    def _forget(self, ref: FileRef) -> None:
+        self._deleted.add((ref.region, ref.id))
+        folder = ref.folder
+        siblings = self._siblings.get(folder)
+        if siblings is not None:
+            self._siblings[folder] = [e for e in siblings if e.id != ref.id]
+        # a remembered probe hit may be this object: the walk must ask again
+        for key in [k for k in self._firsts if k[:2] == (folder.region, folder.type)]:
+            del self._firsts[key]
+        self._leases.pop(ref.id, None)
 
 
 def _grouped(expr: str) -> str:

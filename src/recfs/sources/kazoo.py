@@ -26,6 +26,11 @@ How the API shapes the client (apis.md §4):
   else `media_type`. A document whose `content_types` is empty has no media and is
   not shown; one that answers 404 anyway keeps no size (hidden) and its reads fail
   with EIO and a log line naming it.
+- Deletes (only with `allow_delete = true`): `DELETE …/recordings/{id}`, Kazoo's
+  default soft delete. A 404 means the document is already gone (deleted by someone
+  else, or by an earlier try of ours that timed out) and counts as success. The API
+  offers no listing of soft-deleted documents and no restore (apis.md §4.6), so
+  recfs shows no "deleted" view; see docs/providers/kazoo.md.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from typing import Any, Callable, Hashable
 import trio
 
 from ..config import Key, Secret
-from ..http import CachedToken, Http, HttpError, parse_content_range, safe_url
+from ..http import CachedToken, ForbiddenError, Http, HttpError, parse_content_range, safe_url
 from .base import Entry, Kind, Listing, Source, SourceContext, SourceError
 
 log = logging.getLogger("recfs.sources.kazoo")
@@ -278,6 +283,16 @@ class KazooClient:
             return len(resp.content), ctype
         return None, "no Content-Range in a 206 answer"
 
+    async def delete_recording(self, account_id: str, recording_id: str) -> bool:
+        """Soft-delete a recording (the API's default). True when this request deleted
+        it, False when the service says it is already gone (404)."""
+        url = self.media_url(account_id, recording_id)
+        # a retried DELETE whose first try went through answers 404: still a success
+        resp = await self.http.request("DELETE", url, name=f"{self.what}: delete recording",
+                                       auth=self.auth, headers={"Accept": "application/json"},
+                                       expect=(200, 404))
+        return resp.status_code == 200
+
 
 def _error_message(resp) -> str:
     try:
@@ -343,17 +358,32 @@ def start_of(doc: dict[str, Any]) -> int | None:
 
 @dataclass
 class WindowSummary:
-    """What one history window taught: the days with recordings, per account and owner
-    (day -> newest start, for folder mtimes)."""
+    """What one history window taught: the recordings of each day, per account and
+    owner (day -> recording id -> start). Ids, not just days, are kept so a delete can
+    take its recording out, and a day left empty disappears without asking again."""
     fetched_at: float
     closed: bool
-    days: dict[dt.date, int] = field(default_factory=dict)
-    user_days: dict[str, dict[dt.date, int]] = field(default_factory=dict)
+    days: dict[dt.date, dict[str, int]] = field(default_factory=dict)
+    user_days: dict[str, dict[dt.date, dict[str, int]]] = field(default_factory=dict)
+
+    def forget(self, rid: str) -> None:
+        for days in (self.days, *self.user_days.values()):
+            for day in [d for d, recs in days.items() if rid in recs]:
+                del days[day][rid]
+                if not days[day]:
+                    del days[day]
+        for owner in [o for o, days in self.user_days.items() if not days]:
+            del self.user_days[owner]
 
 
 def _bump(days: dict[dt.date, int], day: dt.date, start: int) -> None:
     if days.get(day, -1) < start:
         days[day] = start
+
+
+def _newest(days: dict[dt.date, dict[str, int]]) -> dict[dt.date, int]:
+    """day -> newest start (for folder mtimes)."""
+    return {day: max(recs.values()) for day, recs in days.items() if recs}
 
 
 # --------------------------------------------------------------------------- source
@@ -383,6 +413,9 @@ class KazooSource(Source):
         self._index_locks: dict[str, trio.Lock] = defaultdict(trio.Lock)
         self._sizes: dict[tuple[str, str], int] = {}
         self._accounts: list[str] | None = None
+        # (account, recording id) deleted through this mount: a listing that was in
+        # flight while the delete ran must not bring them back
+        self._deleted: set[tuple[str, str]] = set()
 
     @property
     def auth(self) -> KazooAuth:
@@ -422,30 +455,33 @@ class KazooSource(Source):
                 if summary is None or (not summary.closed
                                        and now - summary.fetched_at >= self.listing_ttl):
                     docs = await self.client.list_window(account, *window)
-                    summary = self._summarize(docs, fetched_at=now,
+                    summary = self._summarize(account, docs, fetched_at=now,
                                               closed=window[1] + CLOCK_SKEW < now)
                     cached[window] = summary
                 out.append(summary)
             return out
 
-    def _summarize(self, docs: list[dict[str, Any]], fetched_at: float, closed: bool) -> WindowSummary:
+    def _summarize(self, account: str, docs: list[dict[str, Any]], fetched_at: float,
+                   closed: bool) -> WindowSummary:
         summary = WindowSummary(fetched_at, closed)
         for doc in docs:
             start = start_of(doc)
-            if start is None or start < self.since or has_no_media(doc):
+            rid = doc.get("id")
+            if start is None or start < self.since or has_no_media(doc) or \
+                    not isinstance(rid, str) or (account, rid) in self._deleted:
                 continue
             day = utc_date(start)
-            _bump(summary.days, day, start)
+            summary.days.setdefault(day, {})[rid] = start
             owner = doc.get("owner_id")
             if isinstance(owner, str) and owner:
-                _bump(summary.user_days.setdefault(owner, {}), day, start)
+                summary.user_days.setdefault(owner, {}).setdefault(day, {})[rid] = start
         return summary
 
     async def _days(self, account: str, owner: str | None) -> dict[dt.date, int]:
         days: dict[dt.date, int] = {}
         for summary in await self._index(account):
             source = summary.days if owner is None else summary.user_days.get(owner, {})
-            for day, start in source.items():
+            for day, start in _newest(source).items():
                 _bump(days, day, start)
         return days
 
@@ -470,7 +506,9 @@ class KazooSource(Source):
             owners: dict[str, int] = {}
             for summary in await self._index(account):
                 for owner, days in summary.user_days.items():
-                    owners[owner] = max(owners.get(owner, 0), max(days.values()))
+                    newest = _newest(days)
+                    if newest:
+                        owners[owner] = max(owners.get(owner, 0), max(newest.values()))
             return Listing([self._dir(o, ("user", account, o), mtime=t) for o, t in sorted(owners.items())])
         if what == "user":
             _, account, owner = ref
@@ -513,7 +551,8 @@ class KazooSource(Source):
             if start is None:
                 log.debug("%s: recording %s has no start; not shown", self.name, doc.get("id"))
                 continue
-            if not (first <= start < last) or start < self.since:
+            if not (first <= start < last) or start < self.since or \
+                    (account, doc.get("id")) in self._deleted:
                 continue
             entry = self._file_entry(account, doc, start)
             if entry is not None:
@@ -611,3 +650,38 @@ class KazooSource(Source):
                               "reads fail with EIO", self.name, rid, account)
                     raise SourceError(f"{self.name}: recording {rid} has no media", errno.EIO) from None
                 raise
+
+    # -- deletes (issue 9)
+
+    async def delete(self, entry: Entry) -> None:
+        """Soft-delete the recording on the service and forget it here, so neither the
+        account view nor the per-user view shows it again (the same recording appears in
+        both; the tree drops it from the folder it was deleted in, the other view's day
+        folder loses it at its next listing)."""
+        if not self.allow_delete:
+            raise SourceError(f"{self.name}: deleting is off (set allow_delete = true)", errno.EROFS)
+        ref = entry.ref
+        if entry.kind is not Kind.FILE or not (isinstance(ref, tuple) and len(ref) == 3
+                                               and ref[0] == "rec"):
+            raise SourceError(f"{self.name}: only recordings can be deleted", errno.EROFS)
+        _, account, rid = ref
+        try:
+            deleted = await self.client.delete_recording(account, rid)
+        except ForbiddenError:
+            raise SourceError(f"{self.name}: the API key may not delete recording {rid} of "
+                              f"account {account} (HTTP 403)", errno.EACCES) from None
+        except HttpError as exc:
+            raise SourceError(f"{self.name}: cannot delete recording {rid} of account "
+                              f"{account}: {exc}", errno.EIO) from None
+        if deleted:
+            log.info("%s: deleted recording %s of account %s (%s)", self.name, rid, account, entry.name)
+        else:
+            log.info("%s: recording %s of account %s was already gone (404); counted as deleted",
+                     self.name, rid, account)
+        self._forget(account, rid, entry.version)
+
+    def _forget(self, account: str, rid: str, version: str) -> None:
+        self._deleted.add((account, rid))
+        for summary in self._windows.get(account, {}).values():
+            summary.forget(rid)
+        self._sizes.pop((rid, version), None)
