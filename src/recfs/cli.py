@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .redact import LogFilter
 
 log = logging.getLogger("recfs")
 
@@ -27,6 +28,8 @@ EMULATORS = {          # source kind -> emulator module, for the demo and `recfs
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(LogFilter())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 

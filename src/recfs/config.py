@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import redact
+
 KINDS = {
     "8x8": "recfs.sources.eightbyeight",
     "oce": "recfs.sources.oce",
@@ -37,6 +39,7 @@ class Secret:
     def __init__(self, value: str, origin: str):
         self._value = value
         self.origin = origin
+        redact.register(value)
 
     def reveal(self) -> str:
         return self._value
@@ -284,7 +287,7 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
         kind = tab.get("kind")
         if kind is None:
             raise ConfigError(f"{where}.kind: missing required key")
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             raise ConfigError(f"{where}.kind: unknown kind {kind!r} (expected one of "
                               f"{', '.join(KINDS)})")
         schema = dict(COMMON_SOURCE_KEYS)

@@ -6,14 +6,17 @@ import errno
 import logging
 import os
 import stat
+import functools
 import time
 from typing import Any
+
+import trio
 
 import pyfuse3
 
 from .content.reader import Reader, ReadError, describe
 from .content.uploads import Staged
-from .http import HttpError
+from .http import MAX_SIZE, HttpError
 from .sources.base import Entry, Kind, SourceError
 from .tree import ROOT_INODE, Node, Tree
 
@@ -29,11 +32,14 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, reader: Reader, control: Any = None, uploads: Any = None):
+    def __init__(self, tree: Tree, reader: Reader, control: Any = None, uploads: Any = None,
+                 nursery: trio.Nursery | None = None):
         super().__init__()
         self.tree = tree
         self.reader = reader
         self.uploads = uploads
+        self.nursery = nursery
+        tree.on_changed = self.forget_kernel_cache
         self.control = control          # answers the user.recfs.* xattrs on the root
         self.uid = os.getuid()
         self.gid = os.getgid()
@@ -41,6 +47,20 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
 
     # -- helpers
+    def forget_kernel_cache(self, node: Node) -> None:
+        """The object changed on the service: the kernel must drop the attributes and
+        pages it keeps for it. Done from a worker thread, after the current request:
+        a notification sent from inside a handler can deadlock against the kernel."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self._invalidate, node.ino)
+
+    @staticmethod
+    async def _invalidate(ino: int) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+        except Exception as exc:            # the kernel may not know the inode: fine
+            log.debug("invalidate inode %d: %s", ino, exc)
+
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino)
         if node is None:
@@ -72,7 +92,7 @@ class Operations(pyfuse3.Operations):
         else:
             a.st_mode = stat.S_IFREG | (0o644 if isinstance(node.staged, Staged) else 0o444)
             a.st_nlink = 1
-            a.st_size = node.size
+            a.st_size = min(max(0, node.size), MAX_SIZE)
             # an unresolved size must not be cached: the next stat comes back to us
             a.entry_timeout = a.attr_timeout = FILE_TIMEOUT if node.size_known else 0
         a.st_uid = self.uid
@@ -110,7 +130,18 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     async def getattr(self, inode, ctx=None):
-        return await self._attrs_exact(self._node(inode))
+        node = self._node(inode)
+        parent = node.parent
+        if parent is not None and parent.ino != ROOT_INODE and not self.tree.fresh(parent) \
+                and parent.children is not None and node.staged is None:
+            # the kernel asks again once its attribute timeout ran out: answer from a
+            # current listing of the folder (one listing per folder TTL at most)
+            try:
+                await self.tree.refresh(parent)
+            except Exception as exc:
+                log.warning("listing %s: %s (answering from the last listing)", parent.path(),
+                            describe(exc))
+        return await self._attrs_exact(node)
 
     async def forget(self, inode_list):
         for ino, count in inode_list:
@@ -178,6 +209,13 @@ class Operations(pyfuse3.Operations):
         except ReadError as exc:
             if exc.stale and node.parent is not None:
                 self.tree.invalidate(node.parent)
+                # attributes only, right now (no page locks involved, so no deadlock):
+                # the next stat must come back to us; the pages are dropped afterwards
+                try:
+                    pyfuse3.invalidate_inode(node.ino, True)
+                except OSError:
+                    pass
+                self.forget_kernel_cache(node)
             raise pyfuse3.FUSEError(exc.errno)
         except Exception as exc:
             raise self._fail(exc, f"reading {node.path()}")
@@ -373,3 +411,25 @@ class _StagedHandle:
     def __init__(self, fd: int, staged: Staged):
         self.fd = fd
         self.staged = staged
+
+
+def _guarded(handler):
+    """pyfuse3 lets any exception but FUSEError end the whole mount: turn the
+    unexpected ones into EIO for that one call, with the traceback in the log."""
+    @functools.wraps(handler)
+    async def guarded(self, *args):
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("%s: unexpected error (answered EIO)", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return guarded
+
+
+for _name in ("lookup", "getattr", "forget", "opendir", "readdir", "releasedir", "statfs", "open",
+              "read", "release", "getxattr", "listxattr", "setxattr", "removexattr", "create",
+              "write", "flush", "fsync", "setattr", "mkdir", "unlink", "rmdir", "mknod", "symlink",
+              "rename", "link"):
+    setattr(Operations, _name, _guarded(getattr(Operations, _name)))

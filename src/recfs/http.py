@@ -21,9 +21,12 @@ from typing import Any, Awaitable, Callable
 import httpx
 import trio
 
+from . import redact
+
 log = logging.getLogger("recfs.http")
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+MAX_SIZE = (1 << 63) - 1        # what st_size (and SQLite) can hold
 TRANSPORT_ERRORS = (httpx.TransportError,)
 
 
@@ -73,9 +76,12 @@ def retry_after(resp: httpx.Response) -> float | None:
         try:
             return max(0.0, float(value))
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
+            pass
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+            return max(0.0, parsed.timestamp() - time.time())
+        except (ValueError, TypeError, IndexError, OverflowError):
+            return None               # unreadable: the normal backoff applies
     reset = resp.headers.get("x-ratelimit-reset")
     if reset:
         try:
@@ -140,6 +146,7 @@ class CachedToken(TokenAuth):
             async with self._lock:
                 if not self._fresh():
                     token, lifetime = await self.fetch()
+                    redact.register(token)
                     self.fetches += 1
                     self._token = token
                     self._issued_at = time.monotonic()
@@ -387,12 +394,17 @@ def parse_content_range(value: str | None) -> tuple[int | None, int | None, int 
         unit, _, rest = value.strip().partition(" ")
         span, _, total = rest.partition("/")
         size = None if total.strip() == "*" else int(total)
+        if size is not None and not 0 <= size <= MAX_SIZE:
+            return None, None, None
         if span.strip() == "*":
             return None, None, size
         a, _, b = span.partition("-")
-        return int(a), int(b), size
+        first, last = int(a), int(b)
     except ValueError:
         return None, None, None
+    if first < 0 or last < first or (size is not None and not 0 <= size <= MAX_SIZE):
+        return None, None, None       # nonsense: treated as no answer at all
+    return first, last, size
 
 
 def describe_error_body(resp: httpx.Response) -> str:

@@ -127,7 +127,7 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
                             max_request=t["max_request"], small_file=t["small_file"])
             uploads = Uploads(cfg.cache.dir / "uploads", {s.name: s for s in sources})
             control = Control(tree, reader, cache, http, sources, nursery, uploads)
-            ops = Operations(tree, reader, control, uploads)
+            ops = Operations(tree, reader, control, uploads, nursery)
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True
             if read_ahead_kb:
@@ -185,7 +185,9 @@ def dump_tasks() -> None:
                 walk(child, depth + 1)
 
     walk(trio.lowlevel.current_root_task(), 0)
-    log.info("SIGUSR1: %d tasks\n%s", len(lines), "\n".join(lines))
+    log.info("SIGUSR1: %d tasks", len(lines))
+    for line in lines:
+        log.info("  %s", line)
 
 
 def run_mount(cfg: Config, mountpoint: Path, *, allow_other: bool = False,

@@ -83,6 +83,7 @@ class Tree:
         for src in self.sources:
             entry = Entry(src.name, Kind.DIR, ref=src.root_ref(), mtime=time.time(), id=src.name)
             self.root.children[src.name] = self._new_node(self.root, src.name, entry, src)
+        self.on_changed = lambda node: None       # fs.py: drop the kernel's cache of it
         self._listing: dict[int, trio.Event] = {}
         self._sizing: dict[int, trio.Event] = {}
         self.listings = 0
@@ -171,7 +172,10 @@ class Tree:
                 if child.entry.version == entry.version and child.entry.size is not None \
                         and entry.size is None:
                     entry.size = child.entry.size      # keep a size resolved earlier
+                changed = child.entry.version != entry.version and entry.kind is Kind.FILE
                 child.entry = entry
+                if changed:
+                    self.on_changed(child)
                 child.size_failed = False
             else:
                 child = self._new_node(node, name, entry, src)

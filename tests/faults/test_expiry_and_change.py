@@ -88,9 +88,6 @@ def test_an_object_whose_size_changed_gives_eio_never_wrong_bytes(emu, mount):
     verify_cache(mount.config.parent / "cache", versions)
 
 
-@pytest.mark.xfail(strict=True, reason="fs.read on a stale object invalidates the tree's folder "
-                   "snapshot but not the kernel's cached attributes (FILE_TIMEOUT 300 s): stat "
-                   "keeps showing the old size")
 def test_after_a_size_change_a_later_stat_shows_the_new_size_and_reads_the_new_bytes(emu, mount):
     key = "change/c1.wav"
     path = mount.path / SOURCE / key

@@ -127,8 +127,6 @@ def test_every_hostile_named_file_reads_its_own_bytes(emu, mount):
     assert (folder / expected[P + "same/"] / "inner.wav").read_bytes() == b"inner\n"
 
 
-@pytest.mark.xfail(strict=True, reason="httpx removes '.' and '..' segments from the signed URL's "
-                   "path (RFC 3986 normalisation), so a key with such a segment is fetched as another key")
 def test_keys_with_dot_segments_read_their_own_bytes(emu, mount):
     folder = mount.path / SOURCE / "hostile"
     for key, name in DOT_KEYS.items():
@@ -141,15 +139,11 @@ def test_a_key_with_dot_segments_never_serves_another_objects_bytes(emu, mount):
     assert got in (_content(P + "../escape.wav"), errno.EIO), got
 
 
-@pytest.mark.xfail(strict=True, reason="emulators/base.py Emulator.route compiles patterns without "
-                   "re.DOTALL: the s3 route's '(?P<key>.+)' does not match a key with a newline (404)")
 def test_a_key_with_a_newline_reads_its_own_bytes(emu, mount):
     got = read_or_errno(mount.path / SOURCE / "hostile" / "line\nbreak.wav")
     assert got == _content(NEWLINE_KEY), errno_name(got)
 
 
-@pytest.mark.xfail(strict=True, reason="object names are logged raw: a name with a newline writes a "
-                   "line of its own choosing into the daemon log")
 def test_a_hostile_name_cannot_forge_a_log_line(emu, mount):
     path = mount.path / SOURCE / "hostile" / _expected_names()[FORGE_KEY]
     mark = mount.log_mark()

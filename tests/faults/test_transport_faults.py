@@ -124,8 +124,6 @@ def test_429_waits_as_long_as_the_server_asks(emu, mount, fresh, headers, low, h
     assert len(delays) == 1 and low <= delays[0] <= high, delays
 
 
-@pytest.mark.xfail(strict=True, reason="http.retry_after: an unparsable Retry-After raises "
-                   "ValueError out of parsedate_to_datetime instead of falling back to backoff")
 def test_429_with_a_garbage_retry_after_falls_back_to_backoff(emu, mount, fresh):
     key, path = fresh("small")
     mark = mount.log_mark()

@@ -300,7 +300,7 @@ class Emulator:
 
     # -- routing
     def route(self, method: str, pattern: str, name: str, handler: Handler) -> None:
-        self._routes.append((method, re.compile(pattern + r"\Z"), name, handler))
+        self._routes.append((method, re.compile(pattern + r"\Z", re.S), name, handler))
 
     def reset_stats(self) -> None:
         with self._stats_lock:

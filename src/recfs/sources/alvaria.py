@@ -28,7 +28,8 @@ import httpx
 import trio
 
 from ..config import Key
-from ..http import ForbiddenError, HttpError, OAuthClientCredentials, parse_content_range, safe_url
+from ..http import (MAX_SIZE, ForbiddenError, HttpError, OAuthClientCredentials,
+                    parse_content_range, safe_url)
 from .base import Entry, Kind, Listing, Sink, Source, SourceContext, SourceError
 
 log = logging.getLogger("recfs.alvaria")
@@ -63,14 +64,14 @@ def check_options(opts: dict) -> str | None:
 def parse_size(text: Any) -> int:
     """'5370.0 KB' -> 5498880 (an estimate: KB is taken as 1024 bytes); 0 if unparsable."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return max(0, int(text))
+        return max(0, min(MAX_SIZE, int(text))) if text == text and abs(text) != float("inf") else 0
     m = _SIZE_RE.match(str(text or ""))
     if not m:
         return 0
     unit = (m.group(2) or "b").lower()
     try:
-        return max(0, int(float(m.group(1)) * _UNIT.get(unit, 1)))
-    except ValueError:
+        return max(0, min(MAX_SIZE, int(float(m.group(1)) * _UNIT.get(unit, 1))))
+    except (ValueError, OverflowError):
         return 0
 
 
@@ -91,6 +92,18 @@ def url_lifetime(url: str, default: float = 3600.0) -> float:
             except ValueError:
                 pass
     return default
+
+
+def keep_dot_segments(url: str) -> str:
+    """A key may hold '.' or '..' segments; sent as they are, an HTTP client would
+    normalise them away and ask for another object. Percent-encoded, they reach the
+    store as part of the key."""
+    parts = urllib.parse.urlsplit(url)
+    segments = parts.path.split("/")
+    if not any(seg in (".", "..") for seg in segments):
+        return url
+    path = "/".join("%2E" if seg == "." else "%2E%2E" if seg == ".." else seg for seg in segments)
+    return urllib.parse.urlunsplit(parts._replace(path=path))
 
 
 class _Auth(OAuthClientCredentials):
@@ -125,10 +138,24 @@ class AlvariaSource(Source):
         return f"{self.api_url}/mediaStorage/data"
 
     async def start(self) -> None:
+        """Fetch a token and make one tiny listing, so that a wrong client secret or
+        api_key stops the mount with a clear message instead of EIO on every folder."""
         try:
             await self.auth.headers()
+            resp = await self.ctx.http.request(
+                "GET", f"{self.data_url}/objectKeys", auth=self.auth, expect=None,
+                params={"key": self.root, "keyType": "file:directory", "maxResults": 1},
+                name=f"{self.name}: checking access")
         except HttpError as exc:
             raise SourceError(str(exc)) from None
+        if resp.status_code == 403:
+            raise SourceError(f"{self.name}: the service refused the api_key (HTTP 403 on "
+                              f"{safe_url(self.data_url)}/objectKeys)")
+        if resp.status_code == 401:
+            raise SourceError(f"{self.name}: the service refused the access token (HTTP 401)")
+        if resp.status_code not in (200, 404):
+            raise SourceError(f"{self.name}: the service answered HTTP {resp.status_code} "
+                              f"to a first listing")
 
     def root_ref(self) -> str:
         return self.root
@@ -211,6 +238,7 @@ class AlvariaSource(Source):
                 raise SourceError(f"{self.name}: {key}: no signedDownloadUrl in the answer") from None
             if not url.startswith(("http://", "https://")):
                 raise SourceError(f"{self.name}: {key}: the signed URL is not an http(s) URL")
+            url = keep_dot_segments(url)
             self.url_resolutions += 1
             lifetime = url_lifetime(url)
             margin = min(300.0, lifetime / 4)
@@ -241,6 +269,8 @@ class AlvariaSource(Source):
                 total = parse_content_range(resp.headers.get("content-range"))[2]
                 if total is not None:
                     return total
+                raise HttpError(f"unusable Content-Range {resp.headers.get('content-range')!r} "
+                                f"from {safe_url(url)}")
             if resp.status_code == 200:
                 return len(resp.content)
             if resp.status_code == 416:          # an empty object
