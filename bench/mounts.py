@@ -1,0 +1,155 @@
+"""The processes the benchmark drives: the server, recfs mounts and rclone mounts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import MountedRecfs, _is_live_mount, toml_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """bench/servers.py in a child process, driven over a pipe."""
+
+    def __init__(self, spec: dict, log: Path):
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.servers", json.dumps(spec)],
+                                     cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True, bufsize=1)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bench server did not start; see {log}")
+        self.info = json.loads(line)
+
+    def command(self, cmd: str, **kw) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stats(self) -> dict:
+        return self.command("stats")
+
+    def reset(self) -> None:
+        self.command("reset")
+
+    def wan(self, on: bool) -> None:
+        self.command("wan", on=on)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.command("quit")
+            except (BrokenPipeError, ValueError):
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of a live process, in bytes (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class RecfsMount(MountedRecfs):
+    """`python -m recfs mount` as a user runs it (info logging, not the tests' debug)."""
+
+    def __init__(self, tables: list[dict], workdir: Path, name: str, cache_dir: Path,
+                 patched: str = ""):
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        super().__init__(toml_config(tables, cache_dir=cache_dir,
+                                     cache={"max_size": "40GiB", "min_free": "2GiB"}),
+                         workdir, name, env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
+        self.cache_dir = cache_dir
+        self.peak = 0
+        # bench/patched.py: the same daemon with candidate fixes monkeypatched in
+        self.module = ["-m", "bench.patched", patched] if patched else ["-m", "recfs"]
+
+    def start(self, timeout: float = 30.0) -> Path:
+        self._log_file = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, *self.module, "--log-level", "info", "mount", str(self.config), str(self.path)],
+            stdout=self._log_file, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL,
+            cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"recfs exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            if _is_live_mount(self.path):
+                return self.path
+            time.sleep(0.05)
+        raise RuntimeError(f"recfs did not mount within {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def status(self) -> dict:
+        return json.loads(os.getxattr(self.path, "user.recfs.status"))
+
+    def rss_peak(self) -> int:
+        self.peak = max(self.peak, peak_rss(self.proc.pid))
+        return self.peak
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.rss_peak()
+        self.unmount()
+        shutil.rmtree(self.cache_dir, ignore_errors=True)     # up to 1 GB each
+
+
+class RcloneMount:
+    """rclone's http backend over the plain directory: read-only, VFS cache off."""
+
+    def __init__(self, url: str, path: Path, log: Path):
+        self.url = url
+        self.path = path
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.peak = 0
+
+    def __enter__(self):
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            ["rclone", "mount", ":http:", str(self.path), "--http-url", self.url, "--read-only",
+             "--vfs-cache-mode", "off"], stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=dict(os.environ, RCLONE_CONFIG="/dev/null"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rclone exited with {self.proc.returncode}; see {self.log}")
+            if _is_live_mount(self.path):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"rclone did not mount; see {self.log}")
+
+    def rss_peak(self) -> int:
+        self.peak = max(self.peak, peak_rss(self.proc.pid))
+        return self.peak
+
+    def __exit__(self, *exc):
+        self.rss_peak()
+        subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        self._log.close()

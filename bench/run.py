@@ -1,0 +1,563 @@
+"""recfs benchmarks (issue 6): one command runs them all and prints a table.
+
+    scripts/bench            # medians of 3 runs, full sizes (about 10-15 minutes)
+    scripts/bench --quick    # 1 run, small sizes: a smoke test (under 2 minutes)
+
+Every figure is measured against the same server process in the same run: the
+Alvaria emulator (recfs's source) which also serves the same bytes as a plain
+HTTP directory (curl, one httpx stream and rclone's http backend read that).
+See docs/BENCHMARKS.md for what each benchmark does and the figures measured.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .mounts import RcloneMount, RecfsMount, Server
+from .servers import DataSet, RingBlob
+
+MiB = 1024 * 1024
+GB = 1e9
+
+
+# --------------------------------------------------------------------------- helpers
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache (root only): cold reads really go to the source."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def read_through(path: Path, bufsize: int = MiB, digest: bool = False) -> tuple[int, float, str]:
+    """Read a file to its end; return (bytes, seconds, md5 if asked)."""
+    buf = bytearray(bufsize)
+    view = memoryview(buf)
+    h = hashlib.md5() if digest else None
+    total = 0
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            total += n
+            if h:
+                h.update(view[:n])
+    return total, time.perf_counter() - t0, h.hexdigest() if h else ""
+
+
+def timed(argv: list[str], timeout: float = 600, **kw) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    cp = subprocess.run(argv, timeout=timeout, **kw)
+    return time.perf_counter() - t0, cp
+
+
+def curl_download(url: str) -> float:
+    """Seconds for curl to fetch `url` to /dev/null."""
+    secs, cp = timed(["curl", "-sS", "-f", "-o", "/dev/null", url])
+    cp.check_returncode()
+    return secs
+
+
+def httpx_download(url: str) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = 0
+    with httpx.Client(trust_env=False, timeout=120) as client:
+        with client.stream("GET", url) as resp:
+            resp.raise_for_status()
+            for chunk in resp.iter_raw():
+                n += len(chunk)
+    return n, time.perf_counter() - t0
+
+
+def med(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def tree_bytes(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            files += 1
+            size += os.lstat(os.path.join(dirpath, n)).st_size
+    return files, size
+
+
+# --------------------------------------------------------------------------- the bench
+
+@dataclass
+class Row:
+    bench: str
+    recfs: str
+    limit: str = ""
+    rclone: str = ""
+    ratio: str = ""
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    work: Path
+    data: DataSet
+    server: Server
+    rows: list[Row] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+    peaks: list[int] = field(default_factory=list)
+    mounts: int = 0
+
+    @property
+    def runs(self) -> int:
+        return self.args.runs
+
+    @property
+    def rclone(self) -> bool:
+        return have("rclone") and not self.args.no_rclone
+
+    def say(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def plain(self, key: str) -> str:
+        return self.server.info["plain"] + key
+
+    def recfs(self, *tables: str) -> RecfsMount:
+        self.mounts += 1
+        infos = {"alv": self.server.info["alvaria_table"], "oce": self.server.info["oce_table"]}
+        return RecfsMount([infos[t] for t in tables], self.work, "mnt",
+                          self.work / f"cache-{self.mounts}", patched=self.args.patched or "")
+
+    def rclone_mount(self) -> RcloneMount:
+        return RcloneMount(self.server.info["plain"], self.work / "rclone-mnt", self.work / "rclone.log")
+
+    def done_with(self, m: RecfsMount) -> None:
+        self.peaks.append(m.rss_peak())
+
+    # -- B1 and B2
+    def b1_b2(self, wan: bool) -> None:
+        key = DataSet.BIG
+        size = self.data.big_size
+        label = "WAN" if wan else "loopback"
+        self.server.wan(wan)
+        runs = self.runs
+        limit_runs = 1 if wan and not self.args.wan_all_runs else runs
+        curl_t, httpx_t, recfs_t, rclone_t, warm_t, disk_t = [], [], [], [], [], []
+        try:
+            for run in range(runs):
+                if run < limit_runs:
+                    drop_caches()
+                    curl_t.append(curl_download(self.plain(key)))
+                    drop_caches()
+                    n, secs = httpx_download(self.plain(key))
+                    assert n == size, (n, size)
+                    httpx_t.append(secs)
+                drop_caches()
+                with self.recfs("alv") as m:
+                    path = m.path / "alv" / key
+                    assert path.stat().st_size == size      # listing and size probe: not timed
+                    n, secs, _ = read_through(path)
+                    assert n == size, (n, size)
+                    recfs_t.append(secs)
+                    self.say(f"B1 {label} run {run + 1}: recfs {size / secs / 1e6:.0f} MB/s")
+                    if not wan:
+                        self._warm(m, path, size, warm_t, disk_t, verify=run == 0)
+                    self.done_with(m)
+                if self.rclone and (run < limit_runs):
+                    drop_caches()
+                    with self.rclone_mount() as r:
+                        path = r.path / key
+                        assert path.stat().st_size == size
+                        n, secs, _ = read_through(path)
+                        assert n == size
+                        rclone_t.append(secs)
+        finally:
+            self.server.wan(False)
+        rate = lambda ts: size / med(ts) if ts else None          # noqa: E731
+        self.raw[f"B1 {label}"] = {"size": size, "curl_s": curl_t, "httpx_s": httpx_t,
+                                   "recfs_s": recfs_t, "rclone_s": rclone_t}
+        r, c, h, rc = rate(recfs_t), rate(curl_t), rate(httpx_t), rate(rclone_t)
+        unit = (lambda v: f"{v / GB:.2f} GB/s") if not wan else (lambda v: f"{v / 1e6:.0f} MB/s")
+        limit = f"curl {unit(c)}, httpx {unit(h)}"
+        name = f"B1 cold read {size // MiB} MiB, {label}"
+        if wan:
+            single = max(c, h)
+            ratio = r / single
+            self.rows.append(Row(name, unit(r), limit, unit(rc) if rc else "n/a",
+                                 f"{ratio:.1f}× single stream", "≥ 3× single stream", ratio >= 3))
+        else:
+            ratio = r / rc if rc else None
+            self.rows.append(Row(name, unit(r), limit, unit(rc) if rc else "n/a",
+                                 f"{ratio:.2f}× rclone" if ratio else f"{r / c:.2f}× curl",
+                                 "≥ 1.2× rclone", ratio >= 1.2 if ratio else None))
+        if not wan and warm_t:
+            w, d = rate(warm_t), rate(disk_t)
+            self.raw["B2 warm"] = {"size": size, "recfs_s": warm_t, "cache_file_s": disk_t}
+            self.rows.append(Row(f"B2 warm re-read {size // MiB} MiB", unit(w),
+                                 f"cache file read directly {unit(d)}", "", f"{w / d:.2f}× disk",
+                                 "≥ 1 GB/s", w >= 1e9))
+
+    def _warm(self, m: RecfsMount, path: Path, size: int, warm_t: list, disk_t: list, verify: bool) -> None:
+        """B2: the page cache dropped, so the bytes come from recfs's cache file."""
+        time.sleep(0.2)
+        drop_caches()
+        n, secs, _ = read_through(path)
+        assert n == size
+        warm_t.append(secs)
+        data_files = [p for p in (m.cache_dir / "data").rglob("*") if p.is_file()]
+        biggest = max(data_files, key=lambda p: p.stat().st_size)
+        drop_caches()
+        _, dsecs, _ = read_through(biggest)
+        disk_t.append(dsecs)
+        self.say(f"B2 warm: recfs {size / secs / 1e6:.0f} MB/s, cache file {size / dsecs / 1e6:.0f} MB/s")
+        if verify:
+            _, _, got = read_through(path, digest=True)
+            want = hashlib.md5()
+            blob = RingBlob(self.data.seed, 12345, size)
+            for piece in blob.iter_range(0, size, 8 * MiB):
+                want.update(piece)
+            if got != want.hexdigest():
+                raise AssertionError("B1: the bytes read through recfs differ from the source")
+
+    # -- B3
+    def b3(self) -> None:
+        if not have("ffprobe") or not self.data.mp3_path:
+            self.rows.append(Row("B3 ffprobe of an MP3", "skipped", note="ffprobe/ffmpeg not installed"))
+            return
+        key = DataSet.MP3
+        size = os.path.getsize(self.data.mp3_path)
+        fetched, received, served, rclone_served, secs = [], [], [], [], []
+        probe = ["ffprobe", "-v", "error", "-show_format", "-show_streams"]
+        for run in range(self.runs):
+            drop_caches()
+            with self.recfs("alv") as m:
+                path = m.path / "alv" / key
+                path.stat()
+                self.server.reset()
+                before = m.status()
+                t, cp = timed(probe + [str(path)], capture_output=True, text=True)
+                cp.check_returncode()
+                assert "duration=" in cp.stdout
+                time.sleep(1.0)          # read-ahead started by ffprobe's reads still counts
+                after = m.status()
+                stats = self.server.stats()["alvaria"]
+                fetched.append(after["reads"]["fetched_bytes"] - before["reads"]["fetched_bytes"])
+                received.append(after["http"]["bytes_received"] - before["http"]["bytes_received"])
+                served.append(stats["content_bytes"].get("s3", 0))
+                secs.append(t)
+                self.done_with(m)
+            self.say(f"B3 run {run + 1}: emulator served {served[-1]} content bytes "
+                     f"(recfs fetched_bytes {fetched[-1]}) in {t:.2f}s")
+            if self.rclone:
+                drop_caches()
+                with self.rclone_mount() as r:
+                    path = r.path / key
+                    path.stat()
+                    self.server.reset()
+                    _, cp = timed(probe + [str(path)], capture_output=True)
+                    cp.check_returncode()
+                    time.sleep(1.0)
+                    rclone_served.append(self.server.stats()["alvaria"]["content_bytes"].get("plain", 0))
+        self.raw["B3"] = {"file_size": size, "served": served, "recfs_fetched": fetched,
+                          "recfs_http_received": received, "rclone_served": rclone_served, "ffprobe_s": secs}
+        s = med(served)
+        rs = med(rclone_served)
+        self.rows.append(Row(f"B3 ffprobe {size / 1e6:.0f} MB MP3, empty cache",
+                             f"{s / 1e6:.2f} MB fetched", f"file {size / 1e6:.0f} MB",
+                             f"{rs / 1e6:.2f} MB" if rs is not None else "n/a",
+                             f"{s / size * 100:.1f}% of file", "≤ 2 MB", s <= 2e6))
+
+    # -- B4
+    def b4(self) -> None:
+        n = self.data.wide_files
+        out: dict = {}
+
+        def ls(folder: Path) -> float:
+            t, cp = timed(["ls", "-l", str(folder)], capture_output=True, text=True)
+            cp.check_returncode()
+            lines = cp.stdout.count("\n")
+            assert lines == n + 1, f"ls -l {folder}: {lines} lines, expected {n + 1}"
+            return t
+
+        def recfs_case(table: str, emu: str) -> dict:
+            cold, warm, cold_req, warm_req = [], [], [], []
+            for run in range(self.runs):
+                drop_caches()
+                with self.recfs(table) as m:
+                    os.listdir(m.path / table / "bench")     # the folder's parents: not timed
+                    self.server.reset()
+                    cold.append(ls(m.path / table / "bench" / "wide"))
+                    cold_req.append(self.server.stats()[emu]["counts"])
+                    self.server.reset()
+                    warm.append(ls(m.path / table / "bench" / "wide"))
+                    warm_req.append(self.server.stats()[emu]["counts"])
+                    self.done_with(m)
+                self.say(f"B4 {table} run {run + 1}: cold {cold[-1]:.2f}s {cold_req[-1]}, "
+                         f"warm {warm[-1]:.3f}s {warm_req[-1]}")
+            return {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req, "warm_requests": warm_req}
+
+        out["oce"] = recfs_case("oce", "oce")
+        out["alvaria"] = recfs_case("alv", "alvaria")
+        rc = None
+        if self.rclone:
+            cold, warm, cold_req, warm_req = [], [], [], []
+            for run in range(self.runs):
+                drop_caches()
+                with self.rclone_mount() as r:
+                    os.listdir(r.path / "bench")
+                    self.server.reset()
+                    cold.append(ls(r.path / "bench" / "wide"))
+                    cold_req.append(self.server.stats()["alvaria"]["counts"])
+                    self.server.reset()
+                    warm.append(ls(r.path / "bench" / "wide"))
+                    warm_req.append(self.server.stats()["alvaria"]["counts"])
+            rc = out["rclone"] = {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req,
+                                  "warm_requests": warm_req}
+        self.raw["B4"] = out
+
+        def reqs(counts: list[dict]) -> int:
+            return int(med([sum(c.values()) for c in counts]))
+
+        rc_cold = f"{med(rc['cold_s']):.2f} s, {reqs(rc['cold_requests'])} req" if rc else "n/a"
+        rc_warm = f"{med(rc['warm_s']):.3f} s, {reqs(rc['warm_requests'])} req" if rc else "n/a"
+        o, a = out["oce"], out["alvaria"]
+        oc, ow = med(o["cold_s"]), med(o["warm_s"])
+        per_entry = reqs(o["cold_requests"]) >= n
+        self.rows.append(Row(f"B4 ls -l {n} entries, exact sizes (OCE), cold",
+                             f"{oc:.2f} s, {reqs(o['cold_requests'])} req", "", rc_cold,
+                             f"{med(rc['cold_s']) / oc:.1f}× rclone speed" if rc else "",
+                             "≤ 1 s, no per-entry req", oc <= 1.0 and not per_entry))
+        self.rows.append(Row(f"B4 ls -l {n} entries, exact sizes (OCE), warm",
+                             f"{ow:.3f} s, {reqs(o['warm_requests'])} req", "", rc_warm,
+                             f"{med(rc['warm_s']) / ow:.1f}× rclone speed" if rc else "", "≤ 0.3 s",
+                             ow <= 0.3))
+        ac, aw = med(a["cold_s"]), med(a["warm_s"])
+        self.rows.append(Row(f"B4 ls -l {n} entries, Alvaria (sizes probed), cold",
+                             f"{ac:.2f} s, {reqs(a['cold_requests'])} req", "", rc_cold,
+                             f"{med(rc['cold_s']) / ac:.1f}× rclone speed" if rc else "",
+                             "(no exact sizes: info)", None))
+        self.rows.append(Row(f"B4 ls -l {n} entries, Alvaria, warm",
+                             f"{aw:.3f} s, {reqs(a['warm_requests'])} req", "", rc_warm,
+                             f"{med(rc['warm_s']) / aw:.1f}× rclone speed" if rc else "", "≤ 0.3 s",
+                             aw <= 0.3))
+
+    # -- B5 and B6
+    def b5_b6(self) -> None:
+        total = self.data.many_bytes()
+        count = self.data.many_files
+        dest = self.work / "copy"
+        res: dict = {"bytes": total, "files": count}
+
+        def copy_and_rsync(src: Path, content_bytes) -> tuple[float, float, int, float]:
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            drop_caches()
+            t_cp, cp = timed(["cp", "-r", str(src), str(dest / "cp")])
+            cp.check_returncode()
+            files, size = tree_bytes(dest / "cp")
+            assert (files, size) == (count, total), (files, size, count, total)
+            t_rs1, cp = timed(["rsync", "-a", f"{src}/", str(dest / "rsync")])
+            cp.check_returncode()
+            self.server.reset()
+            before = content_bytes()
+            t_rs2, cp = timed(["rsync", "-a", "--stats", f"{src}/", str(dest / "rsync")],
+                              capture_output=True, text=True)
+            cp.check_returncode()
+            assert "Number of regular files transferred: 0" in cp.stdout, cp.stdout
+            fetched = content_bytes() - before
+            shutil.rmtree(dest, ignore_errors=True)
+            return t_cp, t_rs2, fetched, t_rs1
+
+        rec = {"cp_s": [], "rsync2_s": [], "rsync2_fetched": [], "rsync1_s": [], "rsync2_served": []}
+        for run in range(self.runs):
+            with self.recfs("alv") as m:
+                src = m.path / "alv" / "bench" / "many"
+
+                def fetched():
+                    return m.status()["reads"]["fetched_bytes"]
+                t_cp, t_rs2, f, t_rs1 = copy_and_rsync(src, fetched)
+                served = self.server.stats()["alvaria"]["content_bytes"].get("s3", 0)
+                for k, v in zip(rec, (t_cp, t_rs2, f, t_rs1, served)):
+                    rec[k].append(v)
+                self.done_with(m)
+            self.say(f"B5 run {run + 1}: recfs cp -r {total / t_cp / 1e6:.0f} MB/s; "
+                     f"B6 second rsync {t_rs2:.3f}s, {f} bytes fetched, {served} served")
+        res["recfs"] = rec
+        rcl = None
+        if self.rclone:
+            rcl = {"cp_s": [], "rsync2_s": [], "rsync2_served": [], "rsync1_s": []}
+            for run in range(self.runs):
+                with self.rclone_mount() as r:
+                    def served():
+                        return self.server.stats()["alvaria"]["content_bytes"].get("plain", 0)
+                    t_cp, t_rs2, f, t_rs1 = copy_and_rsync(r.path / "bench" / "many", served)
+                    for k, v in zip(("cp_s", "rsync2_s", "rsync2_served", "rsync1_s"),
+                                    (t_cp, t_rs2, f, t_rs1)):
+                        rcl[k].append(v)
+                self.say(f"B5 run {run + 1}: rclone cp -r {total / t_cp / 1e6:.0f} MB/s; "
+                         f"second rsync {t_rs2:.3f}s")
+            res["rclone"] = rcl
+        self.raw["B5/B6"] = res
+        r_rate = total / med(rec["cp_s"])
+        c_rate = total / med(rcl["cp_s"]) if rcl else None
+        self.rows.append(Row(f"B5 cp -r {count} files ({total / 1e6:.0f} MB)", f"{r_rate / 1e6:.0f} MB/s",
+                             "", f"{c_rate / 1e6:.0f} MB/s" if c_rate else "n/a",
+                             f"{r_rate / c_rate:.2f}× rclone" if c_rate else "", "≥ 1.2× rclone",
+                             r_rate / c_rate >= 1.2 if c_rate else None))
+        t2 = med(rec["rsync2_s"])
+        f2 = max(rec["rsync2_fetched"] + rec["rsync2_served"])
+        self.rows.append(Row(f"B6 second rsync -a of {count} files", f"{t2:.3f} s, {f2} B fetched", "",
+                             f"{med(rcl['rsync2_s']):.3f} s, {max(rcl['rsync2_served'])} B" if rcl else "n/a",
+                             f"{med(rcl['rsync2_s']) / t2:.1f}× rclone speed" if rcl else "",
+                             "≤ 0.5 s, 0 B", t2 <= 0.5 and f2 == 0))
+
+    def b7(self) -> None:
+        peak = max(self.peaks) if self.peaks else 0
+        self.raw["B7"] = {"peaks": self.peaks}
+        self.rows.append(Row("B7 peak RSS of the recfs daemon (B1–B6)", f"{peak / 1e6:.0f} MB", "", "",
+                             "", "≤ 200 MB", peak <= 200e6 if peak else None))
+
+
+# --------------------------------------------------------------------------- set-up and output
+
+def make_mp3(work: Path, size: int) -> str | None:
+    """A CBR 128 kbit/s MP3 of about `size` bytes (noise plus a tone), made once."""
+    if not have("ffmpeg"):
+        return None
+    path = work / f"long-call-{size // 1_000_000}MB.mp3"
+    if path.exists() and path.stat().st_size > size * 0.9:
+        return str(path)
+    seconds = size * 8 / 128_000
+    tmp = path.with_suffix(".tmp.mp3")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"anoisesrc=d={seconds:.0f}:c=pink:r=22050:a=0.2", "-f", "lavfi", "-i",
+                    f"sine=f=440:r=22050:d={seconds:.0f}", "-filter_complex", "amix=inputs=2",
+                    "-ac", "1", "-c:a", "libmp3lame", "-b:a", "128k",
+                    "-metadata", "title=recfs bench call", str(tmp)], check=True, timeout=900)
+    tmp.rename(path)
+    return str(path)
+
+
+def table(rows: list[Row]) -> str:
+    head = ["benchmark", "recfs", "limit (same run)", "rclone", "ratio", "target", "pass"]
+    body = [[r.bench, r.recfs, r.limit, r.rclone, r.ratio, r.target,
+             "PASS" if r.ok else ("FAIL" if r.ok is False else "–")] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep] + [line(b) for b in body])
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for l in open("/proc/cpuinfo"):
+            if l.startswith("model name"):
+                cpu = l.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 run, small sizes (smoke test)")
+    p.add_argument("--runs", type=int, help="runs per figure (default 3, 1 with --quick)")
+    p.add_argument("--workdir", default=os.environ.get("RECFS_BENCH_DIR", "/var/tmp/recfs-bench"),
+                   help="work directory on a real disk (caches, copies, the generated MP3)")
+    p.add_argument("--only", help="comma-separated subset of B1,B1wan,B3,B4,B5 (B2 runs with B1, "
+                                  "B6 with B5, B7 always)")
+    p.add_argument("--no-rclone", action="store_true", help="leave rclone out")
+    p.add_argument("--wan-all-runs", action="store_true",
+                   help="measure the WAN single-stream limits and rclone every run (27 s each)")
+    p.add_argument("--patched", metavar="FIXES",
+                   help="run recfs with candidate fixes monkeypatched in (bench/patched.py): "
+                        "keepalive,readahead,flush,batch")
+    p.add_argument("--json", help="also write the raw figures to this file")
+    args = p.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    only = set(args.only.split(",")) if args.only else {"B1", "B1wan", "B3", "B4", "B5"}
+
+    if not (os.path.exists("/dev/fuse") and have("fusermount3")):
+        print("scripts/bench: needs /dev/fuse and fusermount3", file=sys.stderr)
+        return 2
+    for tool in ("curl", "rsync"):
+        if not have(tool):
+            print(f"scripts/bench: needs {tool}", file=sys.stderr)
+            return 2
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        spec = dict(big_size=64 * MiB, many_files=200, many_dirs=2, wide_files=2000)
+        mp3_size = 10_000_000
+    else:
+        spec = dict(big_size=512 * MiB, many_files=2000, many_dirs=10, wide_files=10_000)
+        mp3_size = 100_000_000
+    missing = [t for t in ("rclone", "ffmpeg", "ffprobe") if not have(t)]
+    if missing:
+        print(f"scripts/bench: {', '.join(missing)} not installed: those columns are skipped",
+              file=sys.stderr)
+    spec["mp3_path"] = make_mp3(work, mp3_size) if "B3" in only else None
+    data = DataSet(**spec)
+    t0 = time.monotonic()
+    server = Server(spec, work / "server.log")
+    bench = Bench(args, work, data, server)
+    can_drop = drop_caches()
+    try:
+        bench.say(f"server at {server.info['alvaria']}; {args.runs} run(s); "
+                  f"page cache {'dropped between cold runs' if can_drop else 'NOT dropped (not root)'}")
+        if "B1" in only:
+            bench.b1_b2(wan=False)
+        if "B3" in only:
+            bench.b3()
+        if "B4" in only:
+            bench.b4()
+        if "B5" in only:
+            bench.b5_b6()
+        if "B1wan" in only:
+            bench.b1_b2(wan=True)
+        bench.b7()
+    finally:
+        server.close()
+    out = table(bench.rows)
+    if args.patched:
+        print(f"\nNOTE: recfs ran with bench/patched.py fixes: {args.patched}")
+    print(f"\nrecfs benchmarks, {'quick (1 run, small sizes)' if args.quick else f'medians of {args.runs} runs'}; "
+          f"{machine()}; {time.monotonic() - t0:.0f} s\n")
+    print(out)
+    result = {"machine": machine(), "args": vars(args), "rows": [r.__dict__ for r in bench.rows],
+              "raw": bench.raw, "table": out}
+    (work / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
