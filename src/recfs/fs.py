@@ -2,6 +2,7 @@
 to errno values. No provider knowledge and no I/O policy live here."""
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import os
@@ -160,9 +161,9 @@ class Operations(pyfuse3.Operations):
                 else node.sorted_children()
         except Exception as exc:
             raise self._fail(exc, f"listing {node.path()}")
-        for child in children:
-            if child.ino <= start_id:
-                continue
+        # children come in inode order (T2): resume after start_id by bisection
+        first = bisect.bisect_right(children, start_id, key=lambda n: n.ino)
+        for child in children[first:]:
             if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self.attrs(child), child.ino):
                 break
             self.tree.remember(child)

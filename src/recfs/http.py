@@ -371,8 +371,10 @@ class Http:
                 if hi > lo:
                     sink(pos, chunk[lo:hi] if (lo or hi < len(chunk)) else chunk)
                     pos += hi - lo
-                if pos >= end:
-                    break
+                if pos >= end and resp.status_code != 206:
+                    break       # a 200 that ignored Range: the rest is not wanted
+                # a 206 is read to its end even when done: the connection then goes
+                # back to the pool instead of being closed
         except TRANSPORT_ERRORS:
             if pos >= end:
                 return pos

@@ -82,8 +82,19 @@ def fuse_options(name: str, allow_other: bool) -> set[str]:
     return opts
 
 
-def raise_read_ahead(mountpoint: Path, kib: int) -> None:
-    """Let the kernel read further ahead on this mount, where the bdi allows it."""
+async def keep_read_ahead(mountpoint: Path, kib: int) -> None:
+    """The kernel's answer to FUSE INIT resets read_ahead_kb to INIT's max_readahead
+    (128 KiB), and INIT is answered only once the main loop runs: set it again for
+    the first seconds of the mount, until it holds."""
+    for _ in range(20):
+        await trio.sleep(0.25)
+        if await trio.to_thread.run_sync(raise_read_ahead, mountpoint, kib):
+            return
+
+
+def raise_read_ahead(mountpoint: Path, kib: int) -> bool:
+    """Let the kernel read further ahead on this mount, where the bdi allows it.
+    Return True once the setting holds."""
     # not os.stat(mountpoint): that would wait for this very process to answer FUSE
     try:
         devno = None
@@ -93,12 +104,16 @@ def raise_read_ahead(mountpoint: Path, kib: int) -> None:
                 if fields[4] == str(mountpoint):
                     devno = fields[2]
         if devno is None:
-            return
+            return False
         path = Path(f"/sys/class/bdi/{devno}/read_ahead_kb")
+        if int(path.read_text()) >= kib:
+            return True
         path.write_text(str(kib))
         log.debug("read_ahead_kb set to %d", kib)
-    except OSError as exc:
-        log.debug("cannot raise read_ahead_kb: %s", exc.strerror)
+        return False
+    except (OSError, ValueError) as exc:
+        log.debug("cannot raise read_ahead_kb: %s", exc)
+        return True                 # not permitted here: nothing more to try
 
 
 async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead_kb: int) -> None:
@@ -131,7 +146,7 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True
             if read_ahead_kb:
-                raise_read_ahead(mountpoint, read_ahead_kb)
+                nursery.start_soon(keep_read_ahead, mountpoint, read_ahead_kb)
             nursery.start_soon(cache.run_flusher)
             nursery.start_soon(uploads.run_retries)
             nursery.start_soon(_watch_signals)

@@ -29,7 +29,7 @@ ROOT_INODE = 1
 
 class Node:
     __slots__ = ("ino", "parent", "name", "entry", "source", "children", "listed_at", "ttl",
-                 "lookups", "size_failed", "staged", "__weakref__")
+                 "lookups", "size_failed", "staged", "_sorted", "__weakref__")
 
     def __init__(self, ino: int, parent: "Node | None", name: str, entry: Entry, source: Source | None):
         self.ino = ino
@@ -45,6 +45,7 @@ class Node:
         # not (yet) on the service: an uploads.Staged being written or waiting to be sent,
         # "uploaded" (sent, not listed yet) or "dir" (made by mkdir); shown until listed
         self.staged = None
+        self._sorted: list[Node] | None = None    # children in inode order, until they change
 
     @property
     def is_dir(self) -> bool:
@@ -68,7 +69,12 @@ class Node:
         return "/" + "/".join(reversed(parts))
 
     def sorted_children(self) -> list["Node"]:
-        return sorted(self.children.values(), key=lambda n: n.ino) if self.children else []
+        if self._sorted is None:
+            self._sorted = sorted(self.children.values(), key=lambda n: n.ino) if self.children else []
+        return self._sorted
+
+    def children_changed(self) -> None:
+        self._sorted = None
 
 
 class Tree:
@@ -189,6 +195,7 @@ class Tree:
                 if child.lookups <= 0:
                     self._drop(child)
         node.children = new
+        node.children_changed()
 
     def add_local(self, parent: Node, name: str, entry: Entry, staged) -> Node:
         """A file being written, or a folder made by mkdir, before the service has it."""
@@ -199,6 +206,7 @@ class Tree:
             node.listed_at = time.monotonic()
             node.ttl = float("inf")        # nothing to list until a file lands in it
         parent.children[name] = node
+        parent.children_changed()
         return node
 
     def remove(self, node: Node) -> None:
@@ -206,6 +214,7 @@ class Tree:
         parent = node.parent
         if parent is not None and parent.children and parent.children.get(node.name) is node:
             del parent.children[node.name]
+            parent.children_changed()
         node.parent = None
         if node.lookups <= 0:
             self._drop(node)

@@ -40,6 +40,20 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _sync_all(fds: list[int]) -> list[bool]:
+    synced = []
+    for fd in fds:
+        try:
+            os.fdatasync(fd)
+            synced.append(True)
+        except OSError as exc:
+            log.warning("cache: fdatasync failed: %s", exc.strerror)
+            synced.append(False)
+        finally:
+            os.close(fd)
+    return synced
+
+
 class CacheEntry:
     """The cached state of one object@version."""
 
@@ -54,6 +68,8 @@ class CacheEntry:
         self.last_used = last_used
         self.pins = 0
         self.dirty = False              # bits set since the last flush
+        self.generation = 0             # bumped by reset(): older snapshots are void
+        self.evicted = False
         self.path = cache.data_path(key)
         self._fd: int | None = None
 
@@ -136,6 +152,7 @@ class CacheEntry:
         self.cache.total -= self.present
         self.present = 0
         self.bitmap = bytearray(len(self.bitmap))
+        self.generation += 1
         self.dirty = True
         self.cache.dirty.add(self)
         try:
@@ -287,6 +304,7 @@ class Cache:
         self.db.execute("DELETE FROM entries WHERE key=?", (key,))      # I3: row first
         e = self.entries.pop(key, None)
         if e is not None:
+            e.evicted = True
             e.close_fd()
             self.dirty.discard(e)
             self.touched.discard(e)
@@ -311,8 +329,7 @@ class Cache:
         e.dirty = False
         self.dirty.discard(e)
 
-    def flush(self) -> None:
-        """Make every marked chunk durable, then record it (I2)."""
+    def _record_touched(self) -> None:
         if self.touched:
             now = time.time()
             self.db.executemany("UPDATE entries SET last_used=? WHERE key=?",
@@ -320,6 +337,10 @@ class Cache:
             for e in self.touched:
                 e.last_used = now
             self.touched.clear()
+
+    def flush(self) -> None:
+        """Make every marked chunk durable, then record it (I2)."""
+        self._record_touched()
         if not self.dirty:
             return
         batch = list(self.dirty)
@@ -350,9 +371,46 @@ class Cache:
                 del self.entries[key]
 
     async def run_flusher(self, interval: float = 1.0) -> None:
+        """flush(), with the fdatasync calls in a worker thread: syncing the last
+        second's downloads must not stall every FUSE reply. The bitmaps are copied
+        before the sync starts, so only bits whose bytes were written before it are
+        recorded (I2); bits set meanwhile wait for the next round."""
         while True:
             await trio.sleep(interval)
-            self.flush()
+            self._record_touched()
+            if not self.dirty:
+                continue
+            batch = list(self.dirty)
+            snapshot = []
+            fds = []
+            for e in batch:
+                try:
+                    if e._fd is not None:
+                        fds.append(os.dup(e._fd))
+                    elif e.path.exists():
+                        fds.append(os.open(e.path, os.O_RDONLY))
+                except OSError as exc:
+                    log.warning("cache: cannot sync %s: %s", e.path.name, exc.strerror)
+                    continue
+                snapshot.append((e, bytes(e.bitmap), e.present, e.generation))
+                e.dirty = False
+                self.dirty.discard(e)
+            synced = await trio.to_thread.run_sync(_sync_all, fds)
+            self.db.execute("BEGIN")
+            for (e, bitmap, present, generation), ok in zip(snapshot, synced):
+                if not ok:
+                    e.dirty = True      # not durable: try again next round
+                    self.dirty.add(e)
+                    continue
+                if e.evicted or e.generation != generation:
+                    continue            # evicted or reset while syncing: nothing to record
+                self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, "
+                                "last_used) VALUES (?, ?, ?, ?, ?)",
+                                (e.key, e.size, bitmap, present, time.time()))
+            self.db.execute("COMMIT")
+            for e, *_ in snapshot:
+                if e.pins <= 0 and not e.dirty:
+                    e.close_fd()
 
     def close(self) -> None:
         self.flush()

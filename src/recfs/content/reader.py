@@ -174,10 +174,16 @@ class Reader:
                 state.ce = fresh
 
     def _read_ahead(self, h: Handle, pos: int) -> None:
-        """Keep fetches running `window` bytes ahead of a sequential reader."""
+        """Keep fetches running up to `window` bytes ahead of a sequential reader.
+
+        Topped up only when less than half the window is left ahead, so requests go
+        out in big pieces (up to `max_request`), not one small GET per kernel READ;
+        the window doubles with each top-up."""
+        if h.ahead > pos and h.ahead - pos > h.window // 2:
+            return
         h.window = min(self.max_window, max(h.window * 2, self.first_window))
         target = min(h.state.ce.size, pos + h.window)
-        start = max(pos, h.ahead) if h.ahead > pos else pos
+        start = max(pos, h.ahead)
         if target > start:
             self._ensure(h.state, start, target)
             h.ahead = target
