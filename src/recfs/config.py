@@ -221,6 +221,8 @@ TUNING_KEYS = {
     "max_window": Key("size", default=64 << 20, doc="largest read-ahead window"),
     "max_request": Key("size", default=8 << 20, doc="largest single ranged GET"),
     "small_file": Key("size", default=4 << 20, doc="files up to this size are fetched whole"),
+    "sibling_prefetch": Key("int", default=8, check=lambda v: None if v >= 0 else "must be 0 or more",
+                            doc="small files fetched ahead when a folder is read file after file"),
 }
 
 

@@ -22,6 +22,7 @@ class Control:
     def __init__(self, tree, reader, cache, http, sources, nursery=None, uploads=None):
         self.nursery = nursery
         self.uploads = uploads
+        self.ops = None             # the Operations, set once they exist
         self.tree = tree
         self.reader = reader
         self.cache = cache
@@ -48,8 +49,10 @@ class Control:
             "http": {"requests": self.http.requests, "retries": self.http.retries,
                      "errors": self.http.errors, "bytes_received": self.http.bytes_received},
             "reads": {"fetches": r.fetches, "fetched_bytes": r.fetched_bytes,
-                      "cache_hits": r.cache_hits, "failures": r.failures},
+                      "cache_hits": r.cache_hits, "failures": r.failures,
+                      "prefetched_files": r.prefetched_files},
             "open_files": len(self.reader.states),
+            "fuse_requests": dict(self.ops.op_counts) if self.ops else {},
             "listings": self.tree.listings,
             "prefetches": self.prefetches,
             "uploads": {"pending": self.uploads.status() if self.uploads else [],

@@ -3,6 +3,7 @@ to errno values. No provider knowledge and no I/O policy live here."""
 from __future__ import annotations
 
 import bisect
+import collections
 import errno
 import logging
 import os
@@ -40,6 +41,7 @@ class Operations(pyfuse3.Operations):
         self.reader = reader
         self.uploads = uploads
         self.nursery = nursery
+        self.op_counts: collections.Counter[str] = collections.Counter()   # for recfs status
         tree.on_changed = self.forget_kernel_cache
         self.control = control          # answers the user.recfs.* xattrs on the root
         self.uid = os.getuid()
@@ -191,9 +193,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
             await self.tree.ensure_size(node)
-            siblings = [c.entry for c in node.parent.sorted_children()
-                        if not c.is_dir] if node.parent else []
-            handle = self.reader.open(node.source, node.entry, siblings)
+            siblings, index = node.parent.files() if node.parent else ([], {})
+            handle = self.reader.open(node.source, node.entry, siblings, index.get(node.entry.id))
         except Exception as exc:
             raise self._fail(exc, f"opening {node.path()}")
         fh = self._next_fh
@@ -240,7 +241,11 @@ class Operations(pyfuse3.Operations):
             value = node.entry.xattrs.get(name[5:].decode("utf-8", "replace"))
             if value is not None:
                 return str(value).encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        # security.*, system.posix_acl_* and the rest: not supported here. EOPNOTSUPP
+        # (not ENODATA) lets ls -l remember that per file system and stop asking for
+        # every file (two round trips per entry otherwise)
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
     async def listxattr(self, inode, ctx):
         node = self._node(inode)
@@ -417,8 +422,11 @@ class _StagedHandle:
 def _guarded(handler):
     """pyfuse3 lets any exception but FUSEError end the whole mount: turn the
     unexpected ones into EIO for that one call, with the traceback in the log."""
+    name = handler.__name__
+
     @functools.wraps(handler)
     async def guarded(self, *args):
+        self.op_counts[name] += 1
         try:
             return await handler(self, *args)
         except pyfuse3.FUSEError:

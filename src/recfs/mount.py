@@ -139,10 +139,12 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             tree = Tree(sources, cache)
             reader = Reader(cache, nursery, max_connections=t["max_connections"],
                             first_window=t["first_window"], max_window=t["max_window"],
-                            max_request=t["max_request"], small_file=t["small_file"])
+                            max_request=t["max_request"], small_file=t["small_file"],
+                            sibling_prefetch=t["sibling_prefetch"])
             uploads = Uploads(cfg.cache.dir / "uploads", {s.name: s for s in sources})
             control = Control(tree, reader, cache, http, sources, nursery, uploads)
             ops = Operations(tree, reader, control, uploads, nursery)
+            control.ops = ops
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True
             if read_ahead_kb:

@@ -29,7 +29,7 @@ ROOT_INODE = 1
 
 class Node:
     __slots__ = ("ino", "parent", "name", "entry", "source", "children", "listed_at", "ttl",
-                 "lookups", "size_failed", "staged", "_sorted", "__weakref__")
+                 "lookups", "size_failed", "staged", "_sorted", "_files", "__weakref__")
 
     def __init__(self, ino: int, parent: "Node | None", name: str, entry: Entry, source: Source | None):
         self.ino = ino
@@ -46,6 +46,7 @@ class Node:
         # "uploaded" (sent, not listed yet) or "dir" (made by mkdir); shown until listed
         self.staged = None
         self._sorted: list[Node] | None = None    # children in inode order, until they change
+        self._files: tuple[list[Entry], dict[str, int]] | None = None   # files in listing order
 
     @property
     def is_dir(self) -> bool:
@@ -75,6 +76,17 @@ class Node:
 
     def children_changed(self) -> None:
         self._sorted = None
+        self._files = None
+
+    def files(self) -> tuple[list[Entry], dict[str, int]]:
+        """The folder's files in name order (the order cp -r and rsync read them) and
+        each one's position by object id; kept until the folder changes."""
+        if self._files is None:
+            kids = sorted((c for c in (self.children or {}).values() if not c.is_dir),
+                          key=lambda n: n.name)
+            entries = [c.entry for c in kids]
+            self._files = (entries, {e.id: i for i, e in enumerate(entries)})
+        return self._files
 
 
 class Tree:

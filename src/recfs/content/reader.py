@@ -74,12 +74,14 @@ class ReadStats:
     fetched_bytes: int = 0
     cache_hits: int = 0
     failures: int = 0
+    prefetched_files: int = 0
 
 
 class Reader:
     def __init__(self, cache: Cache, nursery: trio.Nursery, *, max_connections: int = 24,
                  first_window: int = 1 << 20, max_window: int = 64 << 20,
-                 max_request: int = 8 << 20, small_file: int = 4 << 20):
+                 max_request: int = 8 << 20, small_file: int = 4 << 20,
+                 sibling_prefetch: int = 8):
         self.cache = cache
         self.nursery = nursery
         self.limiter = trio.CapacityLimiter(max_connections)
@@ -89,10 +91,17 @@ class Reader:
         self.small_file = small_file
         self.states: dict[str, _FileState] = {}
         self.stats = ReadStats()
+        self.sibling_prefetch = sibling_prefetch
+        self.sibling_limiter = trio.CapacityLimiter(max(1, sibling_prefetch))
+        self._last_open: dict[int, int] = {}       # folder's file list -> last opened index
+        self._prefetching: set[str] = set()
 
     # -- handles
-    def open(self, source: Source, entry: Entry, siblings: list[Entry] | None = None) -> Handle:
+    def open(self, source: Source, entry: Entry, siblings: list[Entry] | None = None,
+             index: int | None = None) -> Handle:
         assert entry.size is not None, "files are opened with an exact size"
+        if siblings and index is not None:
+            self._follow_copy(source, siblings, index)
         key = source.cache_key(entry)
         state = self.states.get(key)
         if state is None:
@@ -104,6 +113,37 @@ class Reader:
             self._ensure(state, 0, CHUNK)
             self._ensure(state, entry.size - CHUNK, entry.size)
         return h
+
+    def _follow_copy(self, source: Source, siblings: list[Entry], index: int) -> None:
+        """Files of one folder opened one after another in name order are a copy
+        (cp -r, rsync): fetch the next few small ones whole, in parallel, so the copy
+        finds them in the cache instead of waiting for one request per file. Sources
+        with bulk jobs have their own coalescing and are left to it."""
+        key = id(siblings)
+        previous = self._last_open.get(key)
+        self._last_open[key] = index
+        if len(self._last_open) > 256:
+            self._last_open = {key: index}
+        if previous is None or index != previous + 1 or type(source).fetch_whole is not Source.fetch_whole:
+            return
+        for entry in siblings[index + 1:index + 1 + self.sibling_prefetch]:
+            if entry.size is None or not 0 < entry.size <= self.small_file:
+                continue
+            key2 = source.cache_key(entry)
+            if key2 in self.states or key2 in self._prefetching or self.cache.has_whole(key2, entry.size):
+                continue
+            self._prefetching.add(key2)
+            self.nursery.start_soon(self._prefetch_sibling, source, entry, key2)
+
+    async def _prefetch_sibling(self, source: Source, entry: Entry, key: str) -> None:
+        try:
+            async with self.sibling_limiter:
+                await self.prefetch(source, entry)
+                self.stats.prefetched_files += 1
+        except Exception as exc:     # a prefetch is a guess: its reader will try again
+            log.debug("%s: prefetching %s: %s", source.name, entry.name, describe(exc))
+        finally:
+            self._prefetching.discard(key)
 
     def release(self, h: Handle) -> None:
         state = h.state
