@@ -25,6 +25,15 @@ from . import redact
 
 log = logging.getLogger("recfs.http")
 
+# httpcore reads HTTP/1.1 bodies 64 KiB at a time; each read costs the same Python
+# overhead whatever its size, so big ranged bodies go much faster in 1 MiB reads
+# (measured with scripts/bench B1)
+try:
+    import httpcore._async.http11 as _h11
+    _h11.AsyncHTTP11Connection.READ_NUM_BYTES = max(_h11.AsyncHTTP11Connection.READ_NUM_BYTES, 1 << 20)
+except (ImportError, AttributeError):
+    pass
+
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_SIZE = (1 << 63) - 1        # what st_size (and SQLite) can hold
 TRANSPORT_ERRORS = (httpx.TransportError,)

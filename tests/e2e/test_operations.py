@@ -199,3 +199,20 @@ def test_mount_helper_reports_a_bad_config(tmp_path):
                           capture_output=True, text=True, timeout=90)
     assert done.returncode == 1
     assert "sources[0].api_url: missing required key" in done.stderr
+
+
+def test_ls_l_asks_no_extended_attribute_per_file(emu, recfs_mount):
+    for i in range(300):
+        emu.put(f"exports/many/f{i:03d}.wav", b"x" * (i + 1))
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
+    folder = mnt / "alv/exports/many"
+    subprocess.run(["ls", "-l", str(folder)], capture_output=True, check=True)
+
+    def requests():
+        return json.loads(recfs("status", str(mnt)).stdout)["fuse_requests"]
+    before = requests()
+    subprocess.run(["ls", "-l", str(folder)], capture_output=True, check=True)
+    after = requests()
+    # two status reads are getxattr calls themselves; ls -l adds a handful, not 2 per file
+    assert after.get("getxattr", 0) - before.get("getxattr", 0) <= 10
+    assert after.get("lookup", 0) - before.get("lookup", 0) <= 2
