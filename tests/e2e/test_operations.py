@@ -151,13 +151,21 @@ def test_demo_mounts_every_emulated_service_and_ctrl_c_stops_it(tmp_path):
             assert proc.poll() is None, (tmp_path / "demo.log").read_text()
             time.sleep(0.1)
         names = sorted(os.listdir(mnt))
-        assert "alvaria" in names and len(names) >= 3, names
-        wavs = list((mnt / "alvaria").rglob("*.wav"))
-        assert wavs and wavs[0].read_bytes()[:4] == b"RIFF"
-        if shutil.which("ffprobe"):
-            probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
-                                    "-of", "csv=p=0", str(wavs[0])], capture_output=True, text=True)
-            assert probe.returncode == 0 and float(probe.stdout) > 1.0
+        assert names == ["8x8", "alvaria", "kazoo", "oce"], names
+        for provider in names:
+            # every provider has playable recordings and their metadata as user.* xattrs
+            wav = next(p for p in (mnt / provider).rglob("*.wav") if p.stat().st_size > 1000)
+            assert wav.read_bytes()[:4] == b"RIFF", wav
+            if shutil.which("getfattr"):
+                attrs = subprocess.run(["getfattr", "-d", str(wav)], capture_output=True, text=True)
+                assert "user." in attrs.stdout, (provider, attrs.stdout, attrs.stderr)
+            if shutil.which("ffprobe"):
+                probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                                        "-of", "csv=p=0", str(wav)], capture_output=True, text=True)
+                assert probe.returncode == 0 and float(probe.stdout) > 1.0, (provider, probe.stderr)
+            if shutil.which("sox"):
+                stat = subprocess.run(["sox", str(wav), "-n", "stat"], capture_output=True, text=True)
+                assert stat.returncode == 0 and "Length (seconds)" in stat.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert not _is_live_mount(mnt)

@@ -49,7 +49,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import Blob, Emulator, PatternBlob, Request, Response, json_response
+from .base import Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response
 
 GREGORIAN_OFFSET = 62167219200          # Unix epoch in Gregorian seconds
 MAX_RANGE = 31 * 86400 + 3600            # crossbar.maximum_range default
@@ -552,6 +552,7 @@ def demo(seed: int = 0, **kw) -> KazooEmulator:
     answered as audio/wav, names without an extension, spaces and non-ASCII in names,
     5.x-style `media_type` ".mp3", a document without media, a soft-deleted one, one
     without an owner, and a call that starts before midnight and is stored after it."""
+    from .samples import call_wav
     emu = KazooEmulator(seed=seed, **kw)
     rng = random.Random(seed)
     reseller = emu.add_account("Demo Reseller")
@@ -572,7 +573,10 @@ def demo(seed: int = 0, **kw) -> KazooEmulator:
                 if day == 0:
                     # today's calls must already have ended
                     start = min(start, time.time() - 3600 - rng.randrange(3600))
-                emu.add_recording(acct, start, duration_ms=rng.randrange(5000, 600000),
+                seconds = rng.randrange(3, 8)
+                emu.add_recording(acct, start, duration_ms=seconds * 1000,
+                                  blob=BytesBlob(call_wav(rng.getrandbits(20), seconds)),
+                                  attachment_type="audio/wav",
                                   owner_id=rng.choice(users),
                                   direction=rng.choice(["inbound", "outbound"]),
                                   caller_id_name=rng.choice(first_names),

@@ -55,7 +55,7 @@ import urllib.parse
 import zipfile
 from dataclasses import dataclass, field
 
-from .base import (Blob, BytesBlob, Emulator, FileBlob, PatternBlob, Request, Response,
+from .base import (Blob, BytesBlob, Emulator, FileBlob, Request, Response,
                    json_response, new_token, range_response)
 
 API = "/documents/api/1.2"
@@ -628,6 +628,7 @@ def source_table(emu: OceEmulator, name: str, *, basic: bool = False, **extra) -
 
 
 def demo(seed: int = 0, **kw) -> OceEmulator:
+    from .samples import call_wav, transcript
     """An emulator with a small recording archive in the home folder:
     Recordings/<queue>/<day>/call-*.wav plus a README at the top."""
     emu = OceEmulator(seed=seed, **kw)
@@ -643,7 +644,10 @@ def demo(seed: int = 0, **kw) -> OceEmulator:
             did = emu.add_folder(qid, day, modified=base + 86400 * d)
             for k in range(3):
                 n += 1
-                size = 8000 + 4099 * ((seed + n * 37) % 60)
-                emu.add_file(did, f"call-{day}-{q}{k:03d}.wav", PatternBlob(seed * 1000 + n, size),
+                seconds = 3 + (seed + n) % 5
+                name = f"call-{day}-{q}{k:03d}"
+                emu.add_file(did, f"{name}.wav", BytesBlob(call_wav(seed * 1000 + n, seconds)),
                              modified=base + 86400 * d + 600 * k)
+                emu.add_file(did, f"{name}.json", BytesBlob(transcript(seed * 1000 + n, seconds, name)),
+                             mime="application/json", modified=base + 86400 * d + 600 * k + 60)
     return emu
