@@ -156,3 +156,21 @@ def test_cp_r_of_a_folder_is_recognised_and_served_by_one_folder_job(emu, mnt, t
 def test_a_single_file_read_never_starts_a_job(emu, mnt):
     subprocess.run(["cat", str(mnt / "Recordings/busy/r0007.wav")], check=True, capture_output=True)
     assert emu.count("download_create") == 0
+
+
+def test_a_running_folder_job_is_aborted_when_the_mount_stops(emu, mnt, recfs_mount):
+    import time
+    emu.job_polls = 10_000                       # the job never finishes on its own
+    prefetch = subprocess.Popen([sys.executable, "-m", "recfs", "prefetch",
+                                 str(mnt / "Recordings" / "busy")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while emu.count("download_status") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert emu.count("download_status") >= 2
+    m = recfs_mount.mounts[-1]
+    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+    assert m.proc.wait(timeout=30) == 0
+    prefetch.wait(timeout=30)
+    assert emu.count("download_delete") == 1      # nobody waits for it any more
+    assert emu.job_history[-1].progress == "ABORTED"
