@@ -224,3 +224,22 @@ def test_ls_l_asks_no_extended_attribute_per_file(emu, recfs_mount):
     # two status reads are getxattr calls themselves; ls -l adds a handful, not 2 per file
     assert after.get("getxattr", 0) - before.get("getxattr", 0) <= 10
     assert after.get("lookup", 0) - before.get("lookup", 0) <= 2
+
+
+def test_a_folder_copied_file_after_file_is_fetched_ahead_once_per_file(emu, recfs_mount, tmp_path):
+    from recfs.emulators.base import PatternBlob
+    for i in range(40):
+        emu.put(f"exports/copy/f{i:03d}.wav", PatternBlob(i, 30_000 + 7_919 * i))
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
+    folder = mnt / "alv/exports/copy"
+    os.listdir(folder)
+    [p.stat() for p in folder.iterdir()]            # sizes resolved (one probe per file)
+    emu.reset_stats()
+    subprocess.run(["cp", "-r", str(folder), str(tmp_path / "out")], check=True)
+    for i in range(40):
+        key = f"exports/copy/f{i:03d}.wav"
+        assert (tmp_path / "out" / f"f{i:03d}.wav").read_bytes() == emu.objects[key].blob.all_bytes()
+    status = json.loads(recfs("status", str(mnt)).stdout)
+    assert status["reads"]["prefetched_files"] >= 30     # fetched ahead of cp
+    assert emu.count("s3") == 40                          # still one GET per file, no duplicates
+    assert emu.bytes_sent == sum(30_000 + 7_919 * i for i in range(40))

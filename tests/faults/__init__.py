@@ -61,6 +61,13 @@ def config_for(emu: AlvariaEmulator, cache_dir: Path, *, cache: dict | None = No
                extra_text: str = "", **table_extra) -> str:
     table = source_table(emu, SOURCE)
     table.update(table_extra)
+    # the tests read files one after another and arm a fault for each just before its
+    # read: fetching the next files ahead (sibling prefetch) would get them first
+    no_prefetch = "sibling_prefetch = 0\n"
+    if "[tuning]" in extra_text:
+        extra_text = extra_text.replace("[tuning]\n", "[tuning]\n" + no_prefetch, 1)
+    else:
+        extra_text += "\n[tuning]\n" + no_prefetch
     return toml_config([table], cache_dir=cache_dir, cache=cache) + extra_text
 
 
