@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, help="runs per figure (default 3, 1 with --quick)")
     p.add_argument("--workdir", default=os.environ.get("RECFS_BENCH_DIR", "/var/tmp/recfs-bench"),
                    help="work directory on a real disk (caches, copies, the generated MP3)")
-    p.add_argument("--only", help="comma-separated subset of B1,B1wan,B3,B4,B5 (B2 runs with B1, "
+    p.add_argument("--only", help="comma-separated subset of B1,B1wan,B3,B4,B5,B8 (B2 runs with B1, "
                                   "B6 with B5, B7 always)")
     p.add_argument("--no-rclone", action="store_true", help="leave rclone out")
     p.add_argument("--wan-all-runs", action="store_true",
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the raw figures to this file")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    only = set(args.only.split(",")) if args.only else {"B1", "B1wan", "B3", "B4", "B5"}
+    only = set(args.only.split(",")) if args.only else {"B1", "B1wan", "B3", "B4", "B5", "B8"}
 
     if not (os.path.exists("/dev/fuse") and have("fusermount3")):
         print("scripts/bench: needs /dev/fuse and fusermount3", file=sys.stderr)
@@ -543,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         if "B1wan" in only:
             bench.b1_b2(wan=True)
         bench.b7()
+        if "B8" in only:
+            from .eightbyeight import run as b8
+            rows, raw = b8(work, args.runs, args.quick)
+            bench.rows += rows
+            bench.raw["B8"] = raw
     finally:
         server.close()
     out = table(bench.rows)

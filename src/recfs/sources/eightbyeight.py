@@ -158,6 +158,8 @@ CONFIG_KEYS = {
                          doc="seconds a read waits for a job before reading per object"),
     "bulk_timeout": Key("float", default=3600.0, check=_positive,
                         doc="seconds after which an unfinished job is given up"),
+    "bulk_parallel_jobs": Key("int", default=4, check=lambda v: None if v >= 1 else "must be 1 or more",
+                              doc="jobs started at once when a folder is being copied"),
     "bulk_readahead": Key("bool", default=True,
                           doc="start the next job of a folder when one somebody waited for ends"),
     "poll_interval": Key("float", default=15.0, check=_positive, doc="first job status poll delay"),
@@ -408,6 +410,7 @@ class EightByEightSource(Source):
         self.hot_window = float(_opt(options, "hot_window"))
         self.max_wait = float(_opt(options, "bulk_max_wait"))
         self.readahead = bool(_opt(options, "bulk_readahead"))
+        self.parallel_jobs = int(_opt(options, "bulk_parallel_jobs"))
         self.presign = bool(_opt(options, "presign"))
         self.poll_policy = PollPolicy(first=float(_opt(options, "poll_interval")),
                                       max=float(_opt(options, "poll_max_interval")),
@@ -829,9 +832,28 @@ class EightByEightSource(Source):
             if self.bulk_mode == "auto" and not self._folder_hot(folder, entry.id):
                 return False
             self._hot_until[folder] = trio.current_time() + self.hot_window
-            ticket = self.batcher.request(folder, file,
-                                          await self._following(entry, siblings or self._siblings.get(folder, [])))
+            siblings = siblings or self._siblings.get(folder, [])
+            following = await self._following(entry, siblings)
+            ticket = self.batcher.request(folder, file, following)
+            if self.readahead and following:
+                await self._more_jobs(folder, siblings, following[-1], self.parallel_jobs - 1)
         return self._outcome(entry, await ticket.wait(self.max_wait))
+
+    async def _more_jobs(self, folder: DirRef, siblings: list[Entry], after: BulkFile,
+                         jobs: int) -> None:
+        """A copy of the folder is going on: start the jobs for the files after the
+        first job's at once, so their waits overlap instead of following each other
+        (8x8 jobs take seconds to minutes). Later ones start as these end."""
+        for _ in range(jobs):
+            index = next((i for i, s in enumerate(siblings)
+                          if isinstance(s.ref, FileRef) and self.cache_key(s) == after.key), None)
+            if index is None:
+                return
+            batch = await self._following(siblings[index], siblings, with_entry=False)
+            if not batch:
+                return
+            self.batcher.prefetch(folder, batch)
+            after = batch[-1]
 
     def _outcome(self, entry: Entry, result: FileResult) -> bool:
         if result.ok:
