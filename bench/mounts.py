@@ -69,16 +69,14 @@ def peak_rss(pid: int) -> int:
 class RecfsMount(MountedRecfs):
     """`python -m recfs mount` as a user runs it (info logging, not the tests' debug)."""
 
-    def __init__(self, tables: list[dict], workdir: Path, name: str, cache_dir: Path,
-                 patched: str = ""):
+    def __init__(self, tables: list[dict], workdir: Path, name: str, cache_dir: Path):
         shutil.rmtree(cache_dir, ignore_errors=True)
         super().__init__(toml_config(tables, cache_dir=cache_dir,
                                      cache={"max_size": "40GiB", "min_free": "2GiB"}),
                          workdir, name, env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
         self.cache_dir = cache_dir
         self.peak = 0
-        # bench/patched.py: the same daemon with candidate fixes monkeypatched in
-        self.module = ["-m", "bench.patched", patched] if patched else ["-m", "recfs"]
+        self.module = ["-m", "recfs"]
 
     def start(self, timeout: float = 30.0) -> Path:
         self._log_file = open(self.log, "ab")

@@ -148,7 +148,7 @@ class Bench:
         self.mounts += 1
         infos = {"alv": self.server.info["alvaria_table"], "oce": self.server.info["oce_table"]}
         return RecfsMount([infos[t] for t in tables], self.work, "mnt",
-                          self.work / f"cache-{self.mounts}", patched=self.args.patched or "")
+                          self.work / f"cache-{self.mounts}")
 
     def rclone_mount(self) -> RcloneMount:
         return RcloneMount(self.server.info["plain"], self.work / "rclone-mnt", self.work / "rclone.log")
@@ -496,9 +496,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rclone", action="store_true", help="leave rclone out")
     p.add_argument("--wan-all-runs", action="store_true",
                    help="measure the WAN single-stream limits and rclone every run (27 s each)")
-    p.add_argument("--patched", metavar="FIXES",
-                   help="run recfs with candidate fixes monkeypatched in (bench/patched.py): "
-                        "keepalive,readahead,flush,batch")
     p.add_argument("--json", help="also write the raw figures to this file")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -551,8 +548,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.close()
     out = table(bench.rows)
-    if args.patched:
-        print(f"\nNOTE: recfs ran with bench/patched.py fixes: {args.patched}")
     print(f"\nrecfs benchmarks, {'quick (1 run, small sizes)' if args.quick else f'medians of {args.runs} runs'}; "
           f"{machine()}; {time.monotonic() - t0:.0f} s\n")
     print(out)

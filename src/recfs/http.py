@@ -167,10 +167,15 @@ class CachedToken(TokenAuth):
             self._token = None
 
 
-class OAuthClientCredentials(CachedToken):
-    """OAuth2 client-credentials grant; the client id and secret go in HTTP Basic."""
+class AuthError(HttpError):
+    """The credentials were refused (token service or Basic auth)."""
 
-    def __init__(self, http: "Http", token_url: str, client_id: str, client_secret: str,
+
+class OAuthClientCredentials(CachedToken):
+    """OAuth2 client-credentials grant; the client id and secret go in HTTP Basic.
+    The secret may be a config `Secret`: it is revealed only to build the request."""
+
+    def __init__(self, http: "Http", token_url: str, client_id: str, client_secret: Any,
                  scope: str | None = None, what: str = "token"):
         super().__init__()
         self.http = http
@@ -184,22 +189,26 @@ class OAuthClientCredentials(CachedToken):
         form = {"grant_type": "client_credentials"}
         if self.scope:
             form["scope"] = self.scope
+        secret = self.client_secret.reveal() if hasattr(self.client_secret, "reveal") \
+            else str(self.client_secret)
         resp = await self.http.request(
             "POST", self.token_url, data=form, name=self.what,
-            headers={"Authorization": basic_auth_header(self.client_id, self.client_secret),
+            headers={"Authorization": basic_auth_header(self.client_id, secret),
                      "Accept": "application/json"},
             expect=None)
         if resp.status_code in (400, 401, 403):
-            raise HttpError(f"{self.what}: the token service refused the client credentials "
-                            f"(HTTP {resp.status_code}) at {safe_url(self.token_url)}", resp.status_code)
+            raise AuthError(f"{self.what}: the token service at {safe_url(self.token_url)} refused "
+                            f"the client credentials{' or scope' if self.scope else ''} "
+                            f"(HTTP {resp.status_code}{describe_error_body(resp)})", resp.status_code)
         if resp.status_code != 200:
-            raise HttpError(f"{self.what}: token service answered HTTP {resp.status_code}", resp.status_code)
+            raise HttpError(f"{self.what}: token service answered HTTP {resp.status_code}"
+                            f"{describe_error_body(resp)}", resp.status_code)
         try:
             body = resp.json()
             token = body["access_token"]
-            lifetime = float(body.get("expires_in") or 3600)
+            lifetime = float(body.get("expires_in") or 3600)   # a number or a string ("1799")
         except (ValueError, KeyError, TypeError) as exc:
-            raise HttpError(f"{self.what}: malformed token response ({type(exc).__name__})") from None
+            raise AuthError(f"{self.what}: malformed token response ({type(exc).__name__})") from None
         return str(token), lifetime
 
 
@@ -429,7 +438,8 @@ def describe_error_body(resp: httpx.Response) -> str:
     if not isinstance(body, dict):
         return ""
     parts = []
-    for key in ("errorCode", "errorKey", "code", "error", "errorMessage", "message", "title", "detail"):
+    for key in ("errorCode", "errorKey", "code", "error", "error_description", "errorMessage",
+                "message", "title", "detail"):
         val = body.get(key)
         if isinstance(val, (str, int)) and str(val).strip():
             parts.append(f"{key}={str(val)[:200]}")

@@ -63,7 +63,7 @@ import trio
 
 from ..config import Key, Secret
 from ..content import bulk
-from ..http import (CachedToken, HttpError, SizeChangedError, TokenAuth,
+from ..http import (AuthError, HttpError, OAuthClientCredentials, SizeChangedError, TokenAuth,
                     basic_auth_header, parse_content_range, safe_url)
 from .base import Entry, Kind, Listing, Source, SourceContext, SourceError
 
@@ -286,47 +286,6 @@ def describe_oce_error(text: str) -> str:
 
 # --------------------------------------------------------------------------- auth
 
-class AuthError(HttpError):
-    """The credentials were refused (token service or Basic auth)."""
-
-
-class IdcsToken(CachedToken):
-    """OAuth2 client credentials against IDCS; the secret is revealed per fetch."""
-
-    def __init__(self, http, token_url: str, client_id: str, client_secret: Secret, scope: str,
-                 source_name: str):
-        super().__init__()
-        self.http = http
-        self.token_url = token_url
-        self.client_id = client_id
-        self.client_secret = client_secret
-        self.scope = scope
-        self.source_name = source_name
-
-    async def fetch(self) -> tuple[str, float]:
-        secret = self.client_secret.reveal() if isinstance(self.client_secret, Secret) \
-            else str(self.client_secret)
-        resp = await self.http.request(
-            "POST", self.token_url, name=f"{self.source_name}: token",
-            data={"grant_type": "client_credentials", "scope": self.scope},
-            headers={"Authorization": basic_auth_header(self.client_id, secret),
-                     "Accept": "application/json"},
-            expect=None)
-        if resp.status_code != 200:
-            why = describe_oce_error(resp.text)
-            raise AuthError(f"{self.source_name}: the token service at {safe_url(self.token_url)} "
-                            f"refused the client credentials or scope (HTTP {resp.status_code}"
-                            f"{': ' + why if why else ''})", resp.status_code)
-        try:
-            body = resp.json()
-            token = str(body["access_token"])
-            lifetime = float(as_int(body.get("expires_in")) or 3600)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuthError(f"{self.source_name}: malformed token response "
-                            f"({type(exc).__name__})") from None
-        return token, lifetime
-
-
 class BasicAuth(TokenAuth):
     def __init__(self, username: str, password: Secret):
         self.username = username
@@ -444,8 +403,9 @@ class OceSource(Source):
         if options.get("username"):
             self.auth = BasicAuth(options["username"], options["password"])
         else:
-            self.auth = IdcsToken(ctx.http, options["token_url"], options["client_id"],
-                                  options["client_secret"], options["scope"], name)
+            self.auth = OAuthClientCredentials(ctx.http, options["token_url"], options["client_id"],
+                                               options["client_secret"], options["scope"],
+                                               what=f"{name}: token")
         self._jobs: list[FolderJob] = []
         self._job_of_file: dict[str, FolderJob] = {}
         self.copy_window = float(options.get("copy_window") or 10.0)
