@@ -1,20 +1,19 @@
-"""The pyfuse3 adapter: translate FUSE calls to the tree and the reader, and errors
-to errno values. No provider knowledge and no I/O policy live here."""
+"""The pyfuse3 adapter: translate FUSE calls to the tree, the reader and the upload
+staging, and errors to errno values. No provider knowledge and no I/O policy live here."""
 from __future__ import annotations
 
 import bisect
 import collections
 import errno
+import functools
 import logging
 import os
 import stat
-import functools
 import time
 from typing import Any
 
-import trio
-
 import pyfuse3
+import trio
 
 from .content.reader import Reader, ReadError, describe
 from .content.uploads import Staged
