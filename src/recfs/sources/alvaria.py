@@ -45,7 +45,9 @@ CONFIG_KEYS = {
     "root": Key("str", default="", doc="key prefix shown as the source's folder"),
     "page_size": Key("int", default=1000, check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000",
                      doc="maxResults per listing request"),
-    "size_concurrency": Key("int", default=8, check=lambda v: None if 1 <= v <= 256 else "must be 1..256",
+    # 32: on a real network the probes wait on latency, so many at once pay off (on
+    # loopback 8 is ~15% cheaper in CPU, but 4x slower at 20 ms a round trip)
+    "size_concurrency": Key("int", default=32, check=lambda v: None if 1 <= v <= 256 else "must be 1..256",
                             doc="concurrent exact-size probes per folder"),
 }
 
@@ -128,7 +130,7 @@ class AlvariaSource(Source):
         root = (options.get("root") or "").strip("/")
         self.root = root + "/" if root else ""
         self.page_size = options.get("page_size") or 1000
-        self.size_limiter = trio.CapacityLimiter(options.get("size_concurrency") or 8)
+        self.size_limiter = trio.CapacityLimiter(options.get("size_concurrency") or 32)
         self.leases: dict[str, tuple[str, float]] = {}   # key -> (signed url, renew at)
         self._lease_locks: dict[str, trio.Lock] = {}
         self.url_resolutions = 0
