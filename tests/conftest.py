@@ -45,7 +45,9 @@ def toml_config(tables: list[dict], cache_dir: Path | None = None, cache: dict |
 class MountedRecfs:
     """One `recfs mount` subprocess."""
 
-    def __init__(self, config_text: str, workdir: Path, name: str, env: dict | None = None):
+    def __init__(self, config_text: str, workdir: Path, name: str, env: dict | None = None,
+                 args: tuple[str, ...] = ()):
+        self.args = args            # extra `recfs mount` options (e.g. --allow-other)
         self.dir = workdir
         self.path = workdir / name
         try:
@@ -62,7 +64,8 @@ class MountedRecfs:
     def start(self, timeout: float = 20.0) -> Path:
         self._log_file = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recfs", "--log-level", "debug", "mount", str(self.config), str(self.path)],
+            [sys.executable, "-m", "recfs", "--log-level", "debug", "mount", *self.args,
+             str(self.config), str(self.path)],
             stdout=self._log_file, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

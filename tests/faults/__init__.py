@@ -9,8 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,33 +16,13 @@ from typing import Callable
 from recfs.content.cache import CHUNK, key_hash
 from recfs.emulators.alvaria import AlvariaEmulator, iso_ms, kb_string, source_table
 from recfs.emulators.base import Blob, Request, Response
-from tests.conftest import MountedRecfs, _is_live_mount, toml_config
+from tests.conftest import MountedRecfs, toml_config
 
 SOURCE = "alv"
 
 
 class Mount(MountedRecfs):
-    """A MountedRecfs that can pass extra command-line options (e.g. --allow-other)."""
-
-    def __init__(self, config_text: str, workdir: Path, name: str, env: dict | None = None,
-                 args: tuple[str, ...] = ()):
-        super().__init__(config_text, workdir, name, env)
-        self.args = args
-
-    def start(self, timeout: float = 20.0) -> Path:
-        self._log_file = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recfs", "--log-level", "debug", "mount", *self.args,
-             str(self.config), str(self.path)],
-            stdout=self._log_file, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"recfs exited with {self.proc.returncode}:\n{self.log_text()}")
-            if _is_live_mount(self.path):
-                return self.path
-            time.sleep(0.05)
-        raise RuntimeError(f"recfs did not mount within {timeout}s:\n{self.log_text()}")
+    """A MountedRecfs with the helpers the fault tests use."""
 
     @property
     def pid(self) -> int:

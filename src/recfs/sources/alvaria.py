@@ -226,21 +226,7 @@ class AlvariaSource(Source):
             lease_now = self.leases.get(key)
             if lease_now and lease_now is not lease and time.monotonic() < lease_now[1]:
                 return lease_now[0], {}        # another task renewed it meanwhile
-            resp = await self.ctx.http.request(
-                "GET", f"{self.data_url}/objectKeys", params={"key": key, "keyType": "signedDownloadUrl"},
-                auth=self.auth, name=f"{self.name}: signed URL for {key}", expect=(200, 404))
-            if resp.status_code == 404:
-                raise SourceError(f"{self.name}: {key} no longer exists", 2)
-            try:
-                body = resp.json()
-                if isinstance(body, dict) and isinstance(body.get("objectKeys"), list):
-                    body = body["objectKeys"][0]
-                url = str(body["signedDownloadUrl"]).strip()
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise SourceError(f"{self.name}: {key}: no signedDownloadUrl in the answer") from None
-            if not url.startswith(("http://", "https://")):
-                raise SourceError(f"{self.name}: {key}: the signed URL is not an http(s) URL")
-            url = keep_dot_segments(url)
+            url = keep_dot_segments(await self._ask_signed_url(key, "signedDownloadUrl"))
             self.url_resolutions += 1
             lifetime = url_lifetime(url)
             margin = min(300.0, lifetime / 4)
@@ -334,18 +320,25 @@ class AlvariaSource(Source):
             attempt += 1
 
     async def _signed_upload_url(self, key: str) -> str:
+        return await self._ask_signed_url(key, "signedUploadUrl")
+
+    async def _ask_signed_url(self, key: str, kind: str) -> str:
+        """`objectKeys?keyType=signedDownloadUrl|signedUploadUrl`: the URL in the answer
+        (a bare object, or the first of an objectKeys list: both forms are seen)."""
         resp = await self.ctx.http.request(
-            "GET", f"{self.data_url}/objectKeys", params={"key": key, "keyType": "signedUploadUrl"},
-            auth=self.auth, name=f"{self.name}: signed upload URL for {key}")
+            "GET", f"{self.data_url}/objectKeys", params={"key": key, "keyType": kind},
+            auth=self.auth, name=f"{self.name}: {kind} for {key}", expect=(200, 404))
+        if resp.status_code == 404:
+            raise SourceError(f"{self.name}: {key} no longer exists", errno.ENOENT)
         try:
             body = resp.json()
             if isinstance(body, dict) and isinstance(body.get("objectKeys"), list):
                 body = body["objectKeys"][0]
-            url = str(body["signedUploadUrl"]).strip()
+            url = str(body[kind]).strip()
         except (ValueError, KeyError, IndexError, TypeError):
-            raise SourceError(f"{self.name}: {key}: no signedUploadUrl in the answer") from None
+            raise SourceError(f"{self.name}: {key}: no {kind} in the answer") from None
         if not url.startswith(("http://", "https://")):
-            raise SourceError(f"{self.name}: {key}: the signed upload URL is not an http(s) URL")
+            raise SourceError(f"{self.name}: {key}: the {kind} is not an http(s) URL")
         return url
 
     async def delete(self, entry: Entry) -> None:
