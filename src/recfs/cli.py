@@ -1,4 +1,6 @@
-"""Command line: recfs mount | demo | emulate | status | refresh | prefetch."""
+"""recfs mounts cloud call-recording and content stores (8x8, Oracle Content
+Management, Alvaria, Kazoo) as a local folder. `recfs demo` tries it on built-in
+emulators; `recfs mount CONFIG MOUNTPOINT` mounts your services (see README.md)."""
 from __future__ import annotations
 
 import argparse
