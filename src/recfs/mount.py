@@ -126,7 +126,7 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
                                   max_delay=t["retry_max_delay"], budget=t["retry_budget"]),
                 ca_bundle=next((s.options.get("ca_bundle") for s in cfg.sources
                                 if s.options.get("ca_bundle")), None))
-    ctx = SourceContext(http=http, cache=cache, settings=dict(t))
+    ctx = SourceContext(http=http, cache=cache)
     sources = [source_module(s.kind).create(s.name, s.options, ctx) for s in cfg.sources]
     mounted = False
     try:

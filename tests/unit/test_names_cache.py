@@ -116,3 +116,20 @@ def test_a_full_disk_evicts_and_retries_once(tmp_path, monkeypatch):
     import pytest
     with pytest.raises(OSError):
         new.write(0, b"n" * 10)
+
+
+def test_a_chunk_whose_sync_failed_is_not_recorded(tmp_path, monkeypatch):
+    c = Cache(tmp_path, max_size=1 << 30)
+    e = c.entry("k@1", CHUNK)
+    e.write(0, b"s" * CHUNK)
+    e.mark(0, 0)
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fdatasync", failing)
+    c.flush()
+    assert e.dirty                                 # kept for the next round
+    assert not Cache(tmp_path, max_size=1 << 30).entry("k@1", CHUNK).has_chunk(0)
+    monkeypatch.undo()
+    c.flush()
+    assert Cache(tmp_path, max_size=1 << 30).entry("k@1", CHUNK).has_chunk(0)

@@ -338,31 +338,43 @@ class Cache:
                 e.last_used = now
             self.touched.clear()
 
-    def flush(self) -> None:
-        """Make every marked chunk durable, then record it (I2)."""
+    def _begin_flush(self) -> tuple[list[int], list[tuple]]:
+        """Copy the dirty entries' bitmaps and open a descriptor to sync for each.
+        The copies are taken before the sync starts, so only bits whose bytes were
+        written before it get recorded (I2); bits set meanwhile wait for the next round."""
         self._record_touched()
-        if not self.dirty:
-            return
-        batch = list(self.dirty)
-        for e in batch:
+        fds, snapshot = [], []
+        for e in list(self.dirty):
             try:
-                if e._fd is not None:
-                    os.fdatasync(e._fd)
-                elif e.path.exists():
-                    fd = os.open(e.path, os.O_RDONLY)
-                    try:
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
+                fds.append(os.dup(e._fd) if e._fd is not None else os.open(e.path, os.O_RDONLY))
+            except FileNotFoundError:
+                self.dirty.discard(e)   # the data file is gone: there is nothing to record
+                continue
             except OSError as exc:
                 log.warning("cache: cannot sync %s: %s", e.path.name, exc.strerror)
                 continue
+            snapshot.append((e, bytes(e.bitmap), e.present, e.generation))
+            e.dirty = False
+            self.dirty.discard(e)
+        return fds, snapshot
+
+    def _end_flush(self, snapshot: list[tuple], synced: list[bool]) -> None:
+        """Record the bitmaps whose data files were synced; retry the others later."""
         self.db.execute("BEGIN")
-        for e in batch:
-            self._persist(e)
+        for (e, bitmap, present, generation), ok in zip(snapshot, synced):
+            if not ok:
+                e.dirty = True          # not durable: nothing recorded, try next round
+                self.dirty.add(e)
+                continue
+            if e.evicted or e.generation != generation:
+                continue                # evicted or reset while syncing: nothing to record
+            e.last_used = time.time()
+            self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, "
+                            "last_used) VALUES (?, ?, ?, ?, ?)",
+                            (e.key, e.size, bitmap, present, e.last_used))
         self.db.execute("COMMIT")
-        for e in batch:
-            if e.pins <= 0:
+        for e, *_ in snapshot:
+            if e.pins <= 0 and not e.dirty:
                 e.close_fd()
         if len(self.entries) > MAX_LOADED:
             # unpinned, clean entries reload from the index when needed again
@@ -370,47 +382,21 @@ class Cache:
                 self.entries[key].close_fd()
                 del self.entries[key]
 
+    def flush(self) -> None:
+        """Make every marked chunk durable, then record it (I2), on this thread
+        (at unmount and before an eviction)."""
+        fds, snapshot = self._begin_flush()
+        if snapshot:
+            self._end_flush(snapshot, _sync_all(fds))
+
     async def run_flusher(self, interval: float = 1.0) -> None:
-        """flush(), with the fdatasync calls in a worker thread: syncing the last
-        second's downloads must not stall every FUSE reply. The bitmaps are copied
-        before the sync starts, so only bits whose bytes were written before it are
-        recorded (I2); bits set meanwhile wait for the next round."""
+        """flush() every `interval` seconds, with the syncs in a worker thread:
+        syncing the last second's downloads must not stall every FUSE reply."""
         while True:
             await trio.sleep(interval)
-            self._record_touched()
-            if not self.dirty:
-                continue
-            batch = list(self.dirty)
-            snapshot = []
-            fds = []
-            for e in batch:
-                try:
-                    if e._fd is not None:
-                        fds.append(os.dup(e._fd))
-                    elif e.path.exists():
-                        fds.append(os.open(e.path, os.O_RDONLY))
-                except OSError as exc:
-                    log.warning("cache: cannot sync %s: %s", e.path.name, exc.strerror)
-                    continue
-                snapshot.append((e, bytes(e.bitmap), e.present, e.generation))
-                e.dirty = False
-                self.dirty.discard(e)
-            synced = await trio.to_thread.run_sync(_sync_all, fds)
-            self.db.execute("BEGIN")
-            for (e, bitmap, present, generation), ok in zip(snapshot, synced):
-                if not ok:
-                    e.dirty = True      # not durable: try again next round
-                    self.dirty.add(e)
-                    continue
-                if e.evicted or e.generation != generation:
-                    continue            # evicted or reset while syncing: nothing to record
-                self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, "
-                                "last_used) VALUES (?, ?, ?, ?, ?)",
-                                (e.key, e.size, bitmap, present, time.time()))
-            self.db.execute("COMMIT")
-            for e, *_ in snapshot:
-                if e.pins <= 0 and not e.dirty:
-                    e.close_fd()
+            fds, snapshot = self._begin_flush()
+            if snapshot:
+                self._end_flush(snapshot, await trio.to_thread.run_sync(_sync_all, fds))
 
     def close(self) -> None:
         self.flush()

@@ -366,15 +366,6 @@ class Emulator:
             return "method_not_allowed", lambda r: json_response({"message": "Method Not Allowed"}, 405)
         return "not_found", lambda r: json_response({"message": "Not Found"}, 404)
 
-    def dispatch(self, req: Request) -> tuple[str, Response]:
-        """Answer a request without the network (faults and counters aside)."""
-        gated = self.gate(req)
-        if gated is not None:
-            return gated
-        name, handler = self.resolve(req)
-        resp = handler(req)
-        return req.route or name, resp
-
     def gate(self, req: Request) -> tuple[str, Response] | None:
         """Answer before routing (throttling): (route name, response), or None."""
         return None

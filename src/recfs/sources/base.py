@@ -69,7 +69,6 @@ class SourceContext:
     """What the mount gives every source: the shared HTTP layer and the cache."""
     http: "Http"
     cache: "Cache"
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 class SourceError(Exception):
@@ -86,7 +85,6 @@ class Source:
 
     kind = "?"
     listing_ttl = 60.0          # seconds a directory listing stays fresh by default
-    writable = False
 
     def __init__(self, name: str, options: dict[str, Any], ctx: SourceContext):
         self.name = name
