@@ -208,15 +208,33 @@ class AlvariaEmulator(Emulator):
         msg = f"{method}\n{key}\n{date}\n{expires}".encode()
         return hmac.new(self._signing_key, msg, hashlib.sha256).hexdigest()
 
-    def signed_url(self, key: str) -> str:
+    def _presign(self, key: str, method: str, signed_headers: str, extra: dict | None = None) -> str:
+        """A URL for `method` on `key`, valid for `url_ttl` seconds from now."""
         date = dt.datetime.fromtimestamp(self.now(), dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         expires = str(self.url_ttl)
         q = urllib.parse.urlencode({
+            **(extra or {}),
             "X-Amz-Security-Token": new_token(24), "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-            "X-Amz-Date": date, "X-Amz-SignedHeaders": "host", "X-Amz-Expires": expires,
+            "X-Amz-Date": date, "X-Amz-SignedHeaders": signed_headers, "X-Amz-Expires": expires,
             "X-Amz-Credential": f"EMULATOR/{date[:8]}/us-east-1/s3/aws4_request",
-            "X-Amz-Signature": self._sign("GET", key, date, expires)})
+            "X-Amz-Signature": self._sign(method, key, date, expires)})
         return f"{self.url}/s3/aspect-via-data-{self.org}/{urllib.parse.quote(key)}?{q}"
+
+    def _check_presigned(self, req: Request) -> Response | None:
+        """403 unless the URL was signed for this method and key and has not expired."""
+        key = req.match.group("key")
+        q = req.query
+        date, expires = q.get("X-Amz-Date", ""), q.get("X-Amz-Expires", "")
+        if not hmac.compare_digest(q.get("X-Amz-Signature", ""), self._sign(req.method, key, date, expires)):
+            return self._s3_error("SignatureDoesNotMatch", "The request signature we calculated "
+                                  "does not match the signature you provided.")
+        issued = dt.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+        if self.now() > issued + int(expires):
+            return self._s3_error("AccessDenied", "Request has expired")
+        return None
+
+    def signed_url(self, key: str) -> str:
+        return self._presign(key, "GET", "host")
 
     def _signed_download(self, req: Request) -> Response:
         req.route = "signedUrl"
@@ -235,17 +253,9 @@ class AlvariaEmulator(Emulator):
                               "nativeSignedDownloadUrl": url})
 
     def signed_upload_url(self, key: str) -> str:
-        date = dt.datetime.fromtimestamp(self.now(), dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        expires = str(self.url_ttl)
-        q = urllib.parse.urlencode({
-            "kms-key": self.kms_key, "x-amz-storage-class": "STANDARD_IA",
-            "X-Amz-Security-Token": new_token(24), "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-            "X-Amz-Date": date,
-            "X-Amz-SignedHeaders": "host;x-amz-server-side-encryption;x-amz-server-side-encryption-aws-kms-key-id",
-            "X-Amz-Expires": expires,
-            "X-Amz-Credential": f"EMULATOR/{date[:8]}/us-east-1/s3/aws4_request",
-            "X-Amz-Signature": self._sign("PUT", key, date, expires)})
-        return f"{self.url}/s3/aspect-via-data-{self.org}/{urllib.parse.quote(key)}?{q}"
+        return self._presign(
+            key, "PUT", "host;x-amz-server-side-encryption;x-amz-server-side-encryption-aws-kms-key-id",
+            {"kms-key": self.kms_key, "x-amz-storage-class": "STANDARD_IA"})
 
     def _signed_upload(self, req: Request) -> Response:
         req.route = "signedUploadUrl"
@@ -263,15 +273,10 @@ class AlvariaEmulator(Emulator):
                               "signedDownloadUrl": ""})
 
     def _s3_put(self, req: Request) -> Response:
-        key = req.match.group("key")
-        q = req.query
-        date, expires = q.get("X-Amz-Date", ""), q.get("X-Amz-Expires", "")
-        if not hmac.compare_digest(q.get("X-Amz-Signature", ""), self._sign("PUT", key, date, expires)):
-            return self._s3_error("SignatureDoesNotMatch", "The request signature we calculated "
-                                  "does not match the signature you provided.")
-        issued = dt.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
-        if self.now() > issued + int(expires):
-            return self._s3_error("AccessDenied", "Request has expired")
+        denied = self._check_presigned(req)
+        if denied:
+            return denied
+        key, q = req.match.group("key"), req.query
         # the signed headers must come with the values the URL was signed for
         sse = (req.header("x-amz-server-side-encryption") or "").strip("'\"")
         if sse != "aws:kms" or req.header("x-amz-server-side-encryption-aws-kms-key-id") != q.get("kms-key"):
@@ -288,16 +293,10 @@ class AlvariaEmulator(Emulator):
         return Response(status, {"Content-Type": "application/xml"}, xml.encode())
 
     def _s3_get(self, req: Request) -> Response:
+        denied = self._check_presigned(req)
+        if denied:
+            return denied
         key = req.match.group("key")
-        q = req.query
-        date, expires = q.get("X-Amz-Date", ""), q.get("X-Amz-Expires", "")
-        signature = q.get("X-Amz-Signature", "")
-        if not hmac.compare_digest(signature, self._sign(req.method, key, date, expires)):
-            return self._s3_error("SignatureDoesNotMatch", "The request signature we calculated "
-                                  "does not match the signature you provided.")
-        issued = dt.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
-        if self.now() > issued + int(expires):
-            return self._s3_error("AccessDenied", "Request has expired")
         obj = self.objects.get(key)
         if obj is None:
             return self._s3_error("NoSuchKey", "The specified key does not exist.", 404)
