@@ -137,7 +137,11 @@ def test_systemd_units_verify(unit, tmp_path):
     problems = [l for l in (done.stdout + done.stderr).splitlines()
                 if l.strip() and "ConditionPathExists" not in l]
     assert done.returncode == 0 and not problems, problems
-    assert "Type=notify" in text and "DeviceAllow=/dev/fuse" in text or "user" in unit
+    assert "Type=notify" in text
+    if unit == "recfs@.service":
+        for hardening in ("DeviceAllow=/dev/fuse", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                          "PrivateTmp=yes"):
+            assert hardening in text
 
 
 def test_demo_mounts_every_emulated_service_and_ctrl_c_stops_it(tmp_path):
