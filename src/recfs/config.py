@@ -219,8 +219,12 @@ TUNING_KEYS = {
     "max_connections": Key("int", default=32, check=_positive, doc="HTTP connections in all"),
     "first_window": Key("size", default=1 << 20, doc="first read-ahead window of a sequential reader"),
     "max_window": Key("size", default=64 << 20, doc="largest read-ahead window"),
-    "max_request": Key("size", default=2 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size)"),
+    "max_request": Key("size", default=16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size)"),
     "small_file": Key("size", default=4 << 20, doc="files up to this size are fetched whole"),
+    "threaded_content": Key("bool", default=True,
+                            doc="receive file content in worker threads, straight into the cache (false: through httpx, on the main thread)"),
+    "direct_io_min_size": Key("size", default=64 << 20,
+                              doc="files this big or bigger bypass the kernel's page cache: faster streaming and no second copy in RAM, but a shared mmap of them fails (ENODEV); 0: never"),
     "sibling_prefetch": Key("int", default=8, check=lambda v: None if v >= 0 else "must be 0 or more",
                             doc="small files fetched ahead when a folder is read file after file"),
 }

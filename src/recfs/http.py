@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+import certifi
 import httpx
 import trio
 
-from . import redact
+from . import rangeget, redact
 
 log = logging.getLogger("recfs.http")
 
@@ -217,21 +220,31 @@ class Http:
 
     def __init__(self, *, max_connections: int = 64, connect_timeout: float = 10.0,
                  read_timeout: float = 30.0, retry: RetryPolicy | None = None,
-                 ca_bundle: str | None = None):
+                 ca_bundle: str | None = None, threaded_content: bool = False):
         self.retry = retry or RetryPolicy()
-        verify: Any = ca_bundle if ca_bundle else True    # verification cannot be turned off
+        # verification cannot be turned off; httpx and rangeget share one context, so
+        # they trust the same CAs (httpx's own default is certifi's bundle)
+        tls = ssl.create_default_context(cafile=ca_bundle or certifi.where())
+        # content bodies received in worker threads (see rangeget); off, they go
+        # through httpx like every other request
+        self.ranges = rangeget.RangeGetter(connect_timeout=connect_timeout,
+                                           read_timeout=read_timeout, tls=tls) \
+            if threaded_content else None
+        self._range_threads = trio.CapacityLimiter(max_connections)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout,
                                   write=read_timeout, pool=None),
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
-            verify=verify, follow_redirects=False, trust_env=False)
+            verify=tls, follow_redirects=False, trust_env=False)
         self.requests = 0
         self.errors = 0
         self.retries = 0
         self.bytes_received = 0
 
     async def aclose(self) -> None:
+        if self.ranges is not None:
+            self.ranges.close()
         await self.client.aclose()
 
     async def _sleep_before_retry(self, attempt: int, started: float, resp: httpx.Response | None,
@@ -299,10 +312,12 @@ class Http:
             return resp
 
     async def get_range(self, url_for: Callable[[bool], Awaitable[tuple[str, dict[str, str]]]],
-                        start: int, end: int, sink: Callable[[int, bytes], None], *,
+                        start: int, end: int, sink: Callable[[int, Any], None], *,
                         total: int | None, name: str = "content") -> None:
         """Stream bytes [start, end) of a file into `sink`, resuming after failures.
 
+        `sink(offset, data)` may be called from a worker thread (see rangeget): it must
+        only store the bytes. Calls come in file order, without gaps, from `start` on.
         `url_for(renew)` gives the URL and headers to use; it is called with True once
         after a 401 or 403 (an expired token or signed URL), and the same range is retried.
         The answer must be the range asked for: a 206 whose Content-Range matches, or
@@ -318,92 +333,123 @@ class Http:
             h = dict(headers)
             h["Range"] = f"bytes={pos}-{end - 1}"
             self.requests += 1
-            problem: str
+            plan = functools.partial(_content_plan, pos=pos, end=end, total=total, name=name)
+            out = await self._get_once(url, h, pos, plan, sink)
+            self.bytes_received += out.received
             resp_for_retry = None
-            try:
-                async with self.client.stream("GET", url, headers=h) as resp:
-                    if resp.status_code in (401, 403) and not renewed:
-                        renewed = True
-                        await resp.aclose()
-                        await url_for(True)
+            problem = out.problem
+            if problem is None:
+                status = out.status
+                if status in (401, 403) and not renewed:
+                    renewed = True
+                    await url_for(True)
+                    continue
+                if status in RETRY_STATUSES:
+                    problem, resp_for_retry = f"HTTP {status}", out.response()
+                elif status in (200, 206):
+                    pos = out.pos
+                    if pos >= out.stop:
                         continue
-                    if resp.status_code in RETRY_STATUSES:
-                        problem, resp_for_retry = f"HTTP {resp.status_code}", resp
-                        await resp.aread()
-                    elif resp.status_code == 206:
-                        first, last, size = parse_content_range(resp.headers.get("content-range"))
-                        if total is not None and size is not None and size != total:
-                            raise SizeChangedError(
-                                f"{name}: the object is now {size} bytes, not {total}", size)
-                        if first != pos or (last is not None and last + 1 > end) or last is None:
-                            raise RangeError(f"{name}: asked for bytes {pos}-{end - 1}, "
-                                             f"got {resp.headers.get('content-range')!r}")
-                        pos = await self._drain(resp, pos, pos, last + 1, sink)
-                        if pos < last + 1:
-                            problem = "short body"
-                        else:
-                            continue
-                    elif resp.status_code == 200:
-                        length = resp.headers.get("content-length")
-                        if total is not None and length is not None and int(length) != total:
-                            raise SizeChangedError(
-                                f"{name}: the object is now {length} bytes, not {total}", int(length))
-                        # the server ignored Range: skip to pos and keep what we asked for
-                        pos = await self._drain(resp, 0, pos, end, sink)
-                        if pos < end:
-                            problem = "short body"
-                        else:
-                            continue
-                    elif resp.status_code == 416:
-                        raise SizeChangedError(f"{name}: range {pos}-{end - 1} not satisfiable "
-                                               f"({resp.headers.get('content-range')})",
-                                               parse_content_range(resp.headers.get("content-range"))[2])
-                    else:
-                        body = (await resp.aread())[:2000]
-                        self.errors += 1
-                        cls = ForbiddenError if resp.status_code == 403 else HttpError
-                        raise cls(f"{name}: HTTP {resp.status_code} from {safe_url(url)}",
-                                  resp.status_code, body.decode("utf-8", "replace"))
-            except _Resumable as exc:
-                pos, problem = exc.pos, "connection broken mid-body"
-            except TRANSPORT_ERRORS as exc:
-                problem = type(exc).__name__
+                    problem = "short body"
+                elif status == 416:
+                    crange = out.headers.get("content-range")
+                    raise SizeChangedError(f"{name}: range {pos}-{end - 1} not satisfiable "
+                                           f"({crange})", parse_content_range(crange)[2])
+                else:
+                    self.errors += 1
+                    cls = ForbiddenError if status == 403 else HttpError
+                    raise cls(f"{name}: HTTP {status} from {safe_url(url)}", status,
+                              out.body[:2000].decode("utf-8", "replace"))
+            else:
+                pos = out.pos
             if not await self._sleep_before_retry(attempt, started, resp_for_retry, name, problem):
                 self.errors += 1
                 raise HttpError(f"{name}: {problem} reading {safe_url(url)} at byte {pos}; giving up")
             attempt += 1
 
-    async def _drain(self, resp: httpx.Response, stream_pos: int, pos: int, end: int,
-                     sink: Callable[[int, bytes], None]) -> int:
+    async def _get_once(self, url: str, headers: dict[str, str], pos: int,
+                        plan: rangeget.Plan, sink) -> rangeget.Outcome:
+        if self.ranges is not None:
+            ticket = rangeget.Ticket()
+            try:
+                return await trio.to_thread.run_sync(
+                    self.ranges.get, ticket, url, headers, pos, plan, sink,
+                    abandon_on_cancel=True, limiter=self._range_threads)
+            except rangeget.Unsupported as exc:
+                log.debug("%s: %s; reading it with httpx", safe_url(url), exc)
+            except trio.Cancelled:
+                # the thread may be inside the sink: stop it and let it finish before
+                # whoever owns the sink's file goes on
+                ticket.abort()
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(ticket.finished.wait, 5.0)
+                raise
+        return await self._get_once_httpx(url, headers, pos, plan, sink)
+
+    async def _get_once_httpx(self, url: str, headers: dict[str, str], pos: int,
+                              plan: rangeget.Plan, sink) -> rangeget.Outcome:
+        out = rangeget.Outcome(pos=pos)
+        try:
+            async with self.client.stream("GET", url, headers=headers) as resp:
+                out.status, out.headers = resp.status_code, resp.headers
+                wanted = plan(resp.status_code, resp.headers)
+                if wanted is None:
+                    body = await resp.aread()
+                    out.received += len(body)
+                    out.body = body[:rangeget.ERROR_BODY_LIMIT]
+                    return out
+                out.stop = wanted[1]
+                await self._drain(resp, wanted[0], out, sink)
+        except TRANSPORT_ERRORS as exc:
+            out.problem = type(exc).__name__
+        return out
+
+    async def _drain(self, resp: httpx.Response, stream_pos: int, out: rangeget.Outcome,
+                     sink: Callable[[int, Any], None]) -> None:
         """Copy the body, which starts at file offset `stream_pos`, into the sink from
-        `pos` up to `end`; return the offset reached. Transport errors propagate."""
+        `out.pos` up to `out.stop`, advancing `out.pos`. Transport errors propagate."""
         try:
             async for chunk in resp.aiter_raw():
-                self.bytes_received += len(chunk)
+                out.received += len(chunk)
                 cstart, cend = stream_pos, stream_pos + len(chunk)
                 stream_pos = cend
-                if cend <= pos:
+                if cend <= out.pos:
                     continue
-                lo = pos - cstart
-                hi = min(len(chunk), end - cstart)
+                lo = out.pos - cstart
+                hi = min(len(chunk), out.stop - cstart)
                 if hi > lo:
-                    sink(pos, chunk[lo:hi] if (lo or hi < len(chunk)) else chunk)
-                    pos += hi - lo
-                if pos >= end and resp.status_code != 206:
+                    sink(out.pos, chunk[lo:hi] if (lo or hi < len(chunk)) else chunk)
+                    out.pos += hi - lo
+                if out.pos >= out.stop and resp.status_code != 206:
                     break       # a 200 that ignored Range: the rest is not wanted
                 # a 206 is read to its end even when done: the connection then goes
                 # back to the pool instead of being closed
         except TRANSPORT_ERRORS:
-            if pos >= end:
-                return pos
-            raise _Resumable(pos)
-        return pos
+            if out.pos < out.stop:
+                raise
 
 
-class _Resumable(httpx.TransportError):
-    def __init__(self, pos: int):
-        super().__init__(f"connection broken at byte {pos}")
-        self.pos = pos
+def _content_plan(status: int, headers: httpx.Headers, *, pos: int, end: int,
+                  total: int | None, name: str) -> tuple[int, int] | None:
+    """For a content answer to `Range: bytes=pos-(end-1)`: the file offset its body
+    starts at and the offset to stop at; None for any other answer."""
+    if status == 206:
+        first, last, size = parse_content_range(headers.get("content-range"))
+        if total is not None and size is not None and size != total:
+            raise SizeChangedError(f"{name}: the object is now {size} bytes, not {total}", size)
+        if first != pos or last is None or last + 1 > end:
+            raise RangeError(f"{name}: asked for bytes {pos}-{end - 1}, "
+                             f"got {headers.get('content-range')!r}")
+        return first, last + 1
+    if status == 200:
+        length = headers.get("content-length")
+        if total is not None and length is not None and length.strip().isdigit() \
+                and int(length) != total:
+            raise SizeChangedError(f"{name}: the object is now {length} bytes, not {total}",
+                                   int(length))
+        # the server ignored Range: skip to pos and keep what we asked for
+        return 0, end
+    return None
 
 
 def parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:

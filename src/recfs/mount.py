@@ -125,7 +125,8 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
                 retry=RetryPolicy(attempts=t["retry_attempts"], base_delay=t["retry_base_delay"],
                                   max_delay=t["retry_max_delay"], budget=t["retry_budget"]),
                 ca_bundle=next((s.options.get("ca_bundle") for s in cfg.sources
-                                if s.options.get("ca_bundle")), None))
+                                if s.options.get("ca_bundle")), None),
+                threaded_content=t["threaded_content"])
     ctx = SourceContext(http=http, cache=cache)
     sources = [source_module(s.kind).create(s.name, s.options, ctx) for s in cfg.sources]
     mounted = False
@@ -143,7 +144,8 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
                             sibling_prefetch=t["sibling_prefetch"])
             uploads = Uploads(cfg.cache.dir / "uploads", {s.name: s for s in sources})
             control = Control(tree, reader, cache, http, sources, nursery, uploads)
-            ops = Operations(tree, reader, control, uploads, nursery)
+            ops = Operations(tree, reader, control, uploads, nursery,
+                             direct_io_min_size=t["direct_io_min_size"])
             control.ops = ops
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True

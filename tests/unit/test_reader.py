@@ -28,10 +28,18 @@ def emu():
         yield emu
 
 
+@pytest.fixture(autouse=True, params=[False, True], ids=["httpx", "threaded"])
+def transport(request):
+    """Every test here runs over both content transports (Http.threaded_content)."""
+    Rig.threaded = request.param
+
+
 class Rig:
+    threaded = False
+
     def __init__(self, emu, tmp_path, nursery, **reader_kw):
         self.emu = emu
-        self.http = Http(retry=RetryPolicy(attempts=4, base_delay=0.01))
+        self.http = Http(retry=RetryPolicy(attempts=4, base_delay=0.01), threaded_content=self.threaded)
         self.cache = Cache(tmp_path / "cache", max_size=1 << 34)
         opts = {"api_url": emu.api_url(), "token_url": emu.token_url,
                 "client_id": Secret(emu.client_id, "t"), "client_secret": Secret(emu.client_secret, "t"),

@@ -40,6 +40,19 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _on_trio_thread(fn, *args):
+    """Call `fn` on the trio thread: writes may come from a worker thread (rangeget),
+    while the cache's bookkeeping belongs to the trio thread."""
+    if not trio.lowlevel.in_trio_run():
+        try:
+            return trio.from_thread.run_sync(fn, *args)
+        except RuntimeError as exc:
+            if "Trio" not in str(exc) and "trio" not in str(exc):
+                raise
+            # not a thread trio started (a plain synchronous caller): call it here
+    return fn(*args)
+
+
 def _sync_all(fds: list[int]) -> list[bool]:
     synced = []
     for fd in fds:
@@ -117,6 +130,7 @@ class CacheEntry:
 
     def write(self, offset: int, data: bytes) -> None:
         """Write fetched bytes; they count as present only once `mark`ed (I1).
+        Safe to call from a worker thread while the entry is pinned.
 
         A full disk evicts least recently used entries and tries once more; then the
         error propagates and the fetch fails (EIO for its readers, with a log line)."""
@@ -129,7 +143,7 @@ class CacheEntry:
                 if exc.errno != errno.ENOSPC or retried:
                     raise
                 retried = True
-                freed = self.cache.evict_bytes(max(len(view), 64 << 20))
+                freed = _on_trio_thread(self.cache.evict_bytes, max(len(view), 64 << 20))
                 log.warning("cache: disk full; evicted %d bytes and trying again", freed)
                 continue
             offset += n

@@ -1,0 +1,258 @@
+"""The threaded content transport (recfs.rangeget) through Http.get_range, against a
+real socket server that answers from a script: the framings, TLS and failures the
+emulators do not produce. The emulator-based reader tests run over both transports."""
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from recfs.http import Http, HttpError, RetryPolicy
+
+DATA = bytes(range(256)) * 4096          # 1 MiB
+
+
+class ScriptedServer:
+    """One thread per connection; `answer(request_head)` gives the raw answer: bytes,
+    (bytes, "close") to close the connection after them, or None to close at once."""
+
+    def __init__(self, answer: Callable[[bytes], bytes | None], tls: ssl.SSLContext | None = None):
+        self.answer = answer
+        self.tls = tls
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.tls:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests.append(head)
+                out = self.answer(head)
+                if out is None:
+                    return
+                if isinstance(out, tuple):
+                    conn.sendall(out[0])
+                    return
+                conn.sendall(out)
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+def requested_range(head: bytes) -> tuple[int, int]:
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"range:"):
+            a, b = line.split(b"=", 1)[1].split(b"-")
+            return int(a), int(b) + 1
+    return 0, len(DATA)
+
+
+def partial(head: bytes, extra: bytes = b"") -> bytes:
+    a, b = requested_range(head)
+    body = DATA[a:b]
+    return (f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Range: bytes {a}-{b - 1}/{len(DATA)}\r\n").encode() + extra + b"\r\n" + body
+
+
+async def fetch(http: Http, url: str, start: int = 0, end: int = len(DATA)) -> bytes:
+    out = bytearray(end - start)
+
+    def sink(pos: int, data) -> None:
+        out[pos - start:pos - start + len(data)] = data
+
+    async def url_for(renew: bool):
+        return url + "/file", {"Accept": "*/*"}
+
+    await http.get_range(url_for, start, end, sink, total=len(DATA))
+    return bytes(out)
+
+
+def threaded_http(**kw) -> Http:
+    return Http(retry=RetryPolicy(attempts=4, base_delay=0.01), threaded_content=True, **kw)
+
+
+async def test_ranges_come_whole_over_one_kept_alive_connection():
+    server = ScriptedServer(partial)
+    http = threaded_http()
+    try:
+        assert await fetch(http, server.url, 0, 300_000) == DATA[:300_000]
+        assert await fetch(http, server.url, 300_000) == DATA[300_000:]
+    finally:
+        await http.aclose()
+        server.close()
+    assert server.connections == 1
+    assert b"Accept-Encoding: identity" in server.requests[0]
+
+
+async def test_header_values_that_are_not_ascii_are_kept():
+    server = ScriptedServer(lambda h: partial(h, 'Content-Disposition: attachment; filename="Zoë.mp3"\r\n'
+                                                 .encode()))
+    http = threaded_http()
+    try:
+        assert await fetch(http, server.url) == DATA
+    finally:
+        await http.aclose()
+        server.close()
+
+
+async def test_a_chunked_answer_is_read_again_through_httpx():
+    def chunked(head: bytes) -> bytes:
+        a, b = requested_range(head)
+        body = DATA[a:b]
+        return (f"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n"
+                f"Content-Range: bytes {a}-{b - 1}/{len(DATA)}\r\n\r\n{len(body):x}\r\n").encode() \
+            + body + b"\r\n0\r\n\r\n"
+    server = ScriptedServer(chunked)
+    http = threaded_http()
+    try:
+        assert await fetch(http, server.url, 1000, 200_000) == DATA[1000:200_000]
+    finally:
+        await http.aclose()
+        server.close()
+    assert len(server.requests) == 2           # the threaded try, then httpx
+
+
+async def test_a_200_without_range_support_is_cut_to_the_range():
+    server = ScriptedServer(lambda h: f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\n\r\n".encode() + DATA)
+    http = threaded_http()
+    try:
+        assert await fetch(http, server.url, 5000, 9000) == DATA[5000:9000]
+    finally:
+        await http.aclose()
+        server.close()
+
+
+async def test_a_short_body_resumes_where_it_broke():
+    answers = iter(["short", "ok"])
+
+    def flaky(head: bytes) -> bytes | None:
+        if next(answers, "ok") == "short":
+            return partial(head)[:-400_000], "close"
+        return partial(head)
+    server = ScriptedServer(lambda h: flaky(h))
+    http = threaded_http()
+    try:
+        assert await fetch(http, server.url) == DATA
+    finally:
+        await http.aclose()
+        server.close()
+    first, second = (requested_range(h) for h in server.requests)
+    assert first == (0, len(DATA)) and 0 < second[0] < len(DATA)
+    assert http.retries == 1
+
+
+async def test_a_503_is_retried_and_a_404_reported_with_its_status():
+    answers = iter([b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\nRetry-After: 0\r\n\r\nbusy"])
+    server = ScriptedServer(lambda h: next(answers, None) or partial(h))
+    http = threaded_http()
+    try:
+        assert await fetch(http, server.url, 0, 1000) == DATA[:1000]
+        server.answer = lambda h: b'HTTP/1.1 404 Not Found\r\nContent-Length: 17\r\n\r\n{"error":"gone"} '
+        with pytest.raises(HttpError) as err:
+            await fetch(http, server.url, 0, 1000)
+    finally:
+        await http.aclose()
+        server.close()
+    assert err.value.status == 404 and "gone" in err.value.body
+
+
+async def test_a_connection_the_server_closed_while_pooled_is_replaced():
+    server = ScriptedServer(partial)
+    http = threaded_http()
+    try:
+        await fetch(http, server.url, 0, 10)
+        # the idle connection goes away: the next GET must not fail for it
+        pooled = [c for conns in http.ranges._idle.values() for c in conns]
+        assert len(pooled) == 1
+        pooled[0].sock.shutdown(socket.SHUT_RD)     # as if the peer had gone away
+        assert await fetch(http, server.url, 10, 20) == DATA[10:20]
+    finally:
+        await http.aclose()
+        server.close()
+    assert http.retries == 0
+
+
+async def test_cancelling_a_read_stops_its_thread_before_returning():
+    stalled = threading.Event()
+
+    def stall(head: bytes) -> None:
+        stalled.set()
+        threading.Event().wait(30)          # no answer at all
+
+    server = ScriptedServer(stall)
+    http = threaded_http()
+    writes = []
+    try:
+        with trio.move_on_after(0.3):
+            async def url_for(renew):
+                return server.url + "/file", {}
+            await http.get_range(url_for, 0, len(DATA), lambda pos, data: writes.append(pos),
+                                 total=len(DATA))
+        # the thread was told to stop and has finished: nothing writes any more
+        assert stalled.is_set()
+        assert not http.ranges._open
+    finally:
+        await http.aclose()
+        server.close()
+    assert writes == []
+
+
+@pytest.fixture(scope="module")
+def tls_server_context(tmp_path_factory):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    ca_path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    return ctx, str(ca_path)
+
+
+async def test_tls_is_verified_against_the_configured_ca(tls_server_context):
+    ctx, ca_path = tls_server_context
+    server = ScriptedServer(partial, tls=ctx)
+    trusted = threaded_http(ca_bundle=ca_path)
+    untrusted = threaded_http()
+    try:
+        assert await fetch(trusted, server.url, 100, 200_000) == DATA[100:200_000]
+        with pytest.raises(HttpError, match="ConnectError"):
+            await fetch(untrusted, server.url, 0, 100)
+    finally:
+        await trusted.aclose()
+        await untrusted.aclose()
+        server.close()
