@@ -17,6 +17,7 @@ import logging
 import random
 import ssl
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -267,13 +268,18 @@ class Http:
     async def request(self, method: str, url: str, *, name: str = "request",
                       auth: TokenAuth | None = None, headers: dict[str, str] | None = None,
                       params: Any = None, json: Any = None, data: Any = None,
-                      content: bytes | None = None,
+                      content: bytes | None = None, small_answer: bool = False,
                       idempotent: bool = True, expect: tuple[int, ...] | None = (200,)) -> httpx.Response:
         """Send a request with retries and read the whole body.
 
         With `expect`, any other final status raises HttpError (ForbiddenError for 403)
-        naming `name`, the status and the URL without its query.
+        naming `name`, the status and the URL without its query. `small_answer` marks
+        a GET whose answer is small (a signed URL, a one-byte probe): with
+        threaded_content it goes through rangeget too, so that it costs the trio
+        thread a thread hop instead of an httpx exchange (B5 makes 4,000 of them).
         """
+        threaded = small_answer and self.ranges is not None and method == "GET" \
+            and json is None and data is None and content is None
         started = time.monotonic()
         attempt = 0
         reauthed = False
@@ -285,8 +291,12 @@ class Http:
                 h.update(used)
             self.requests += 1
             try:
-                resp = await self.client.request(method, url, headers=h, params=params,
-                                                 json=json, data=data, content=content)
+                resp = None
+                if threaded:
+                    resp = await self._small_get(url, h, params)
+                if resp is None:
+                    resp = await self.client.request(method, url, headers=h, params=params,
+                                                     json=json, data=data, content=content)
             except TRANSPORT_ERRORS as exc:
                 why = f"{type(exc).__name__}"
                 if (idempotent or isinstance(exc, httpx.ConnectError)) and \
@@ -370,21 +380,41 @@ class Http:
     async def _get_once(self, url: str, headers: dict[str, str], pos: int,
                         plan: rangeget.Plan, sink) -> rangeget.Outcome:
         if self.ranges is not None:
-            ticket = rangeget.Ticket()
-            try:
-                return await trio.to_thread.run_sync(
-                    self.ranges.get, ticket, url, headers, pos, plan, sink,
-                    abandon_on_cancel=True, limiter=self._range_threads)
-            except rangeget.Unsupported as exc:
-                log.debug("%s: %s; reading it with httpx", safe_url(url), exc)
-            except trio.Cancelled:
-                # the thread may be inside the sink: stop it and let it finish before
-                # whoever owns the sink's file goes on
-                ticket.abort()
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(ticket.finished.wait, 5.0)
-                raise
+            out = await self._in_thread(url, headers, pos, plan, sink)
+            if out is not None:
+                return out
         return await self._get_once_httpx(url, headers, pos, plan, sink)
+
+    async def _in_thread(self, url: str, headers: dict[str, str], pos: int,
+                         plan: rangeget.Plan, sink) -> rangeget.Outcome | None:
+        """One rangeget GET in a worker thread; None when it cannot read the answer."""
+        ticket = rangeget.Ticket()
+        try:
+            return await trio.to_thread.run_sync(
+                self.ranges.get, ticket, url, headers, pos, plan, sink,
+                abandon_on_cancel=True, limiter=self._range_threads)
+        except rangeget.Unsupported as exc:
+            log.debug("%s: %s; reading it with httpx", safe_url(url), exc)
+            return None
+        except trio.Cancelled:
+            # the thread may be inside the sink: stop it and let it finish before
+            # whoever owns the sink's file goes on
+            ticket.abort()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(ticket.finished.wait, 5.0)
+            raise
+
+    async def _small_get(self, url: str, headers: dict[str, str], params: Any) -> httpx.Response | None:
+        """A small GET through rangeget; None when httpx has to read it."""
+        if params:
+            # what httpx would send, without building an httpx.Request (B5 makes 4,000)
+            url += ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
+        out = await self._in_thread(url, headers, 0, _not_content, _no_sink)
+        if out is None or out.truncated:
+            return None
+        if out.problem is not None:
+            raise httpx.TransportError(out.problem)
+        return httpx.Response(out.status, headers=out.headers, content=out.body)
 
     async def _get_once_httpx(self, url: str, headers: dict[str, str], pos: int,
                               plan: rangeget.Plan, sink) -> rangeget.Outcome:
@@ -427,6 +457,14 @@ class Http:
         except TRANSPORT_ERRORS:
             if out.pos < out.stop:
                 raise
+
+
+def _not_content(status: int, headers: httpx.Headers) -> None:
+    return None
+
+
+def _no_sink(pos: int, data: Any) -> None:
+    raise AssertionError("a small GET has no content")
 
 
 def _content_plan(status: int, headers: httpx.Headers, *, pos: int, end: int,

@@ -137,7 +137,7 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             except (SourceError, HttpError) as exc:
                 raise MountError(f"source {src.name!r}: {exc}") from None
         async with trio.open_nursery() as nursery:
-            tree = Tree(sources, cache)
+            tree = Tree(sources, cache, nursery)
             reader = Reader(cache, nursery, max_connections=t["max_connections"],
                             first_window=t["first_window"], max_window=t["max_window"],
                             max_request=t["max_request"], small_file=t["small_file"],

@@ -56,6 +56,7 @@ class Outcome:
     stop: int = 0               # the file offset the content answer ends at
     received: int = 0           # body bytes received
     problem: str | None = None  # a transport failure; `pos` says how far it got
+    truncated: bool = False     # `body` holds only the start of a longer body
 
     def response(self) -> httpx.Response:
         """The answer as an httpx.Response (for Retry-After and error-body parsing)."""
@@ -323,6 +324,7 @@ class RangeGetter:
         while remaining is None or remaining > 0:
             if len(body) >= ERROR_BODY_LIMIT:
                 out.body = bytes(body[:ERROR_BODY_LIMIT])
+                out.truncated = True
                 return False
             chunk = conn.sock.recv(ERROR_BODY_LIMIT if remaining is None
                                    else min(ERROR_BODY_LIMIT, remaining))

@@ -9,7 +9,8 @@ Invariants:
  T3. A node leaves the inode table only when it is gone from its folder's snapshot
      and the kernel has forgotten it (lookup count 0).
  T4. A file is opened only with an exact size: `ensure_size` resolves the unknown
-     sizes of all the files of a folder in one concurrent batch.
+     sizes of all the files of a folder concurrently, in chunks; an open waits only
+     for the chunk holding its file.
 """
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ from . import names
 from .sources.base import Entry, Kind, Source, SourceError
 
 log = logging.getLogger("recfs.tree")
+
+SIZE_CHUNK = 32             # sizes learnt together (a folder of 200 files: 7 chunks)
+
+
+class _SizeChunk:
+    def __init__(self, nodes: list["Node"]):
+        self.nodes = nodes
+        self.started = False
+        self.done = trio.Event()
 
 ROOT_INODE = 1
 
@@ -90,8 +100,9 @@ class Node:
 
 
 class Tree:
-    def __init__(self, sources: Iterable[Source], cache=None):
+    def __init__(self, sources: Iterable[Source], cache=None, nursery: trio.Nursery | None = None):
         self.cache = cache
+        self.nursery = nursery          # runs the later size chunks of a folder
         self.inodes: dict[int, Node] = {}
         self._next_ino = ROOT_INODE
         self.root = self._new_node(None, "", Entry("", Kind.DIR, ref=None, mtime=time.time()), None)
@@ -103,7 +114,7 @@ class Tree:
             self.root.children[src.name] = self._new_node(self.root, src.name, entry, src)
         self.on_changed = lambda node: None       # fs.py: drop the kernel's cache of it
         self._listing: dict[int, trio.Event] = {}
-        self._sizing: dict[int, trio.Event] = {}
+        self._sizing: dict[int, _SizeChunk] = {}      # inode -> the chunk learning its size
         self.listings = 0
 
     def _new_node(self, parent: Node | None, name: str, entry: Entry, source: Source | None) -> Node:
@@ -251,33 +262,59 @@ class Tree:
 
     # -- exact sizes
     async def ensure_size(self, node: Node) -> None:
-        """Resolve the exact size of `node` and of every unresolved sibling at once (T4)."""
+        """Resolve the exact size of `node`, and then those of its unresolved
+        siblings (T4).
+
+        The siblings are resolved concurrently, in chunks of SIZE_CHUNK in folder
+        order, by a background task; a caller waits only for the chunk holding its
+        file, and runs that chunk itself if it has not started yet. So `cp -r` copies
+        the first files while the sizes of the later ones are still being learnt."""
         if node.size_known or node.is_dir:
             return
-        parent = node.parent
-        key = parent.ino if parent is not None else -node.ino
-        pending = self._sizing.get(key)
-        if pending is not None:
-            await pending.wait()
-        else:
-            done = self._sizing[key] = trio.Event()
-            try:
-                siblings = [c for c in (parent.children.values() if parent and parent.children else [node])
-                            if not c.is_dir and not c.size_known and not c.size_failed]
-                if node not in siblings and not node.size_failed:
-                    siblings.append(node)
-                entries = [c.entry for c in siblings]
-                await node.source.resolve_sizes(entries)
-                learnt = []
-                for c in siblings:
-                    if c.entry.size is None:
-                        c.size_failed = True
-                    else:
-                        learnt.append((node.source.cache_key(c.entry), c.entry.size))
-                if self.cache is not None:
-                    self.cache.remember_sizes(learnt)
-            finally:
-                del self._sizing[key]
-                done.set()
+        chunk = self._sizing.get(node.ino)
+        if chunk is None and not node.size_failed:
+            parent = node.parent
+            batch = [node] + [c for c in (parent.children.values() if parent and parent.children else [])
+                              if c is not node and not c.is_dir and not c.size_known
+                              and not c.size_failed and c.ino not in self._sizing]
+            size = SIZE_CHUNK if self.nursery is not None else len(batch)
+            chunks = [_SizeChunk(batch[i:i + size]) for i in range(0, len(batch), size)]
+            for ch in chunks:
+                for c in ch.nodes:
+                    self._sizing[c.ino] = ch
+            await self._resolve_chunk(chunks[0])
+            if len(chunks) > 1:
+                self.nursery.start_soon(self._resolve_in_order, chunks[1:])
+        elif chunk is not None:
+            if chunk.started:
+                await chunk.done.wait()
+            else:
+                await self._resolve_chunk(chunk)
         if not node.size_known:
             raise SourceError(f"{node.source.name}: cannot learn the size of {node.path()}")
+
+    async def _resolve_in_order(self, chunks: list[_SizeChunk]) -> None:
+        for chunk in chunks:
+            if not chunk.started:
+                await self._resolve_chunk(chunk)
+
+    async def _resolve_chunk(self, chunk: _SizeChunk) -> None:
+        chunk.started = True
+        nodes = chunk.nodes
+        try:
+            await nodes[0].source.resolve_sizes([c.entry for c in nodes])
+        except Exception as exc:        # runs in the background too: never end the mount
+            log.error("%s: learning sizes in %s: %s", nodes[0].source.name,
+                      nodes[0].parent.path() if nodes[0].parent else "/", exc)
+        finally:
+            learnt = []
+            for c in nodes:
+                if c.entry.size is None:
+                    c.size_failed = True
+                else:
+                    learnt.append((c.source.cache_key(c.entry), c.entry.size))
+                if self._sizing.get(c.ino) is chunk:
+                    del self._sizing[c.ino]
+            if self.cache is not None and learnt:
+                self.cache.remember_sizes(learnt)
+            chunk.done.set()

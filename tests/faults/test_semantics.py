@@ -56,6 +56,32 @@ def test_reading_operations_work(emu, mount):
     assert subprocess.run(["cmp", "-", str(root / FILE)], input=want).returncode == 0
 
 
+def test_big_files_read_with_direct_io_refuse_only_a_shared_mmap(emu, tmp_path):
+    """Files of at least [tuning] direct_io_min_size bypass the page cache: reads and a
+    private mmap work, a shared mmap fails with ENODEV (docs/SEMANTICS.md)."""
+    m = Mount(config_for(emu, tmp_path / "cache", extra_text='[tuning]\ndirect_io_min_size = "512KiB"\n'),
+              tmp_path, "mnt")
+    m.start()
+    try:
+        want = emu.objects[FILE].blob.all_bytes()
+        path = m.path / SOURCE / FILE
+        assert path.read_bytes() == want
+        with open(path, "rb") as f:     # read first, as below
+            with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
+                assert mm[-100:] == want[-100:]
+            with pytest.raises(OSError) as err:
+                mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            assert err.value.errno == errno.ENODEV
+        small = m.path / SOURCE / "exports/day/other.wav"      # below the threshold
+        # read first: a page fault in this process must not wait for the emulator,
+        # whose threads need the GIL that the faulting thread holds
+        assert small.read_bytes() == b"other\n"
+        with open(small, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            assert mm[:] == b"other\n"
+    finally:
+        m.unmount()
+
+
 def _errno_of(fn, *args) -> int | None:
     try:
         fn(*args)

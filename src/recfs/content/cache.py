@@ -114,8 +114,11 @@ class CacheEntry:
     @property
     def fd(self) -> int:
         if self._fd is None:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except FileNotFoundError:       # the first file of its data/ab/ folder
+                self.path.parent.mkdir(mode=0o700, exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         return self._fd
 
     def close_fd(self) -> None:

@@ -250,7 +250,8 @@ class AlvariaSource(Source):
         for renew in (False, True):
             url, headers = await self.signed_url(key, renew)
             resp = await self.ctx.http.request("GET", url, headers={**headers, "Range": "bytes=0-0"},
-                                               name=f"{self.name}: size of {key}", expect=None)
+                                               name=f"{self.name}: size of {key}", expect=None,
+                                               small_answer=True)
             if resp.status_code == 403 and not renew:
                 continue
             if resp.status_code == 206:
@@ -327,7 +328,8 @@ class AlvariaSource(Source):
         (a bare object, or the first of an objectKeys list: both forms are seen)."""
         resp = await self.ctx.http.request(
             "GET", f"{self.data_url}/objectKeys", params={"key": key, "keyType": kind},
-            auth=self.auth, name=f"{self.name}: {kind} for {key}", expect=(200, 404))
+            auth=self.auth, name=f"{self.name}: {kind} for {key}", expect=(200, 404),
+            small_answer=True)
         if resp.status_code == 404:
             raise SourceError(f"{self.name}: {key} no longer exists", errno.ENOENT)
         try:

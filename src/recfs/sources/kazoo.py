@@ -268,7 +268,7 @@ class KazooClient:
         url = self.media_url(account_id, recording_id)
         resp = await self.http.request("GET", url, name=f"{self.what}: media size", auth=self.auth,
                                        headers={"Accept": "audio/mpeg", "Range": "bytes=0-0"},
-                                       expect=(200, 206, 404))
+                                       expect=(200, 206, 404), small_answer=True)
         if resp.status_code == 404:
             return None, _error_message(resp) or "not found"
         ctype = resp.headers.get("content-type")
