@@ -219,7 +219,7 @@ TUNING_KEYS = {
     "max_connections": Key("int", default=32, check=_positive, doc="HTTP connections in all"),
     "first_window": Key("size", default=1 << 20, doc="first read-ahead window of a sequential reader"),
     "max_window": Key("size", default=64 << 20, doc="largest read-ahead window"),
-    "max_request": Key("size", default=16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size)"),
+    "max_request": Key("size", default=16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size; an eighth of it once a file arrives slower than 100 MB/s per connection)"),
     "small_file": Key("size", default=4 << 20, doc="files up to this size are fetched whole"),
     "threaded_content": Key("bool", default=True,
                             doc="receive file content in worker threads, straight into the cache (false: through httpx, on the main thread)"),
