@@ -342,6 +342,8 @@ class Http:
             url, headers = await url_for(False)
             h = dict(headers)
             h["Range"] = f"bytes={pos}-{end - 1}"
+            # bytes as stored: a compressed body would not be the range asked for
+            h.setdefault("Accept-Encoding", "identity")
             self.requests += 1
             plan = functools.partial(_content_plan, pos=pos, end=end, total=total, name=name)
             out = await self._get_once(url, h, pos, plan, sink)
