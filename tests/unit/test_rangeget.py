@@ -3,6 +3,7 @@ real socket server that answers from a script: the framings, TLS and failures th
 emulators do not produce. The emulator-based reader tests run over both transports."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -105,28 +106,30 @@ def threaded_http(**kw) -> Http:
     return Http(retry=RetryPolicy(attempts=4, base_delay=0.01), threaded_content=True, **kw)
 
 
-async def test_ranges_come_whole_over_one_kept_alive_connection():
-    server = ScriptedServer(partial)
+@contextlib.asynccontextmanager
+async def serving(answer, **server_kw):
+    """A scripted server and a threaded Http client, both closed afterwards."""
+    server = ScriptedServer(answer, **server_kw)
     http = threaded_http()
     try:
-        assert await fetch(http, server.url, 0, 300_000) == DATA[:300_000]
-        assert await fetch(http, server.url, 300_000) == DATA[300_000:]
+        yield server, http
     finally:
         await http.aclose()
         server.close()
+
+
+async def test_ranges_come_whole_over_one_kept_alive_connection():
+    async with serving(partial) as (server, http):
+        assert await fetch(http, server.url, 0, 300_000) == DATA[:300_000]
+        assert await fetch(http, server.url, 300_000) == DATA[300_000:]
     assert server.connections == 1
     assert b"Accept-Encoding: identity" in server.requests[0]
 
 
 async def test_header_values_that_are_not_ascii_are_kept():
-    server = ScriptedServer(lambda h: partial(h, 'Content-Disposition: attachment; filename="Zoë.mp3"\r\n'
-                                                 .encode()))
-    http = threaded_http()
-    try:
+    disposition = 'Content-Disposition: attachment; filename="Zoë.mp3"\r\n'.encode()
+    async with serving(lambda h: partial(h, disposition)) as (server, http):
         assert await fetch(http, server.url) == DATA
-    finally:
-        await http.aclose()
-        server.close()
 
 
 async def test_a_chunked_answer_is_read_again_through_httpx():
@@ -136,24 +139,15 @@ async def test_a_chunked_answer_is_read_again_through_httpx():
         return (f"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n"
                 f"Content-Range: bytes {a}-{b - 1}/{len(DATA)}\r\n\r\n{len(body):x}\r\n").encode() \
             + body + b"\r\n0\r\n\r\n"
-    server = ScriptedServer(chunked)
-    http = threaded_http()
-    try:
+    async with serving(chunked) as (server, http):
         assert await fetch(http, server.url, 1000, 200_000) == DATA[1000:200_000]
-    finally:
-        await http.aclose()
-        server.close()
     assert len(server.requests) == 2           # the threaded try, then httpx
 
 
 async def test_a_200_without_range_support_is_cut_to_the_range():
-    server = ScriptedServer(lambda h: f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\n\r\n".encode() + DATA)
-    http = threaded_http()
-    try:
+    whole = f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\n\r\n".encode() + DATA
+    async with serving(lambda h: whole) as (server, http):
         assert await fetch(http, server.url, 5000, 9000) == DATA[5000:9000]
-    finally:
-        await http.aclose()
-        server.close()
 
 
 async def test_a_short_body_resumes_where_it_broke():
@@ -163,13 +157,8 @@ async def test_a_short_body_resumes_where_it_broke():
         if next(answers, "ok") == "short":
             return partial(head)[:-400_000], "close"
         return partial(head)
-    server = ScriptedServer(lambda h: flaky(h))
-    http = threaded_http()
-    try:
+    async with serving(lambda h: flaky(h)) as (server, http):
         assert await fetch(http, server.url) == DATA
-    finally:
-        await http.aclose()
-        server.close()
     first, second = (requested_range(h) for h in server.requests)
     assert first == (0, len(DATA)) and 0 < second[0] < len(DATA)
     assert http.retries == 1
@@ -177,32 +166,22 @@ async def test_a_short_body_resumes_where_it_broke():
 
 async def test_a_503_is_retried_and_a_404_reported_with_its_status():
     answers = iter([b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\nRetry-After: 0\r\n\r\nbusy"])
-    server = ScriptedServer(lambda h: next(answers, None) or partial(h))
-    http = threaded_http()
-    try:
+    async with serving(lambda h: next(answers, None) or partial(h)) as (server, http):
         assert await fetch(http, server.url, 0, 1000) == DATA[:1000]
         server.answer = lambda h: b'HTTP/1.1 404 Not Found\r\nContent-Length: 17\r\n\r\n{"error":"gone"} '
         with pytest.raises(HttpError) as err:
             await fetch(http, server.url, 0, 1000)
-    finally:
-        await http.aclose()
-        server.close()
     assert err.value.status == 404 and "gone" in err.value.body
 
 
 async def test_a_connection_the_server_closed_while_pooled_is_replaced():
-    server = ScriptedServer(partial)
-    http = threaded_http()
-    try:
+    async with serving(partial) as (server, http):
         await fetch(http, server.url, 0, 10)
         # the idle connection goes away: the next GET must not fail for it
         pooled = [c for conns in http.ranges._idle.values() for c in conns]
         assert len(pooled) == 1
         pooled[0].sock.shutdown(socket.SHUT_RD)     # as if the peer had gone away
         assert await fetch(http, server.url, 10, 20) == DATA[10:20]
-    finally:
-        await http.aclose()
-        server.close()
     assert http.retries == 0
 
 
@@ -213,21 +192,16 @@ async def test_cancelling_a_read_stops_its_thread_before_returning():
         stalled.set()
         threading.Event().wait(30)          # no answer at all
 
-    server = ScriptedServer(stall)
-    http = threaded_http()
     writes = []
-    try:
+    async with serving(stall) as (server, http):
+        async def url_for(renew):
+            return server.url + "/file", {}
         with trio.move_on_after(0.3):
-            async def url_for(renew):
-                return server.url + "/file", {}
             await http.get_range(url_for, 0, len(DATA), lambda pos, data: writes.append(pos),
                                  total=len(DATA))
         # the thread was told to stop and has finished: nothing writes any more
         assert stalled.is_set()
         assert not http.ranges._open
-    finally:
-        await http.aclose()
-        server.close()
     assert writes == []
 
 
