@@ -222,7 +222,7 @@ TUNING_KEYS = {
     "max_request": Key("size", default=16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size; an eighth of it once a file arrives slower than 100 MB/s per connection)"),
     "small_file": Key("size", default=4 << 20, doc="files up to this size are fetched whole"),
     "threaded_content": Key("bool", default=True,
-                            doc="receive file content in worker threads, straight into the cache (false: through httpx, on the main thread)"),
+                            doc="receive file content in worker threads, straight into the cache, and small answers (signed URLs, size probes) there too (false: everything through httpx, on the main thread)"),
     "direct_io_min_size": Key("size", default=64 << 20,
                               doc="files this big or bigger bypass the kernel's page cache: faster streaming and no second copy in RAM, but a shared mmap of them fails (ENODEV); 0: never"),
     "sibling_prefetch": Key("int", default=8, check=lambda v: None if v >= 0 else "must be 0 or more",
