@@ -332,7 +332,10 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         finally:
             # U3: a close is also the moment to send what failed before
-            await self.uploads.retry_all(exclude=staged.id)
+            if self.nursery is not None:
+                self.uploads.retry_soon(self.nursery, exclude=staged.id)
+            else:
+                await self.uploads.retry_all(exclude=staged.id)
         src = node.source
         if node.parent is not None:
             node.entry = Entry(node.name, Kind.FILE, ref=src.child_ref(node.parent.entry.ref, node.name, Kind.FILE),

@@ -94,9 +94,12 @@ def test_a_failed_upload_fails_close_keeps_the_file_and_lands_once_on_the_next_c
     assert "upload of" in log and "kept for a retry" in log
     emu.faults.clear()
     (mnt / "alv" / LIST_DIR / "second.csv").write_bytes(b"second\n")     # the next close
+    deadline = time.monotonic() + 20        # that close retries first.csv in the background
+    while status(mnt)["uploads"]["pending"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status(mnt)["uploads"]["pending"] == []
     assert emu.objects[f"{LIST_DIR}/first.csv"].blob.all_bytes() == first.read_bytes()
     assert sorted(emu.puts) == sorted([f"{LIST_DIR}/first.csv", f"{LIST_DIR}/second.csv"])
-    assert status(mnt)["uploads"]["pending"] == []
 
 
 def test_a_pending_upload_is_sent_at_the_next_mount(emu, recfs_mount, tmp_path):

@@ -7,8 +7,9 @@ Invariants:
      crash or an unmount never loses a file that close() did not confirm.
  U2. The record names the source, folder and file name; the same file uploaded
      twice lands under the same key (an overwrite), so a retried upload lands once.
- U3. Pending uploads are retried on the next close() of any file of the mount, at
-     the next mount, and every `retry_interval` seconds; `recfs status` lists them.
+ U3. Pending uploads are retried after the next close() of any file of the mount
+     (in the background: that close() reports its own file only), at the next
+     mount, and every `retry_interval` seconds; `recfs status` lists them.
  U4. Only a file that was closed is ever sent: one whose writer was cut short (the
      daemon died mid-write) stays staged, is reported, and is not uploaded.
 """
@@ -55,6 +56,7 @@ class Uploads:
         self.retry_interval = retry_interval
         self.pending: dict[str, Staged] = {}
         self._locks: dict[str, trio.Lock] = {}
+        self._retrying = False
         self.uploaded = 0
         self.failed = 0
         for rec in sorted(self.dir.glob("*.json")):
@@ -127,7 +129,23 @@ class Uploads:
             self.discard(st)
             self._locks.pop(st.id, None)
 
+    def retry_soon(self, nursery: trio.Nursery, exclude: str | None = None) -> None:
+        """Start retrying the pending uploads in the background, unless that runs
+        already: a close() must not wait for other files' retries."""
+        if not self._retrying and any(st.id != exclude and st.closed and not st.dirty
+                                      for st in self.pending.values()):
+            nursery.start_soon(self.retry_all, exclude)
+
     async def retry_all(self, exclude: str | None = None) -> None:
+        if self._retrying:
+            return
+        self._retrying = True
+        try:
+            await self._retry_all(exclude)
+        finally:
+            self._retrying = False
+
+    async def _retry_all(self, exclude: str | None) -> None:
         for st in list(self.pending.values()):
             if st.id == exclude or st.dirty or not st.closed:
                 continue              # still being written (or cut short by a crash)
