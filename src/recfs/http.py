@@ -428,7 +428,7 @@ class Http:
                 if wanted is None:
                     body = await resp.aread()
                     out.received += len(body)
-                    out.body = body[:rangeget.ERROR_BODY_LIMIT]
+                    out.body = body[:rangeget.SMALL_BODY_LIMIT]
                     return out
                 out.stop = wanted[1]
                 await self._drain(resp, wanted[0], out, sink)

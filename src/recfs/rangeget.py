@@ -4,8 +4,10 @@ Why this exists: httpx parses bodies on the trio thread, which also answers ever
 FUSE request. Measured here (scripts/bench B1), that one thread tops out at about
 0.3 GB/s for a cold read, while a worker thread that `recv_into`s a reused buffer and
 `pwrite`s it, both of which release the GIL, moves about 2 GB/s. So content GETs
-(the one request type that carries megabytes) use this small HTTP/1.1 client;
-everything else stays on httpx.
+(the one request type that carries megabytes) use this small HTTP/1.1 client, and
+so do the many small GETs of size probing (signed URLs, one-byte probes: a thread
+hop costs the trio thread less than an httpx exchange). Everything else (listings,
+tokens, uploads, jobs) stays on httpx.
 
 What it handles, and what it hands back:
 - GET over http or https (verified TLS, the same context as httpx), keep-alive
@@ -35,7 +37,7 @@ from typing import Callable
 import httpx
 
 HEAD_LIMIT = 64 * 1024          # status line and headers
-ERROR_BODY_LIMIT = 64 * 1024    # what is kept of a non-content answer's body
+SMALL_BODY_LIMIT = 64 * 1024    # what is kept of a non-content answer's body
 BUFFER = 1 << 20                # per thread; big reads keep the per-byte cost low
 MAX_IDLE_PER_ORIGIN = 32
 
@@ -279,7 +281,7 @@ class RangeGetter:
         if wanted is not None and ce != "identity":
             raise Unsupported(f"content-encoding {ce}")
         if wanted is None:
-            return self._read_error_body(conn, out, length, leftover) and reusable
+            return self._read_small_body(conn, out, length, leftover) and reusable
         stream_pos, stop = wanted
         out.stop = stop
         remaining = length
@@ -317,17 +319,18 @@ class RangeGetter:
             consume(buf[:k])
         return reusable
 
-    def _read_error_body(self, conn: _Conn, out: Outcome, length: int | None,
+    def _read_small_body(self, conn: _Conn, out: Outcome, length: int | None,
                          leftover: memoryview) -> bool:
         body = bytearray(leftover[:length] if length is not None else leftover)
         remaining = None if length is None else length - len(body)
         while remaining is None or remaining > 0:
-            if len(body) >= ERROR_BODY_LIMIT:
-                out.body = bytes(body[:ERROR_BODY_LIMIT])
+            if len(body) >= SMALL_BODY_LIMIT:
+                out.body = bytes(body[:SMALL_BODY_LIMIT])
                 out.truncated = True
+                out.received += len(body)
                 return False
-            chunk = conn.sock.recv(ERROR_BODY_LIMIT if remaining is None
-                                   else min(ERROR_BODY_LIMIT, remaining))
+            chunk = conn.sock.recv(SMALL_BODY_LIMIT if remaining is None
+                                   else min(SMALL_BODY_LIMIT, remaining))
             if not chunk:
                 if remaining is None:
                     break
@@ -335,7 +338,7 @@ class RangeGetter:
             body += chunk
             if remaining is not None:
                 remaining -= len(chunk)
-        out.body = bytes(body[:ERROR_BODY_LIMIT])
+        out.body = bytes(body[:SMALL_BODY_LIMIT])
         out.received += len(body)
         return remaining is not None
 
