@@ -699,13 +699,21 @@ class EightByEight(Emulator):
             self.jobs[job.zip_name] = job
         return self._bulk_answer(self._job_body(job, self._job_status(job)))
 
+    def _job_in(self, req: Request, region: str) -> Job | None:
+        """The job the path names, if it belongs to `region` (call with the lock held)."""
+        job = self.jobs.get(req.match.group("zip"))
+        return job if job is not None and job.region == region else None
+
+    def _jobs_answer(self, jobs: list[Job]) -> Response:
+        return json_response([{"zipName": j.zip_name, "status": self._job_status(j)} for j in jobs])
+
     def _bulk_status(self, req: Request) -> Response:
         region, problem = self._guard(req)
         if problem:
             return problem
         with self._lock:
-            job = self.jobs.get(req.match.group("zip"))
-            if job is None or job.region != region:
+            job = self._job_in(req, region)
+            if job is None:
                 return self._fault(404, "no such download")
             job.polls += 1
             body = self._job_body(job, self._job_status(job))
@@ -716,20 +724,19 @@ class EightByEight(Emulator):
         if problem:
             return problem
         with self._lock:
-            return json_response([{"zipName": j.zip_name, "status": self._job_status(j)}
-                                  for j in self.jobs.values() if j.region == region])
+            return self._jobs_answer([j for j in self.jobs.values() if j.region == region])
 
     def _bulk_cancel(self, req: Request) -> Response:
         region, problem = self._guard(req)
         if problem:
             return problem
         with self._lock:
-            job = self.jobs.get(req.match.group("zip"))
-            if job is None or job.region != region:
+            job = self._job_in(req, region)
+            if job is None:
                 return self._fault(404, "no such download")
             if self._job_status(job) in ("NOT_STARTED", "IN_PROGRESS"):
                 job.cancelled = True
-            return json_response([{"zipName": job.zip_name, "status": self._job_status(job)}])
+            return self._jobs_answer([job])
 
     def _bulk_clear(self, req: Request) -> Response:
         region, problem = self._guard(req)
@@ -739,16 +746,15 @@ class EightByEight(Emulator):
             for job in self.jobs.values():
                 if job.region == region:
                     job.cancelled = job.cancelled or self._job_status(job) in ("NOT_STARTED", "IN_PROGRESS")
-            return json_response([{"zipName": j.zip_name, "status": self._job_status(j)}
-                                  for j in self.jobs.values() if j.region == region])
+            return self._jobs_answer([j for j in self.jobs.values() if j.region == region])
 
     def _bulk_download(self, req: Request) -> Response:
         region, problem = self._guard(req)
         if problem:
             return problem
         with self._lock:
-            job = self.jobs.get(req.match.group("zip"))
-            if job is None or job.region != region:
+            job = self._job_in(req, region)
+            if job is None:
                 return self._fault(404, "no such download")
             status = self._job_status(job)
             if status not in ("DONE", "PARTIAL_DONE"):

@@ -339,25 +339,20 @@ class OceEmulator(Emulator):
     # ------------------------------------------------------------------ folders and files
 
     def _folder(self, req: Request) -> Response:
-        if (denied := self._authorized(req)) is not None:
-            return denied
-        with self._lock:
-            node, error = self._lookup(req.match.group(1), "folder")
-            if error:
-                return error
-            body = self._item_json(node, self._native())
-            body.update(description="", errorCode="0")
-            return json_response(body)
+        return self._item(req, "folder", description="", errorCode="0")
 
     def _file(self, req: Request) -> Response:
+        return self._item(req, "file", errorCode="0")
+
+    def _item(self, req: Request, kind: str, **extra) -> Response:
         if (denied := self._authorized(req)) is not None:
             return denied
         with self._lock:
-            node, error = self._lookup(req.match.group(1), "file")
+            node, error = self._lookup(req.match.group(1), kind)
             if error:
                 return error
             body = self._item_json(node, self._native())
-            body["errorCode"] = "0"
+            body.update(extra)
             return json_response(body)
 
     def _items(self, req: Request) -> Response:
