@@ -328,8 +328,10 @@ class Http:
 
         `sink(offset, data)` may be called from a worker thread (see rangeget): it must
         only store the bytes. Calls come in file order, without gaps, from `start` on.
-        `url_for(renew)` gives the URL and headers to use; it is called with True once
-        after a 401 or 403 (an expired token or signed URL), and the same range is retried.
+        `url_for(renew)` gives the URL and headers to use; it is called with True after
+        a 401 or 403 (an expired token or signed URL) and the same range is retried:
+        once, and again only after bytes arrived (a long read may outlive several
+        tokens; a denial that persists is reported).
         The answer must be the range asked for: a 206 whose Content-Range matches, or
         a 200 with the whole file (the range is then cut out of it). A total different
         from `total` raises SizeChangedError: the object changed under us.
@@ -359,6 +361,8 @@ class Http:
                 if status in RETRY_STATUSES:
                     problem, resp_for_retry = f"HTTP {status}", out.response()
                 elif status in (200, 206):
+                    if out.pos > pos:
+                        renewed = False     # progress: a later 401 may renew again
                     pos = out.pos
                     if pos >= out.stop:
                         continue
@@ -373,6 +377,8 @@ class Http:
                     raise cls(f"{name}: HTTP {status} from {safe_url(url)}", status,
                               out.body[:2000].decode("utf-8", "replace"))
             else:
+                if out.pos > pos:
+                    renewed = False
                 pos = out.pos
             if not await self._sleep_before_retry(attempt, started, resp_for_retry, name, problem):
                 self.errors += 1

@@ -716,13 +716,7 @@ class EightByEightSource(Source):
     # -- per-object content
     async def fetch_range(self, entry: Entry, start: int, end: int, sink) -> None:
         ref: FileRef = entry.ref
-        pos = start
         used: dict[str, str] = {}
-
-        def tracking_sink(offset: int, data: bytes) -> None:
-            nonlocal pos
-            sink(offset, data)
-            pos = offset + len(data)
 
         async def url_for(renew: bool):
             nonlocal used
@@ -733,17 +727,8 @@ class EightByEightSource(Source):
             used = await self.auth.headers()
             return self._url(ref.region, f"objects/{ref.id}/content"), {**used, "Accept": "*/*"}
 
-        for attempt in range(2):
-            try:
-                await self.http.get_range(url_for, pos, end, tracking_sink, total=entry.size,
-                                          name=f"{self.name}: 8x8 content of {ref.object_name}")
-                return
-            except HttpError as exc:
-                # get_range renews on 403 only; a 401 means our token went stale
-                if exc.status == 401 and attempt == 0 and not self.presign:
-                    await self.auth.invalidate(used)
-                    continue
-                raise
+        await self.http.get_range(url_for, start, end, sink, total=entry.size,
+                                  name=f"{self.name}: 8x8 content of {ref.object_name}")
 
     async def _presigned(self, ref: FileRef, renew: bool) -> str:
         lease = self._leases.get(ref.id)

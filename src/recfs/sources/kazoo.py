@@ -626,30 +626,15 @@ class KazooSource(Source):
             used.update(await self.auth.headers())
             return url, {"Accept": "audio/mpeg", **used}
 
-        pos = start
-
-        def tracked(offset: int, data: bytes) -> None:
-            nonlocal pos
-            sink(offset, data)
-            pos = offset + len(data)
-
-        reauthed = False
-        while True:
-            try:
-                await self.ctx.http.get_range(url_for, pos, end, tracked, total=entry.size,
-                                              name=f"{self.name}: recording {rid}")
-                return
-            except HttpError as exc:
-                if exc.status == 401 and not reauthed:
-                    # the token expired mid-read; get_range only renews on 403
-                    reauthed = True
-                    await self.auth.invalidate(used)
-                    continue
-                if exc.status == 404:
-                    log.error("%s: recording %s of account %s has no media (404 bad_identifier); "
-                              "reads fail with EIO", self.name, rid, account)
-                    raise SourceError(f"{self.name}: recording {rid} has no media", errno.EIO) from None
-                raise
+        try:
+            await self.ctx.http.get_range(url_for, start, end, sink, total=entry.size,
+                                          name=f"{self.name}: recording {rid}")
+        except HttpError as exc:
+            if exc.status == 404:
+                log.error("%s: recording %s of account %s has no media (404 bad_identifier); "
+                          "reads fail with EIO", self.name, rid, account)
+                raise SourceError(f"{self.name}: recording {rid} has no media", errno.EIO) from None
+            raise
 
     # -- deletes (issue 9)
 

@@ -567,15 +567,9 @@ class OceSource(Source):
 
     async def _ranged_get(self, url: str, start: int, end: int, sink, *, total: int | None,
                           what: str) -> None:
-        """http.get_range with the source's auth, one token refresh on 401 and
-        OCE error bodies turned into SourceError."""
-        pos = start
+        """http.get_range with the source's auth (get_range renews the token on a
+        401), OCE error bodies turned into SourceError."""
         used: dict[str, str] = {}
-
-        def counting_sink(offset: int, data: bytes) -> None:
-            nonlocal pos
-            sink(offset, data)
-            pos = offset + len(data)
 
         async def url_for(renew: bool) -> tuple[str, dict[str, str]]:
             # `renew` follows a 401 or a 403; only the 401 is about the token, but both
@@ -586,22 +580,15 @@ class OceSource(Source):
             used = await self.auth.headers()
             return url, used
 
-        refreshed = False
-        while True:
-            try:
-                await self.http.get_range(url_for, pos, end, counting_sink, total=total,
-                                          name=f"{self.name}: {what}")
-                return
-            except SizeChangedError:
-                raise               # the reader marks the listing stale on this one
-            except AuthError as exc:
-                raise SourceError(str(exc), errno.EACCES) from None
-            except HttpError as exc:
-                if exc.status == 401 and not refreshed:
-                    refreshed = True
-                    await self.auth.invalidate(used)
-                    continue
-                raise self._from_http(what, exc) from None
+        try:
+            await self.http.get_range(url_for, start, end, sink, total=total,
+                                      name=f"{self.name}: {what}")
+        except SizeChangedError:
+            raise               # the reader marks the listing stale on this one
+        except AuthError as exc:
+            raise SourceError(str(exc), errno.EACCES) from None
+        except HttpError as exc:
+            raise self._from_http(what, exc) from None
 
     def _data_url(self, ref: FileRef) -> str:
         url = self._url("files", ref.id, "data")
