@@ -85,17 +85,6 @@ class Ticket:
                 _shutdown(self._sock)
 
 
-class _Conn:
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
 class _Broken(Exception):
     """A transport failure while reading the answer."""
 
@@ -118,8 +107,8 @@ class RangeGetter:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.tls = tls
-        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
-        self._open: set[_Conn] = set()
+        self._idle: dict[tuple[str, str, int], list[socket.socket]] = {}
+        self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
@@ -131,11 +120,11 @@ class RangeGetter:
             conns = list(self._open)
             self._idle.clear()
         for conn in conns:
-            _shutdown(conn.sock)
+            _shutdown(conn)
             conn.close()
 
     # -- connections
-    def _checkout(self, origin: tuple[str, str, int]) -> tuple[_Conn, bool]:
+    def _checkout(self, origin: tuple[str, str, int]) -> tuple[socket.socket, bool]:
         with self._lock:
             if self._closed:
                 raise _Broken("the mount is stopping")
@@ -144,7 +133,7 @@ class RangeGetter:
                 conn = idle.pop()
                 # a pooled connection with something to read has been closed (or
                 # spoiled) by the server while idle
-                if _readable(conn.sock):
+                if _readable(conn):
                     self._open.discard(conn)
                     conn.close()
                     continue
@@ -160,12 +149,11 @@ class RangeGetter:
         except (OSError, ssl.SSLError) as exc:
             raise _Broken(f"ConnectError ({type(exc).__name__})") from None
         sock.settimeout(self.read_timeout)
-        conn = _Conn(sock)
         with self._lock:
-            self._open.add(conn)
-        return conn, False
+            self._open.add(sock)
+        return sock, False
 
-    def _checkin(self, origin: tuple[str, str, int], conn: _Conn) -> None:
+    def _checkin(self, origin: tuple[str, str, int], conn: socket.socket) -> None:
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if not self._closed and len(idle) < MAX_IDLE_PER_ORIGIN:
@@ -174,7 +162,7 @@ class RangeGetter:
             self._open.discard(conn)
         conn.close()
 
-    def _discard(self, conn: _Conn) -> None:
+    def _discard(self, conn: socket.socket) -> None:
         with self._lock:
             self._open.discard(conn)
         conn.close()
@@ -209,11 +197,11 @@ class RangeGetter:
             except _Broken as exc:
                 out.problem = str(exc)
                 return out
-            ticket._attach(conn.sock)
+            ticket._attach(conn)
             keep = False
             got_any = False
             try:
-                conn.sock.sendall(request)
+                conn.sendall(request)
                 status, hdrs, version, leftover = self._read_head(conn)
                 got_any = True
                 out.status, out.headers = status, hdrs
@@ -237,7 +225,7 @@ class RangeGetter:
                     self._discard(conn)
         return out
 
-    def _read_head(self, conn: _Conn) -> tuple[int, httpx.Headers, str, memoryview]:
+    def _read_head(self, conn: socket.socket) -> tuple[int, httpx.Headers, str, memoryview]:
         data = bytearray()
         while True:
             idx = data.find(b"\r\n\r\n")
@@ -250,12 +238,12 @@ class RangeGetter:
                 return status, hdrs, version, rest
             if len(data) > HEAD_LIMIT:
                 raise _Broken("the answer's headers are too long")
-            chunk = conn.sock.recv(HEAD_LIMIT)
+            chunk = conn.recv(HEAD_LIMIT)
             if not chunk:
                 raise _Broken("the connection closed before an answer")
             data += chunk
 
-    def _read_body(self, ticket: Ticket, conn: _Conn, out: Outcome, hdrs: httpx.Headers,
+    def _read_body(self, ticket: Ticket, conn: socket.socket, out: Outcome, hdrs: httpx.Headers,
                    version: str, leftover: memoryview, plan: Plan, sink: Sink) -> bool:
         """Read the body; True when the connection can be reused."""
         te = hdrs.get("transfer-encoding", "identity").strip().lower()
@@ -308,7 +296,7 @@ class RangeGetter:
         while remaining is None or remaining > 0:
             if out.pos >= stop:
                 return False        # the rest is not wanted: drop the connection
-            k = conn.sock.recv_into(buf, BUFFER if remaining is None else min(BUFFER, remaining))
+            k = conn.recv_into(buf, BUFFER if remaining is None else min(BUFFER, remaining))
             if k == 0:
                 if remaining is None:
                     return False    # the end of a connection-framed body
@@ -319,7 +307,7 @@ class RangeGetter:
             consume(buf[:k])
         return reusable
 
-    def _read_small_body(self, conn: _Conn, out: Outcome, length: int | None,
+    def _read_small_body(self, conn: socket.socket, out: Outcome, length: int | None,
                          leftover: memoryview) -> bool:
         body = bytearray(leftover[:length] if length is not None else leftover)
         remaining = None if length is None else length - len(body)
@@ -329,7 +317,7 @@ class RangeGetter:
                 out.truncated = True
                 out.received += len(body)
                 return False
-            chunk = conn.sock.recv(SMALL_BODY_LIMIT if remaining is None
+            chunk = conn.recv(SMALL_BODY_LIMIT if remaining is None
                                    else min(SMALL_BODY_LIMIT, remaining))
             if not chunk:
                 if remaining is None:

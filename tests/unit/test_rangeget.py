@@ -180,7 +180,7 @@ async def test_a_connection_the_server_closed_while_pooled_is_replaced():
         # the idle connection goes away: the next GET must not fail for it
         pooled = [c for conns in http.ranges._idle.values() for c in conns]
         assert len(pooled) == 1
-        pooled[0].sock.shutdown(socket.SHUT_RD)     # as if the peer had gone away
+        pooled[0].shutdown(socket.SHUT_RD)     # as if the peer had gone away
         assert await fetch(http, server.url, 10, 20) == DATA[10:20]
     assert http.retries == 0
 
