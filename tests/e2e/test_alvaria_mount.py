@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from recfs.emulators.alvaria import AlvariaEmulator, populate_sample, source_table
 from recfs.emulators.base import PatternBlob
 from tests.conftest import toml_config
+from tests.e2e import tree_files
 
 pytestmark = pytest.mark.e2e
 
@@ -34,15 +34,6 @@ def mnt(request, emu, recfs_mount):
     table = source_table(emu, "alvaria", version=request.param)
     table["page_size"] = 3            # many pages even for small folders
     return recfs_mount(toml_config([table])) / "alvaria"
-
-
-def tree_files(root: Path) -> dict[str, Path]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = Path(dirpath) / f
-            out[str(p.relative_to(root))] = p
-    return out
 
 
 def test_tree_matches_the_emulator(emu, mnt):

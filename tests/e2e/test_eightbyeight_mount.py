@@ -17,6 +17,7 @@ from recfs import names
 from recfs.emulators.base import BytesBlob, PatternBlob
 from recfs.emulators.eightbyeight import EightByEight, demo, source_table
 from tests.conftest import toml_config
+from tests.e2e import tree_files
 
 pytestmark = pytest.mark.e2e
 
@@ -64,15 +65,6 @@ def expected_tree(emu: EightByEight) -> dict[str, object]:
     for folder, objs in folders.items():
         for name, o in zip(names.unique_names([(o.objectName, o.id) for o in objs]), objs):
             out[f"{folder}/{name}"] = o
-    return out
-
-
-def tree_files(root: Path) -> dict[str, Path]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = Path(dirpath) / f
-            out[str(p.relative_to(root))] = p
     return out
 
 

@@ -6,12 +6,12 @@ import datetime as dt
 import os
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from recfs.emulators.kazoo import demo, from_gregorian, source_table
 from tests.conftest import toml_config
+from tests.e2e import tree_files
 
 pytestmark = pytest.mark.e2e
 
@@ -31,15 +31,6 @@ def expected_files(emu) -> dict[str, object]:
         out[f"{rec.account_id}/{tail}"] = rec
         if rec.public.get("owner_id"):
             out[f"{rec.account_id}/users/{rec.public['owner_id']}/{tail}"] = rec
-    return out
-
-
-def tree_files(root: Path) -> dict[str, Path]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = Path(dirpath) / f
-            out[str(p.relative_to(root))] = p
     return out
 
 

@@ -2,7 +2,6 @@
 chunk (the Alvaria source against its emulator, no mount)."""
 from __future__ import annotations
 
-import trio
 
 from recfs.config import Secret
 from recfs.content.cache import Cache
