@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from .mounts import RcloneMount, RecfsMount, Server
+from .mounts import RcloneMount, RecfsMount, Server, Trash
 from .servers import DataSet, RingBlob
 
 MiB = 1024 * 1024
@@ -374,7 +374,7 @@ class Bench:
         res: dict = {"bytes": total, "files": count}
 
         def copy_and_rsync(src: Path, content_bytes) -> tuple[float, float, int, float]:
-            shutil.rmtree(dest, ignore_errors=True)
+            Trash.discard(dest)
             dest.mkdir(parents=True)
             drop_caches()
             t_cp, cp = timed(["cp", "-r", str(src), str(dest / "cp")])
@@ -390,7 +390,7 @@ class Bench:
             cp.check_returncode()
             assert "Number of regular files transferred: 0" in cp.stdout, cp.stdout
             fetched = content_bytes() - before
-            shutil.rmtree(dest, ignore_errors=True)
+            Trash.discard(dest)
             return t_cp, t_rs2, fetched, t_rs1
 
         rec = {"cp_s": [], "rsync2_s": [], "rsync2_fetched": [], "rsync1_s": [], "rsync2_served": []}
@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    Trash.dir = work / "trash"
+    Trash.empty()
     if args.quick:
         spec = dict(big_size=64 * MiB, many_files=200, many_dirs=2, wide_files=2000)
         mp3_size = 10_000_000
@@ -550,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.raw["B8"] = raw
     finally:
         server.close()
+        Trash.empty()
     out = table(bench.rows)
     print(f"\nrecfs benchmarks, {'quick (1 run, small sizes)' if args.quick else f'medians of {args.runs} runs'}; "
           f"{machine()}; {time.monotonic() - t0:.0f} s\n")

@@ -135,7 +135,9 @@ def test_metadata_as_xattrs(emu, mnt):
     assert value.decode() == BIG
 
 
-def test_ls_l_of_a_thousand_files_costs_listing_plus_one_batch(emu, recfs_mount):
+@pytest.mark.parametrize("urls_in_listing", [True, False])
+def test_ls_l_of_a_thousand_files_costs_listing_plus_one_batch(emu, recfs_mount, urls_in_listing):
+    emu.urls_in_listing = urls_in_listing
     for i in range(1000):
         emu.put(f"exports/cxp/recordings/busy/r{i:04d}.wav", f"recording {i}\n".encode() * (i % 7 + 1))
     mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
@@ -145,8 +147,10 @@ def test_ls_l_of_a_thousand_files_costs_listing_plus_one_batch(emu, recfs_mount)
     out = subprocess.run(["ls", "-l", str(folder)], capture_output=True, text=True, check=True).stdout
     assert len(out.strip().split("\n")) == 1001
     assert emu.count("objectKeys") == 1                 # one page of 1000
-    assert emu.count("signedUrl") == 1000               # size probes: one URL and
-    assert emu.count("s3") == 1000                      # one 1-byte GET per file, concurrently
+    # size probes: one 1-byte GET per file, concurrently, with the signed URL that came
+    # with the listing, or else one asked for per file
+    assert emu.count("signedUrl") == (0 if urls_in_listing else 1000)
+    assert emu.count("s3") == 1000
     sizes = {line.split()[-1]: int(line.split()[4]) for line in out.strip().split("\n")[1:]}
     assert sizes["r0006.wav"] == len(b"recording 6\n" * 7)
     emu.reset_stats()

@@ -1,13 +1,16 @@
 """The Alvaria client against respx: paging (v2, v3), token refresh, URL renewal, sizes."""
 from __future__ import annotations
 
+import datetime as dt
+import time
+
 import httpx
 import pytest
 import respx
 
 from recfs.config import Secret
 from recfs.http import Http, RetryPolicy
-from recfs.sources.alvaria import AlvariaSource, parse_size, url_lifetime
+from recfs.sources.alvaria import AlvariaSource, parse_size, url_lifetime, url_time_left
 from recfs.sources.base import Kind, SourceContext
 
 API = "https://org1.via.example/via/{v}/organizations/org1"
@@ -146,6 +149,47 @@ async def test_resolve_sizes_with_one_byte_ranged_gets(token_route):
 ])
 def test_size_parsing(text, expected):
     assert parse_size(text) == expected
+
+
+def amz_date(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def test_url_time_left_counts_from_the_signing_date():
+    now = 1_700_000_000.0
+    assert url_time_left(f"https://x/y?X-Amz-Date={amz_date(now - 600)}&X-Amz-Expires=3600", now) == 3000
+    assert url_time_left(f"https://x/y?X-Goog-Date={amz_date(now)}&X-Goog-Expires=60", now) == 60
+    assert url_time_left("https://x/y?X-Amz-Date=garbage&X-Amz-Expires=60", now) == 60
+    assert url_time_left("https://x/y", now) == 3600
+
+
+async def test_urls_from_the_listing_are_leases_unless_blank_or_expired(token_route):
+    """The seed's example listings carry each file's signedDownloadUrl: a fresh one
+    saves the per-file request; a blank or stale one is asked for again."""
+    mock, _ = token_route
+    api = API.format(v="v3") + "/mediaStorage/data/objectKeys"
+    fresh = f"https://s3.example/r/a?X-Amz-Date={amz_date(time.time() - 60)}&X-Amz-Expires=3600"
+    stale = f"https://s3.example/r/b?X-Amz-Date={amz_date(time.time() - 7200)}&X-Amz-Expires=3600"
+
+    def answer(request):
+        if request.url.params["keyType"] == "signedDownloadUrl":
+            return httpx.Response(200, json={"signedDownloadUrl":
+                                             f"https://s3.example/{request.url.params['key']}?asked=1"})
+        return httpx.Response(200, json={"objectKeys": [
+            {**item("r/a"), "signedDownloadUrl": fresh, "signedUploadUrl": " "},
+            {**item("r/b"), "signedDownloadUrl": stale},
+            {**item("r/c"), "signedDownloadUrl": " "}]})
+    api_route = mock.get(api).mock(side_effect=answer)
+    s3 = mock.get(url__startswith="https://s3.example/").mock(side_effect=lambda r: httpx.Response(
+        206, content=b"x", headers={"Content-Range": "bytes 0-0/7"}))
+    src = make_source(page_size=10)
+    entries = (await src.list_dir("r/")).entries
+    await src.resolve_sizes(entries)
+    assert [e.size for e in entries] == [7, 7, 7]
+    asked = sorted(c.request.url.params["key"] for c in api_route.calls[1:])
+    assert asked == ["r/b", "r/c"]
+    assert sorted(str(c.request.url) for c in s3.calls) == sorted(
+        [fresh, "https://s3.example/r/b?asked=1", "https://s3.example/r/c?asked=1"])
 
 
 def test_url_lifetime():

@@ -8,6 +8,8 @@
   signedDownloadUrl; v2 pages with `continuationToken`, v3 with `nextToken` and a
   string `totalItems`; `maxResults` up to 1000.
 - GET …/signedDownloadUrl?key= (v3 style) answers the same as keyType=signedDownloadUrl.
+- Listing items for files carry a `signedDownloadUrl` (and a blank `signedUploadUrl`),
+  as the seed's example answers do; `urls_in_listing=False` leaves them out.
 - Sizes are rounded strings ("5370.0 KB"); directory keys come with or without the
   trailing '/', by a fixed pattern per key.
 - Signed URLs point at /s3/{bucket}/{key} with X-Amz-Date, X-Amz-Expires and an HMAC
@@ -54,7 +56,7 @@ class AlvariaEmulator(Emulator):
 
     def __init__(self, *, org: str = ORG, api_key: str = API_KEY, client_id: str = CLIENT_ID,
                  client_secret: str = CLIENT_SECRET, token_ttl: float = 3600.0,
-                 url_ttl: int = 3600, page_limit: int = 1000, **kw):
+                 url_ttl: int = 3600, page_limit: int = 1000, urls_in_listing: bool = True, **kw):
         super().__init__(**kw)
         self.org = org
         self.api_key = api_key
@@ -63,6 +65,7 @@ class AlvariaEmulator(Emulator):
         self.token_ttl = token_ttl
         self.url_ttl = url_ttl
         self.page_limit = page_limit
+        self.urls_in_listing = urls_in_listing
         self.objects: dict[str, StoredObject] = {}
         self.tokens: dict[str, float] = {}          # token -> expiry (emulator clock)
         self._signing_key = new_token(32).encode()
@@ -184,6 +187,12 @@ class AlvariaEmulator(Emulator):
             except Exception:
                 return json_response({"message": "invalid pagination token"}, 400)
         page = items[start:start + max(1, limit)]
+        if self.urls_in_listing:       # signed for this page only: signing costs
+            for item in page:
+                # (tests slip hostile items into listings: leave those as they are)
+                if isinstance(item, dict) and item.get("keyType") == "file" and item.get("key") in self.objects:
+                    url = self.signed_url(item["key"])
+                    item.update(signedUploadUrl=" ", signedDownloadUrl=url, nativeSignedDownloadUrl=url)
         body: dict = {"kind": "objectKeys", "objectKeys": page}
         if start + len(page) < len(items):
             nxt = base64.b64encode(json.dumps({"o": start + len(page), "r": new_token(6)}).encode()).decode()

@@ -6,10 +6,12 @@ Client:
 - A folder is one `objectKeys?key=PREFIX/&keyType=file:directory` listing, followed
   through `continuationToken` (v2) or `nextToken` (v3) to its last page. Directory
   keys may come with or without their trailing '/'.
-- Content: a signed download URL per file, resolved on first need (never while
-  listing) and kept as a lease until shortly before its expiry (X-Amz-Expires /
-  X-Goog-Expires, one hour by default); a 403 from storage re-resolves it once and
-  the same range is retried.
+- Content: a signed download URL per file, kept as a lease until shortly before its
+  expiry (X-Amz-Date + X-Amz-Expires, or the X-Goog- pair; one hour by default). A
+  listing item may carry the file's `signedDownloadUrl` (the seed's example answers
+  do): it becomes the lease, which saves a request per file. Otherwise the URL is
+  asked for on first need. A 403 from storage re-resolves it once and the same range
+  is retried.
 - Sizes: listings say "5370.0 KB". The exact size is learnt with `Range: bytes=0-0`
   on the signed URL (HEAD is not signed for), for all the files of a folder at once
   when the first of them is stat'ed; learnt sizes are remembered in the cache index.
@@ -24,6 +26,7 @@ import time
 import urllib.parse
 from typing import Any
 
+import cachetools
 import httpx
 import trio
 
@@ -35,6 +38,7 @@ from .base import Entry, Kind, Listing, Sink, Source, SourceContext, SourceError
 log = logging.getLogger("recfs.alvaria")
 
 UPLOAD_PREFIX = "imports/"      # the service's folders for uploads; exports/ is read-only
+LEASES_KEPT = 20_000            # signed URLs remembered (about 0.7 KB each)
 
 CONFIG_KEYS = {
     "api_url": Key("url", required=True, doc="…/via/v2|v3/organizations/{orgId}"),
@@ -96,6 +100,21 @@ def url_lifetime(url: str, default: float = 3600.0) -> float:
     return default
 
 
+def url_time_left(url: str, now: float) -> float:
+    """Seconds until a signed URL expires: from its signing date when it names one (a
+    URL that came with a listing may be minutes old), else its whole lifetime."""
+    q = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    lifetime = url_lifetime(url)
+    for name in ("X-Amz-Date", "X-Goog-Date"):
+        if name in q:
+            try:
+                signed = dt.datetime.strptime(q[name][0], "%Y%m%dT%H%M%SZ")
+            except ValueError:
+                continue
+            return signed.replace(tzinfo=dt.timezone.utc).timestamp() + lifetime - now
+    return lifetime
+
+
 def keep_dot_segments(url: str) -> str:
     """A key may hold '.' or '..' segments; sent as they are, an HTTP client would
     normalise them away and ask for another object. Percent-encoded, they reach the
@@ -131,7 +150,8 @@ class AlvariaSource(Source):
         self.root = root + "/" if root else ""
         self.page_size = options.get("page_size") or 1000
         self.size_limiter = trio.CapacityLimiter(options.get("size_concurrency") or 32)
-        self.leases: dict[str, tuple[str, float]] = {}   # key -> (signed url, renew at)
+        # key -> (signed url, renew at); bounded, as listings fill it for every file
+        self.leases: cachetools.LRUCache[str, tuple[str, float]] = cachetools.LRUCache(LEASES_KEPT)
         self._lease_locks: dict[str, trio.Lock] = {}
         self.url_resolutions = 0
 
@@ -209,6 +229,9 @@ class AlvariaSource(Source):
         mtime = parse_time(item.get("lastModifiedTime"))
         if is_dir:
             return Entry(name, Kind.DIR, ref=bare + "/", mtime=mtime, id=bare + "/")
+        url = item.get("signedDownloadUrl")
+        if isinstance(url, str) and url.strip().startswith(("http://", "https://")):
+            self._lease(key, keep_dot_segments(url.strip()))
         size_text = str(item.get("size") or "")
         hint = parse_size(size_text)
         return Entry(name, Kind.FILE, ref=key, mtime=mtime, size=None, size_hint=hint, id=key,
@@ -222,16 +245,24 @@ class AlvariaSource(Source):
         if lease and not renew and time.monotonic() < lease[1]:
             return lease[0], {}
         lock = self._lease_locks.setdefault(key, trio.Lock())
-        async with lock:
-            lease_now = self.leases.get(key)
-            if lease_now and lease_now is not lease and time.monotonic() < lease_now[1]:
-                return lease_now[0], {}        # another task renewed it meanwhile
-            url = keep_dot_segments(await self._ask_signed_url(key, "signedDownloadUrl"))
-            self.url_resolutions += 1
-            lifetime = url_lifetime(url)
-            margin = min(300.0, lifetime / 4)
-            self.leases[key] = (url, time.monotonic() + lifetime - margin)
-            return url, {}
+        try:
+            async with lock:
+                lease_now = self.leases.get(key)
+                if lease_now and lease_now is not lease and time.monotonic() < lease_now[1]:
+                    return lease_now[0], {}        # another task renewed it meanwhile
+                url = keep_dot_segments(await self._ask_signed_url(key, "signedDownloadUrl"))
+                self.url_resolutions += 1
+                self._lease(key, url)
+                return url, {}
+        finally:
+            stats = lock.statistics()
+            if not stats.locked and not stats.tasks_waiting and self._lease_locks.get(key) is lock:
+                del self._lease_locks[key]
+
+    def _lease(self, key: str, url: str) -> None:
+        left = url_time_left(url, time.time())
+        margin = min(300.0, url_lifetime(url) / 4)
+        self.leases[key] = (url, time.monotonic() + left - margin)
 
     # -- sizes
     async def resolve_sizes(self, entries: list[Entry]) -> None:
