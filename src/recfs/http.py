@@ -323,7 +323,7 @@ class Http:
 
     async def get_range(self, url_for: Callable[[bool], Awaitable[tuple[str, dict[str, str]]]],
                         start: int, end: int, sink: Callable[[int, Any], None], *,
-                        total: int | None, name: str = "content") -> None:
+                        total: int | None, name: str = "content") -> int | None:
         """Stream bytes [start, end) of a file into `sink`, resuming after failures.
 
         `sink(offset, data)` may be called from a worker thread (see rangeget): it must
@@ -335,11 +335,15 @@ class Http:
         The answer must be the range asked for: a 206 whose Content-Range matches, or
         a 200 with the whole file (the range is then cut out of it). A total different
         from `total` raises SizeChangedError: the object changed under us.
+        With `total` None the size is learnt from the first answer (Content-Range, or
+        Content-Length of a 200): `end` may then lie past the end of the file, and the
+        bytes up to the file's end are delivered. Returns the size when known.
         """
         started = time.monotonic()
         attempt = 0
         renewed = False
         pos = start
+        learnt = total
         while pos < end:
             url, headers = await url_for(False)
             h = dict(headers)
@@ -361,14 +365,20 @@ class Http:
                 if status in RETRY_STATUSES:
                     problem, resp_for_retry = f"HTTP {status}", out.response()
                 elif status in (200, 206):
+                    if learnt is None:
+                        learnt = _answer_total(status, out.headers)
+                        if learnt is not None:
+                            end = min(end, learnt)
                     if out.pos > pos:
                         renewed = False     # progress: a later 401 may renew again
                     pos = out.pos
-                    if pos >= out.stop:
+                    if pos >= min(out.stop, end):
                         continue
                     problem = "short body"
                 elif status == 416:
                     crange = out.headers.get("content-range")
+                    if total is None and pos == 0:      # nothing to read: an empty object
+                        return parse_content_range(crange)[2] or 0
                     raise SizeChangedError(f"{name}: range {pos}-{end - 1} not satisfiable "
                                            f"({crange})", parse_content_range(crange)[2])
                 else:
@@ -384,6 +394,7 @@ class Http:
                 self.errors += 1
                 raise HttpError(f"{name}: {problem} reading {safe_url(url)} at byte {pos}; giving up")
             attempt += 1
+        return learnt
 
     async def _get_once(self, url: str, headers: dict[str, str], pos: int,
                         plan: rangeget.Plan, sink) -> rangeget.Outcome:
@@ -496,6 +507,14 @@ def _content_plan(status: int, headers: httpx.Headers, *, pos: int, end: int,
         # the server ignored Range: skip to pos and keep what we asked for
         return 0, end
     return None
+
+
+def _answer_total(status: int, headers: httpx.Headers) -> int | None:
+    """The object's size as a 206 (Content-Range) or a 200 (Content-Length) states it."""
+    if status == 206:
+        return parse_content_range(headers.get("content-range"))[2]
+    length = (headers.get("content-length") or "").strip()
+    return int(length) if length.isdigit() and int(length) <= MAX_SIZE else None
 
 
 def parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:

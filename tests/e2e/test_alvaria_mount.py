@@ -158,6 +158,36 @@ def test_ls_l_of_a_thousand_files_costs_listing_plus_one_batch(emu, recfs_mount,
     assert sum(emu.counts.values()) == 0                # the second ls -l asks nothing
 
 
+def test_during_a_copy_the_size_probe_brings_the_whole_file(emu, recfs_mount, tmp_path):
+    """Once the reader sees files opened in folder order, learning a size fetches
+    the (small) file whole: one request per file of the next folder, all of it
+    served from the cache afterwards."""
+    for folder in ("a", "b"):
+        for i in range(40):
+            emu.put(f"exports/copy/{folder}/r{i:02d}.wav", os.urandom(10_000 + 1000 * i))
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
+    subprocess.run(["cp", "-r", str(mnt / "exports/copy/a"), str(tmp_path / "a")], check=True)
+    emu.reset_stats()
+    subprocess.run(["cp", "-r", str(mnt / "exports/copy/b"), str(tmp_path / "b")], check=True)
+    assert emu.count("s3") == 40 and emu.count("signedUrl") == 0
+    assert emu.bytes_sent < sum(10_000 + 1000 * i for i in range(40)) + 100_000   # each byte once
+    for folder in ("a", "b"):
+        for i in range(40):
+            key = f"exports/copy/{folder}/r{i:02d}.wav"
+            assert (tmp_path / folder / f"r{i:02d}.wav").read_bytes() == emu.objects[key].blob.all_bytes()
+    emu.reset_stats()
+    subprocess.run(["cp", "-r", str(mnt / "exports/copy/b"), str(tmp_path / "b2")], check=True)
+    assert sum(emu.counts.values()) == 0
+
+
+def test_ls_l_probes_one_byte_per_file(emu, recfs_mount):
+    for i in range(40):
+        emu.put(f"exports/list/r{i:02d}.wav", os.urandom(50_000))
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
+    subprocess.run(["ls", "-l", str(mnt / "exports/list")], capture_output=True, check=True)
+    assert emu.count("s3") == 40 and emu.bytes_sent < 40 * 2000
+
+
 def test_sizes_are_remembered_across_remounts(emu, recfs_mount, tmp_path):
     cfg = toml_config([source_table(emu, "alv")], cache_dir=tmp_path / "shared-cache")
     mnt = recfs_mount(cfg, name="first") / "alv"

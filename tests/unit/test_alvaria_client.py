@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 
 import httpx
 import pytest
 import respx
+import trio
 
 from recfs.config import Secret
 from recfs.http import Http, RetryPolicy
@@ -141,6 +143,38 @@ async def test_resolve_sizes_with_one_byte_ranged_gets(token_route):
     await make_source().resolve_sizes(entries)
     assert {e.ref: e.size for e in entries} == sizes
     assert all(c.request.headers["range"] == "bytes=0-0" for c in probes.calls)
+
+
+async def test_during_a_copy_sizes_come_with_the_whole_file_or_else_from_a_probe(token_route, tmp_path):
+    from recfs.content.cache import Cache
+    from recfs.sources.base import Entry
+    mock, _ = token_route
+    mock.get(API.format(v="v3") + "/mediaStorage/data/objectKeys").mock(side_effect=lambda r: httpx.Response(
+        200, json={"signedDownloadUrl": f"https://s3.example/{r.url.params['key']}?X-Amz-Expires=60"}))
+    content = {"r/a": os.urandom(300_000), "r/broken": os.urandom(5000)}
+
+    def s3(request):
+        key = request.url.path.lstrip("/")
+        first, last = (int(x) for x in request.headers["range"][6:].split("-"))
+        if key == "r/broken" and last > 0:
+            return httpx.Response(503)            # the whole-file GET fails: probe instead
+        body = content[key][first:last + 1]
+        return httpx.Response(206, content=body, headers={
+            "Content-Range": f"bytes {first}-{first + len(body) - 1}/{len(content[key])}"})
+    s3_route = mock.get(url__startswith="https://s3.example/").mock(side_effect=s3)
+    src = make_source()
+    src.ctx.cache = cache = Cache(tmp_path, max_size=1 << 30)
+    src.copy_seen = trio.current_time()
+    entries = [Entry(k.split("/")[1], Kind.FILE, ref=k, size=None, size_hint=len(v), id=k, version="1")
+               for k, v in content.items()]
+    await src.resolve_sizes(entries)
+    assert {e.ref: e.size for e in entries} == {k: len(v) for k, v in content.items()}
+    a, broken = entries
+    assert cache.has_whole(src.cache_key(a), a.size)
+    assert cache.entry(src.cache_key(a), a.size).read(0, a.size) == content["r/a"]
+    assert not cache.has_whole(src.cache_key(broken), broken.size)
+    assert [c.request.headers["range"] for c in s3_route.calls if "broken" in str(c.request.url)][-1] == "bytes=0-0"
+    assert list(cache.staging_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -90,6 +90,26 @@ def test_store_file_adopts_a_verified_file(tmp_path):
     assert oct(os.stat(c.data_path("f@1")).st_mode & 0o777) == oct(0o600)
 
 
+def test_adopt_takes_a_probed_file_unsynced_and_never_replaces_what_is_known(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30)
+    data = os.urandom(CHUNK + 1000)
+    probed = c.staging_path("probe-")
+    probed.write_bytes(data)
+    assert c.adopt("f@1", len(data), probed)
+    assert not probed.exists() and c.has_whole("f@1", len(data))
+    assert c.entry("f@1", len(data)).read(0, len(data)) == data
+    # I2: nothing reaches the index before the flusher synced the file
+    assert not Cache(tmp_path, max_size=1 << 30).has_whole("f@1", len(data))
+    c.flush()
+    assert Cache(tmp_path, max_size=1 << 30).has_whole("f@1", len(data))
+    # a key the cache knows keeps its bytes; the probed file is dropped
+    other = c.staging_path("probe-")
+    other.write_bytes(b"x" * len(data))
+    assert not c.adopt("f@1", len(data), other)
+    assert not other.exists()
+    assert c.entry("f@1", len(data)).read(0, 10) == data[:10]
+
+
 def stat_mode(p):
     return os.stat(p).st_mode & 0o777
 

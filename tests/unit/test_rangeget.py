@@ -236,3 +236,41 @@ async def test_tls_is_verified_against_the_configured_ca(tls_server_context):
         await trusted.aclose()
         await untrusted.aclose()
         server.close()
+
+
+SMALL = DATA[:5000]
+
+
+def small_partial(head: bytes) -> bytes:
+    a, b = requested_range(head)
+    body = SMALL[a:b]
+    return (f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Range: bytes {a}-{a + len(body) - 1}/{len(SMALL)}\r\n\r\n").encode() + body
+
+
+def small_whole(head: bytes) -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(SMALL)}\r\n\r\n".encode() + SMALL
+
+
+def empty_object(head: bytes) -> bytes:
+    return b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */0\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+@pytest.mark.parametrize("answer,want", [(small_partial, SMALL), (small_whole, SMALL), (empty_object, b"")])
+async def test_a_range_past_the_end_learns_the_size_when_none_is_known(answer, want, threaded):
+    """total=None (Alvaria's whole-file size probe): the range asked for may run past
+    the end of the object; the answer gives the size, and the bytes up to it arrive."""
+    server = ScriptedServer(answer)
+    http = Http(retry=RetryPolicy(attempts=2, base_delay=0.01), threaded_content=threaded)
+    got = bytearray()
+
+    async def url_for(renew: bool):
+        return server.url + "/file", {}
+    try:
+        size = await http.get_range(url_for, 0, 4 << 20, lambda pos, data: got.extend(data), total=None)
+    finally:
+        await http.aclose()
+        server.close()
+    assert size == len(want) and bytes(got) == want
+    assert len(server.requests) == 1

@@ -15,7 +15,9 @@ Invariants (what makes the cache crash-safe; the tests check each):
  I3. A data file is deleted only after its row is gone from the index, and never
      while a reader holds the entry (pinned).
  I4. Bytes enter the cache only through `CacheEntry.write` followed by `mark` for
-     whole chunks, or `store_file` for a complete file that its producer verified.
+     whole chunks, `store_file` for a complete file that its producer verified, or
+     `adopt` for a complete file a size probe wrote into staging/ (its entry starts
+     dirty, so its bits reach the index only after the flusher's fdatasync: I2).
 """
 from __future__ import annotations
 
@@ -65,6 +67,13 @@ def _sync_all(fds: list[int]) -> list[bool]:
         finally:
             os.close(fd)
     return synced
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class CacheEntry:
@@ -202,6 +211,7 @@ class Cache:
         self.dirty: set[CacheEntry] = set()
         self.touched: set[CacheEntry] = set()     # read since the last flush (LRU order)
         self.evictions = 0
+        self._staged = 0
 
     def data_path(self, key: str) -> Path:
         h = key_hash(key)
@@ -278,6 +288,29 @@ class Cache:
         e.bitmap = bytearray(len(e.bitmap))
         e.mark(0, e.nchunks - 1) if e.nchunks else None
         self._persist(e)
+
+    def staging_path(self, prefix: str) -> Path:
+        """A fresh name in staging/ (emptied at start) for a file being written."""
+        self._staged += 1
+        return self.staging_dir / f"{prefix}{self._staged}"
+
+    def adopt(self, key: str, size: int, path: Path) -> bool:
+        """Move a complete file of `size` bytes, written but not yet synced, in as the
+        content of `key`, unless the cache already knows `key` (then the file is
+        dropped: what the cache holds stays as it is)."""
+        if key in self.entries or self.db.execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone():
+            _unlink(path)
+            return False
+        dest = self.data_path(key)
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:       # the first file of its data/ab/ folder
+            dest.parent.mkdir(mode=0o700, exist_ok=True)
+            os.replace(path, dest)
+        e = self.entry(key, size)
+        if e.nchunks:
+            e.mark(0, e.nchunks - 1)
+        return True
 
     # -- exact sizes learnt by ranged probes (Alvaria, Kazoo), remembered across mounts
     def known_size(self, key: str) -> int | None:

@@ -131,7 +131,10 @@ class Reader:
         self._last_open[key] = index
         if len(self._last_open) > 256:
             self._last_open = {key: index}
-        if previous is None or index != previous + 1 or type(source).fetch_whole is not Source.fetch_whole:
+        if previous is None or index != previous + 1:
+            return
+        source.copy_seen = trio.current_time()
+        if type(source).fetch_whole is not Source.fetch_whole:
             return
         for entry in siblings[index + 1:index + 1 + self.sibling_prefetch]:
             if entry.size is None or not 0 < entry.size <= self.small_file:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime as dt
 import hashlib
 import hmac
@@ -34,6 +35,41 @@ ORG = "demo-org"
 API_KEY = "alvaria-demo-api-key"
 CLIENT_ID = "alvaria-demo-client"
 CLIENT_SECRET = "alvaria-demo-secret"
+
+
+class _Objects(dict):
+    """The bucket: a dict (tests change it directly) that keeps its keys sorted on
+    demand, so that a listing costs the size of its folder, not of the bucket."""
+
+    def __init__(self):
+        super().__init__()
+        self._sorted: list[str] | None = None
+
+    def __setitem__(self, key, value):
+        if key not in self:
+            self._sorted = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._sorted = None
+
+    def pop(self, *args):
+        self._sorted = None
+        return super().pop(*args)
+
+    def clear(self):
+        self._sorted = None
+        super().clear()
+
+    def under(self, prefix: str) -> list[str]:
+        """The keys starting with `prefix`, in order."""
+        if self._sorted is None:
+            self._sorted = sorted(self)
+        keys = self._sorted
+        lo = bisect.bisect_left(keys, prefix)
+        hi = bisect.bisect_left(keys, prefix + "\U0010ffff", lo)
+        return [k for k in keys[lo:hi] if k.startswith(prefix)]
 
 
 @dataclass
@@ -66,7 +102,7 @@ class AlvariaEmulator(Emulator):
         self.url_ttl = url_ttl
         self.page_limit = page_limit
         self.urls_in_listing = urls_in_listing
-        self.objects: dict[str, StoredObject] = {}
+        self.objects: _Objects = _Objects()
         self.tokens: dict[str, float] = {}          # token -> expiry (emulator clock)
         self._signing_key = new_token(32).encode()
         self.route("POST", r"/tokenservice/oauth2/access_token", "token", self._token)
@@ -130,31 +166,32 @@ class AlvariaEmulator(Emulator):
         """Directory keys come with or without their trailing '/' (both happen)."""
         return key if hashlib.md5(key.encode()).digest()[0] % 2 else key.rstrip("/")
 
-    def _item(self, key: str, is_dir: bool) -> dict:
+    def _item(self, key: str, is_dir: bool, mtime: float = 0.0) -> dict:
         name = key.rstrip("/").rsplit("/", 1)[-1]
         if is_dir:
-            latest = max((o.mtime for k, o in self.objects.items() if k.startswith(key)), default=0)
             return {"kind": "objectKey", "key": self._slash(key), "keyName": name, "size": "",
-                    "lastModifiedTime": iso_ms(latest), "keyType": "directory", "childObjectKeys": []}
+                    "lastModifiedTime": iso_ms(mtime), "keyType": "directory", "childObjectKeys": []}
         obj = self.objects[key]
         return {"kind": "objectKey", "key": key, "keyName": name, "size": kb_string(obj.blob.size),
                 "lastModifiedTime": iso_ms(obj.mtime), "keyType": "file"}
 
-    def _list(self, prefix: str, key_type: str) -> list[dict]:
+    def _list(self, prefix: str, key_type: str) -> list[tuple[str, bool, float]]:
+        """(key, is_dir, mtime) for a listing, in key order; a directory's mtime is
+        its newest object's."""
+        under = self.objects.under(prefix)
         if key_type == "file":
-            return [self._item(k, False) for k in sorted(self.objects) if k.startswith(prefix)]
-        files, dirs = [], set()
-        for k in sorted(self.objects):
-            if not k.startswith(prefix):
-                continue
+            return [(k, False, 0.0) for k in under]
+        files, dirs = [], {}
+        for k in under:
             rest = k[len(prefix):]
             if "/" in rest:
-                dirs.add(prefix + rest.split("/", 1)[0] + "/")
+                d = prefix + rest.split("/", 1)[0] + "/"
+                dirs[d] = max(dirs.get(d, 0.0), self.objects[k].mtime)
             elif rest and key_type == "file:directory":
-                files.append(k)
-        items = [(d, True) for d in dirs] + [(f, False) for f in files]
+                files.append((k, False, 0.0))
+        items = [(d, True, t) for d, t in dirs.items()] + files
         items.sort(key=lambda it: it[0])
-        return [self._item(k, is_dir) for k, is_dir in items]
+        return items
 
     def _object_keys(self, req: Request) -> Response:
         denied = self._check_auth(req)
@@ -172,7 +209,7 @@ class AlvariaEmulator(Emulator):
             return json_response({"message": f"invalid keyType {key_type}"}, 400)
         prefix = key if (key == "" or key.endswith("/")) else key + "/"
         items = self._list(prefix, key_type)
-        if not items and prefix and not any(k.startswith(prefix) for k in self.objects):
+        if not items and prefix and not self.objects.under(prefix):
             return json_response({"message": "No record exists for the provided key"}, 404)
         version = req.match.group("ver")
         try:
@@ -186,7 +223,8 @@ class AlvariaEmulator(Emulator):
                 start = int(json.loads(base64.b64decode(token))["o"])
             except Exception:
                 return json_response({"message": "invalid pagination token"}, 400)
-        page = items[start:start + max(1, limit)]
+        # rendered for this page only (a crafted item a test slipped in is already raw)
+        page = [self._item(*it) if isinstance(it, tuple) else it for it in items[start:start + max(1, limit)]]
         if self.urls_in_listing:       # signed for this page only: signing costs
             for item in page:
                 # (tests slip hostile items into listings: leave those as they are)

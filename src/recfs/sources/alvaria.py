@@ -15,12 +15,17 @@ Client:
 - Sizes: listings say "5370.0 KB". The exact size is learnt with `Range: bytes=0-0`
   on the signed URL (HEAD is not signed for), for all the files of a folder at once
   when the first of them is stat'ed; learnt sizes are remembered in the cache index.
+  While a copy is under way (the reader saw files opened in folder order), a file
+  listed at up to WHOLE_PROBE bytes is instead asked for whole: the one request
+  gives its size and its content, which goes into the cache.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import logging
+import os
 import re
 import time
 import urllib.parse
@@ -39,6 +44,7 @@ log = logging.getLogger("recfs.alvaria")
 
 UPLOAD_PREFIX = "imports/"      # the service's folders for uploads; exports/ is read-only
 LEASES_KEPT = 20_000            # signed URLs remembered (about 0.7 KB each)
+WHOLE_PROBE = 4 << 20           # during a copy, files up to this size are probed whole
 
 CONFIG_KEYS = {
     "api_url": Key("url", required=True, doc="…/via/v2|v3/organizations/{orgId}"),
@@ -266,16 +272,58 @@ class AlvariaSource(Source):
 
     # -- sizes
     async def resolve_sizes(self, entries: list[Entry]) -> None:
+        whole = self.copying() and self.ctx.cache is not None
+
         async def probe(entry: Entry) -> None:
             async with self.size_limiter:
                 try:
-                    entry.size = await self._probe_size(entry.ref)
+                    if whole and entry.size_hint <= WHOLE_PROBE:
+                        entry.size = await self._probe_whole(entry)
+                    if entry.size is None:
+                        entry.size = await self._probe_size(entry.ref)
                 except (HttpError, SourceError) as exc:
                     log.error("%s: cannot learn the size of %s: %s", self.name, entry.ref, exc)
 
         async with trio.open_nursery() as nursery:
             for entry in entries:
                 nursery.start_soon(probe, entry)
+
+    async def _probe_whole(self, entry: Entry) -> int | None:
+        """Ask for the first WHOLE_PROBE bytes: the answer states the size, and a file
+        no bigger arrives whole and is moved into the cache. None when that fails (the
+        caller then probes as usual)."""
+        key = entry.ref
+        cache = self.ctx.cache
+        path = cache.staging_path("probe-")
+        fd = -1
+
+        def sink(pos: int, data) -> None:     # in a worker thread, one request at a time
+            nonlocal fd
+            if fd < 0:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, pos)
+                pos += n
+                view = view[n:]
+
+        cache.reserve(entry.size_hint)
+        size = None
+        try:
+            size = await self.ctx.http.get_range(lambda renew: self.signed_url(key, renew), 0,
+                                                 WHOLE_PROBE, sink, total=None,
+                                                 name=f"{self.name}: {key}")
+        except Exception as exc:           # a guess that did not work out: probe instead
+            log.debug("%s: %s: fetching it whole: %s", self.name, key, exc)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if size is not None and 0 < size <= WHOLE_PROBE:
+            cache.adopt(self.cache_key(entry), size, path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return size
 
     async def _probe_size(self, key: str) -> int:
         for renew in (False, True):

@@ -16,6 +16,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
+import trio
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -58,6 +60,9 @@ class Entry:
         return self.kind is Kind.DIR
 
 
+COPY_MEMORY = 5.0       # seconds a copy seen by the reader counts as under way
+
+
 @dataclass
 class Listing:
     entries: list[Entry]
@@ -90,6 +95,7 @@ class Source:
         self.name = name
         self.options = options
         self.ctx = ctx
+        self.copy_seen = -COPY_MEMORY      # trio time the reader last saw a copy (copying())
         if options.get("listing_ttl") is not None:
             self.listing_ttl = float(options["listing_ttl"])
 
@@ -104,6 +110,12 @@ class Source:
 
     async def list_dir(self, ref: Hashable) -> Listing:
         raise NotImplementedError
+
+    def copying(self) -> bool:
+        """Whether the reader saw files of one of this source's folders opened one
+        after another lately (cp -r, rsync): learning sizes may then fetch small files
+        whole, as their content is about to be read."""
+        return trio.current_time() - self.copy_seen < COPY_MEMORY
 
     async def resolve_sizes(self, entries: list[Entry]) -> None:
         """Set `size` on every entry whose size is None, concurrently.
