@@ -439,7 +439,7 @@ class Cache:
         if snapshot:
             self._end_flush(snapshot, _sync_all(fds))
 
-    async def run_flusher(self, interval: float = float(os.environ.get("RECFS_FLUSH", "1.0"))) -> None:
+    async def run_flusher(self, interval: float = 1.0) -> None:
         """flush() every `interval` seconds, with the syncs in a worker thread:
         syncing the last second's downloads must not stall every FUSE reply."""
         while True:

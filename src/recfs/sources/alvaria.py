@@ -272,12 +272,11 @@ class AlvariaSource(Source):
 
     # -- sizes
     async def resolve_sizes(self, entries: list[Entry]) -> None:
-        whole = self.copying() and self.ctx.cache is not None
-
         async def probe(entry: Entry) -> None:
             async with self.size_limiter:
                 try:
-                    if whole and entry.size_hint <= WHOLE_PROBE:
+                    # asked here, not once for all: a copy seen while this waited counts
+                    if entry.size_hint <= WHOLE_PROBE and self.ctx.cache is not None and self.copying():
                         entry.size = await self._probe_whole(entry)
                     if entry.size is None:
                         entry.size = await self._probe_size(entry.ref)
