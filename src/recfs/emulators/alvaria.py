@@ -105,6 +105,8 @@ class AlvariaEmulator(Emulator):
         self.objects: _Objects = _Objects()
         self.tokens: dict[str, float] = {}          # token -> expiry (emulator clock)
         self._signing_key = new_token(32).encode()
+        self._session_token = new_token(24)       # STS session token: one per session
+        self._date = (0, "")
         self.route("POST", r"/tokenservice/oauth2/access_token", "token", self._token)
         base = r"/via/(?P<ver>v2|v3)/organizations/(?P<org>[^/]+)/mediaStorage/data"
         self.route("GET", base + r"/objectKeys", "objectKeys", self._object_keys)
@@ -256,15 +258,18 @@ class AlvariaEmulator(Emulator):
         return hmac.new(self._signing_key, msg, hashlib.sha256).hexdigest()
 
     def _presign(self, key: str, method: str, signed_headers: str, extra: dict | None = None) -> str:
-        """A URL for `method` on `key`, valid for `url_ttl` seconds from now."""
-        date = dt.datetime.fromtimestamp(self.now(), dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        """A URL for `method` on `key`, valid for `url_ttl` seconds from now. (Cheap: a
+        listing signs one per file.)"""
+        now = int(self.now())
+        if self._date[0] != now:
+            self._date = (now, dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+        date = self._date[1]
         expires = str(self.url_ttl)
-        q = urllib.parse.urlencode({
-            **(extra or {}),
-            "X-Amz-Security-Token": new_token(24), "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-            "X-Amz-Date": date, "X-Amz-SignedHeaders": signed_headers, "X-Amz-Expires": expires,
-            "X-Amz-Credential": f"EMULATOR/{date[:8]}/us-east-1/s3/aws4_request",
-            "X-Amz-Signature": self._sign(method, key, date, expires)})
+        q = urllib.parse.urlencode(extra) + "&" if extra else ""
+        q += (f"X-Amz-Security-Token={self._session_token}&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+              f"&X-Amz-Date={date}&X-Amz-SignedHeaders={urllib.parse.quote(signed_headers, safe='')}"
+              f"&X-Amz-Expires={expires}&X-Amz-Credential=EMULATOR%2F{date[:8]}%2Fus-east-1%2Fs3%2Faws4_request"
+              f"&X-Amz-Signature={self._sign(method, key, date, expires)}")
         return f"{self.url}/s3/aspect-via-data-{self.org}/{urllib.parse.quote(key)}?{q}"
 
     def _check_presigned(self, req: Request) -> Response | None:

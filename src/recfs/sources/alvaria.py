@@ -21,6 +21,7 @@ Client:
 """
 from __future__ import annotations
 
+import calendar
 import contextlib
 import datetime as dt
 import errno
@@ -94,31 +95,38 @@ def parse_time(text: Any) -> float:
         return 0.0
 
 
+_EXPIRES = re.compile(r"[?&]X-(?:Amz|Goog)-Expires=([^&#]*)")
+
+
 def url_lifetime(url: str, default: float = 3600.0) -> float:
     """Seconds a signed URL stays valid, from its own query (S3 or GCS style)."""
-    q = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-    for name in ("X-Amz-Expires", "X-Goog-Expires"):
-        if name in q:
-            try:
-                return float(q[name][0])
-            except ValueError:
-                pass
+    m = _EXPIRES.search(url)
+    if m:
+        try:
+            return float(m.group(1))
+        except ValueError:
+            pass
     return default
+
+
+_SIGNED_DATE = re.compile(r"[?&]X-(?:Amz|Goog)-Date=(\d{8}T\d{6}Z)(?:&|$)")
 
 
 def url_time_left(url: str, now: float) -> float:
     """Seconds until a signed URL expires: from its signing date when it names one (a
-    URL that came with a listing may be minutes old), else its whole lifetime."""
-    q = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    URL that came with a listing may be minutes old), else its whole lifetime. (A
+    listing gives one URL per file: this is kept cheap.)"""
     lifetime = url_lifetime(url)
-    for name in ("X-Amz-Date", "X-Goog-Date"):
-        if name in q:
-            try:
-                signed = dt.datetime.strptime(q[name][0], "%Y%m%dT%H%M%SZ")
-            except ValueError:
-                continue
-            return signed.replace(tzinfo=dt.timezone.utc).timestamp() + lifetime - now
-    return lifetime
+    m = _SIGNED_DATE.search(url)
+    if m is None:
+        return lifetime
+    d = m.group(1)
+    try:
+        signed = calendar.timegm((int(d[0:4]), int(d[4:6]), int(d[6:8]),
+                                  int(d[9:11]), int(d[11:13]), int(d[13:15]), 0, 0, 0))
+    except ValueError:
+        return lifetime
+    return signed + lifetime - now
 
 
 def keep_dot_segments(url: str) -> str:
