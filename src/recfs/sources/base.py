@@ -60,7 +60,7 @@ class Entry:
         return self.kind is Kind.DIR
 
 
-COPY_MEMORY = 5.0       # seconds a copy seen by the reader counts as under way
+COPY_MEMORY = 2.0       # seconds a copy seen by the reader counts as under way
 
 
 @dataclass
