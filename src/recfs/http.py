@@ -499,11 +499,9 @@ def _content_plan(status: int, headers: httpx.Headers, *, pos: int, end: int,
                              f"got {headers.get('content-range')!r}")
         return first, last + 1
     if status == 200:
-        length = headers.get("content-length")
-        if total is not None and length is not None and length.strip().isdigit() \
-                and int(length) != total:
-            raise SizeChangedError(f"{name}: the object is now {length} bytes, not {total}",
-                                   int(length))
+        length = _answer_total(status, headers)
+        if total is not None and length is not None and length != total:
+            raise SizeChangedError(f"{name}: the object is now {length} bytes, not {total}", length)
         # the server ignored Range: skip to pos and keep what we asked for
         return 0, end
     return None

@@ -102,15 +102,15 @@ async def fetch(http: Http, url: str, start: int = 0, end: int = len(DATA)) -> b
     return bytes(out)
 
 
-def threaded_http(**kw) -> Http:
-    return Http(retry=RetryPolicy(attempts=4, base_delay=0.01), threaded_content=True, **kw)
+def threaded_http(threaded: bool = True, **kw) -> Http:
+    return Http(retry=RetryPolicy(attempts=4, base_delay=0.01), threaded_content=threaded, **kw)
 
 
 @contextlib.asynccontextmanager
-async def serving(answer, **server_kw):
-    """A scripted server and a threaded Http client, both closed afterwards."""
+async def serving(answer, threaded: bool = True, **server_kw):
+    """A scripted server and an Http client (threaded unless told), both closed afterwards."""
     server = ScriptedServer(answer, **server_kw)
-    http = threaded_http()
+    http = threaded_http(threaded)
     try:
         yield server, http
     finally:
@@ -261,16 +261,10 @@ def empty_object(head: bytes) -> bytes:
 async def test_a_range_past_the_end_learns_the_size_when_none_is_known(answer, want, threaded):
     """total=None (Alvaria's whole-file size probe): the range asked for may run past
     the end of the object; the answer gives the size, and the bytes up to it arrive."""
-    server = ScriptedServer(answer)
-    http = Http(retry=RetryPolicy(attempts=2, base_delay=0.01), threaded_content=threaded)
     got = bytearray()
-
-    async def url_for(renew: bool):
-        return server.url + "/file", {}
-    try:
+    async with serving(answer, threaded) as (server, http):
+        async def url_for(renew: bool):
+            return server.url + "/file", {}
         size = await http.get_range(url_for, 0, 4 << 20, lambda pos, data: got.extend(data), total=None)
-    finally:
-        await http.aclose()
-        server.close()
     assert size == len(want) and bytes(got) == want
     assert len(server.requests) == 1

@@ -76,6 +76,51 @@ def _unlink(path: Path) -> None:
         pass
 
 
+def _bitmap_bytes(size: int) -> int:
+    return ((size + CHUNK - 1) // CHUNK + 7) // 8
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        offset += n
+        view = view[n:]
+
+
+def _in_data_dir(path: Path, make):
+    """`make()` creates `path` in data/ab/; that folder is made on first need only (one
+    mkdir per 256th file would cost every file a syscall)."""
+    try:
+        return make()
+    except FileNotFoundError:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        return make()
+
+
+class StagedFile:
+    """A file written into staging/ (by one worker thread at a time, as a fetch's
+    sink), then moved into the cache by `Cache.adopt` or dropped by `discard`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = -1
+
+    def write(self, offset: int, data) -> None:
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        _pwrite_all(self._fd, data, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        _unlink(self.path)
+
+
 class CacheEntry:
     """The cached state of one object@version."""
 
@@ -123,11 +168,7 @@ class CacheEntry:
     @property
     def fd(self) -> int:
         if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            except FileNotFoundError:       # the first file of its data/ab/ folder
-                self.path.parent.mkdir(mode=0o700, exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = _in_data_dir(self.path, lambda: os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         return self._fd
 
     def close_fd(self) -> None:
@@ -146,20 +187,14 @@ class CacheEntry:
 
         A full disk evicts least recently used entries and tries once more; then the
         error propagates and the fetch fails (EIO for its readers, with a log line)."""
-        view = memoryview(data)
-        retried = False
-        while view:
-            try:
-                n = os.pwrite(self.fd, view, offset)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC or retried:
-                    raise
-                retried = True
-                freed = _on_trio_thread(self.cache.evict_bytes, max(len(view), 64 << 20))
-                log.warning("cache: disk full; evicted %d bytes and trying again", freed)
-                continue
-            offset += n
-            view = view[n:]
+        try:
+            _pwrite_all(self.fd, data, offset)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            freed = _on_trio_thread(self.cache.evict_bytes, max(len(data), 64 << 20))
+            log.warning("cache: disk full; evicted %d bytes and trying again", freed)
+            _pwrite_all(self.fd, data, offset)
 
     def mark(self, first: int, last: int) -> None:
         """Chunks first..last (inclusive) are fully written."""
@@ -227,15 +262,16 @@ class Cache:
             self._forget(e)
         row = self.db.execute("SELECT size, bitmap, present, last_used FROM entries WHERE key=?",
                               (key,)).fetchone()
-        nbytes = ((size + CHUNK - 1) // CHUNK + 7) // 8
-        if row and row[0] == size and len(row[1]) == nbytes and self._data_intact(key, size, row):
-            e = CacheEntry(self, key, size, bytearray(row[1]), row[2], row[3])
-        else:
-            if row:
-                self.total -= row[2]
-                self.db.execute("DELETE FROM entries WHERE key=?", (key,))
-            e = CacheEntry(self, key, size, bytearray(nbytes), 0, time.time())
-        self.entries[key] = e
+        if row and row[0] == size and len(row[1]) == _bitmap_bytes(size) and self._data_intact(key, size, row):
+            e = self.entries[key] = CacheEntry(self, key, size, bytearray(row[1]), row[2], row[3])
+            return e
+        if row:
+            self.total -= row[2]
+            self.db.execute("DELETE FROM entries WHERE key=?", (key,))
+        return self._new_entry(key, size)
+
+    def _new_entry(self, key: str, size: int) -> CacheEntry:
+        e = self.entries[key] = CacheEntry(self, key, size, bytearray(_bitmap_bytes(size)), 0, time.time())
         return e
 
     def _data_intact(self, key: str, size: int, row) -> bool:
@@ -280,9 +316,8 @@ class Cache:
         with open(path, "rb+") as f:
             os.fdatasync(f.fileno())
         e.close_fd()
-        e.path.parent.mkdir(mode=0o700, exist_ok=True)
         os.chmod(path, 0o600)
-        os.replace(path, e.path)
+        _in_data_dir(e.path, lambda: os.replace(path, e.path))
         e.cache.total -= e.present
         e.present = 0
         e.bitmap = bytearray(len(e.bitmap))
@@ -294,6 +329,9 @@ class Cache:
         self._staged += 1
         return self.staging_dir / f"{prefix}{self._staged}"
 
+    def staged(self, prefix: str) -> StagedFile:
+        return StagedFile(self.staging_path(prefix))
+
     def adopt(self, key: str, size: int, path: Path) -> bool:
         """Move a complete file of `size` bytes, written but not yet synced, in as the
         content of `key`, unless the cache already knows `key` (then the file is
@@ -302,12 +340,8 @@ class Cache:
             _unlink(path)
             return False
         dest = self.data_path(key)
-        try:
-            os.replace(path, dest)
-        except FileNotFoundError:       # the first file of its data/ab/ folder
-            dest.parent.mkdir(mode=0o700, exist_ok=True)
-            os.replace(path, dest)
-        e = self.entry(key, size)
+        _in_data_dir(dest, lambda: os.replace(path, dest))
+        e = self._new_entry(key, size)      # no row, no entry: checked above
         if e.nchunks:
             e.mark(0, e.nchunks - 1)
         return True
@@ -358,10 +392,7 @@ class Cache:
             e.close_fd()
             self.dirty.discard(e)
             self.touched.discard(e)
-        try:
-            os.unlink(self.data_path(key))
-        except FileNotFoundError:
-            pass
+        _unlink(self.data_path(key))
         self.total -= present
         self.evictions += 1
         return True

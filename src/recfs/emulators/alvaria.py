@@ -62,14 +62,22 @@ class _Objects(dict):
         self._sorted = None
         super().clear()
 
+    def update(self, *args, **kw):
+        self._sorted = None
+        super().update(*args, **kw)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._sorted = None
+        return super().setdefault(key, default)
+
     def under(self, prefix: str) -> list[str]:
         """The keys starting with `prefix`, in order."""
         if self._sorted is None:
             self._sorted = sorted(self)
         keys = self._sorted
         lo = bisect.bisect_left(keys, prefix)
-        hi = bisect.bisect_left(keys, prefix + "\U0010ffff", lo)
-        return [k for k in keys[lo:hi] if k.startswith(prefix)]
+        return keys[lo:bisect.bisect_left(keys, prefix + "\U0010ffff", lo)]
 
 
 @dataclass
@@ -174,8 +182,12 @@ class AlvariaEmulator(Emulator):
             return {"kind": "objectKey", "key": self._slash(key), "keyName": name, "size": "",
                     "lastModifiedTime": iso_ms(mtime), "keyType": "directory", "childObjectKeys": []}
         obj = self.objects[key]
-        return {"kind": "objectKey", "key": key, "keyName": name, "size": kb_string(obj.blob.size),
+        item = {"kind": "objectKey", "key": key, "keyName": name, "size": kb_string(obj.blob.size),
                 "lastModifiedTime": iso_ms(obj.mtime), "keyType": "file"}
+        if self.urls_in_listing:
+            url = self.signed_url(key)
+            item.update(signedUploadUrl=" ", signedDownloadUrl=url, nativeSignedDownloadUrl=url)
+        return item
 
     def _list(self, prefix: str, key_type: str) -> list[tuple[str, bool, float]]:
         """(key, is_dir, mtime) for a listing, in key order; a directory's mtime is
@@ -225,14 +237,8 @@ class AlvariaEmulator(Emulator):
                 start = int(json.loads(base64.b64decode(token))["o"])
             except Exception:
                 return json_response({"message": "invalid pagination token"}, 400)
-        # rendered for this page only (a crafted item a test slipped in is already raw)
+        # rendered (and signed) for this page only; an item a test crafted is already raw
         page = [self._item(*it) if isinstance(it, tuple) else it for it in items[start:start + max(1, limit)]]
-        if self.urls_in_listing:       # signed for this page only: signing costs
-            for item in page:
-                # (tests slip hostile items into listings: leave those as they are)
-                if isinstance(item, dict) and item.get("keyType") == "file" and item.get("key") in self.objects:
-                    url = self.signed_url(item["key"])
-                    item.update(signedUploadUrl=" ", signedDownloadUrl=url, nativeSignedDownloadUrl=url)
         body: dict = {"kind": "objectKeys", "objectKeys": page}
         if start + len(page) < len(items):
             nxt = base64.b64encode(json.dumps({"o": start + len(page), "r": new_token(6)}).encode()).decode()

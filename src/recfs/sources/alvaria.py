@@ -22,11 +22,9 @@ Client:
 from __future__ import annotations
 
 import calendar
-import contextlib
 import datetime as dt
 import errno
 import logging
-import os
 import re
 import time
 import urllib.parse
@@ -301,35 +299,21 @@ class AlvariaSource(Source):
         caller then probes as usual)."""
         key = entry.ref
         cache = self.ctx.cache
-        path = cache.staging_path("probe-")
-        fd = -1
-
-        def sink(pos: int, data) -> None:     # in a worker thread, one request at a time
-            nonlocal fd
-            if fd < 0:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, pos)
-                pos += n
-                view = view[n:]
-
+        staged = cache.staged("probe-")     # written by the fetch's worker thread
         cache.reserve(entry.size_hint)
         size = None
         try:
             size = await self.ctx.http.get_range(lambda renew: self.signed_url(key, renew), 0,
-                                                 WHOLE_PROBE, sink, total=None,
+                                                 WHOLE_PROBE, staged.write, total=None,
                                                  name=f"{self.name}: {key}")
         except Exception as exc:           # a guess that did not work out: probe instead
             log.debug("%s: %s: fetching it whole: %s", self.name, key, exc)
         finally:
-            if fd >= 0:
-                os.close(fd)
+            staged.close()
         if size is not None and 0 < size <= WHOLE_PROBE:
-            cache.adopt(self.cache_key(entry), size, path)
+            cache.adopt(self.cache_key(entry), size, staged.path)
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            staged.discard()
         return size
 
     async def _probe_size(self, key: str) -> int:

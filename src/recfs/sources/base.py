@@ -95,7 +95,7 @@ class Source:
         self.name = name
         self.options = options
         self.ctx = ctx
-        self.copy_seen = -COPY_MEMORY      # trio time the reader last saw a copy (copying())
+        self.copy_seen = float("-inf")     # trio time the reader last saw a copy (copying())
         if options.get("listing_ttl") is not None:
             self.listing_ttl = float(options["listing_ttl"])
 
