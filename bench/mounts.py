@@ -1,6 +1,7 @@
 """The processes the benchmark drives: the server, recfs mounts and rclone mounts."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,11 +23,14 @@ class Trash:
     allocates one, scanning past every one of them (`recently_deleted` in the kernel
     profile), so each new file cost about 0.5 ms more, for recfs's cache files and for
     cp's copies under either mount. Past `limit` bytes the trash is emptied, and the
-    benchmark waits for those inodes to age before it measures again."""
+    benchmark waits for those inodes to age before it measures again. Inside
+    `between_pairs()` that waits for `settle()`, which B5 calls before each
+    recfs/rclone pair, so both halves of a pair find the disk in the same state."""
     dir: Path | None = None
     count = 0
     held = 0
     limit = 12 << 30
+    deferred = False
 
     @classmethod
     def discard(cls, path: Path) -> None:
@@ -39,14 +43,33 @@ class Trash:
         cls.count += 1
         cls.held += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         path.rename(cls.dir / str(cls.count))
+        if not cls.deferred:
+            cls.settle()
+
+    @classmethod
+    def settle(cls) -> None:
         if cls.held > cls.limit:
             cls.empty()
             time.sleep(65)
 
     @classmethod
-    def empty(cls) -> None:
-        if cls.dir is not None:
+    @contextlib.contextmanager
+    def between_pairs(cls):
+        cls.deferred = True
+        try:
+            yield
+        finally:
+            cls.deferred = False
+
+    @classmethod
+    def empty(cls, pause: bool = False) -> None:
+        """Delete the trash; with `pause`, wait for the freed inodes to age if there
+        was anything in it."""
+        if cls.dir is not None and cls.dir.exists():
+            had = any(cls.dir.iterdir())
             shutil.rmtree(cls.dir, ignore_errors=True)
+            if had and pause:
+                time.sleep(65)
         cls.held = 0
 
 
