@@ -223,6 +223,33 @@ async def test_media_missing_after_listing_is_hidden_and_reads_fail_with_eio(emu
     assert any(r.levelno == logging.ERROR and entry.id in r.getMessage() for r in caplog.records)
 
 
+async def test_during_a_copy_short_recordings_come_whole_with_their_size(emu, http, tmp_path, caplog):
+    from recfs.content.cache import Cache
+    src = make_source(emu, http)
+    src.ctx.cache = cache = Cache(tmp_path, max_size=1 << 30)
+    account = emu.demo_accounts[0]
+    want, _ = expected_paths(emu)
+    path = next(p for p in sorted(want) if p.startswith(account))
+    y, m, d = (int(x) for x in path.split("/")[1:4])
+    files = [e for e in (await src.list_dir(("day", account, None, y, m, d))).entries if not e.is_dir]
+    assert len(files) >= 2 and all(0 < e.size_hint <= (4 << 20) for e in files)
+    gone = files[-1]
+    emu.recordings[gone.id].blob = None          # detached after listing: 404 to both GETs
+    caplog.set_level(logging.INFO, logger="recfs")
+    src.copy_seen = trio.current_time()
+    emu.reset_stats()
+    await src.resolve_sizes(files)
+    for entry in files[:-1]:
+        blob = emu.recordings[entry.id].blob
+        assert entry.size == blob.size
+        assert cache.entry(src.cache_key(entry), entry.size).read(0, entry.size) == blob.all_bytes()
+    assert gone.size is None and not cache.has_whole(src.cache_key(gone), 1)
+    assert any(gone.id in r.getMessage() and "no media" in r.getMessage() for r in caplog.records)
+    # one GET per recording, and the usual probe only for the one that failed
+    assert emu.count("media") == len(files) + 1
+    assert list(cache.staging_dir.iterdir()) == []
+
+
 async def test_default_account_is_the_keys_own(emu, http):
     src = make_source(emu, http, accounts=None)
     await src.start()

@@ -37,13 +37,12 @@ import trio
 from ..config import Key
 from ..http import (MAX_SIZE, ForbiddenError, HttpError, OAuthClientCredentials,
                     parse_content_range, safe_url)
-from .base import Entry, Kind, Listing, Sink, Source, SourceContext, SourceError
+from .base import WHOLE_PROBE, Entry, Kind, Listing, Sink, Source, SourceContext, SourceError
 
 log = logging.getLogger("recfs.alvaria")
 
 UPLOAD_PREFIX = "imports/"      # the service's folders for uploads; exports/ is read-only
 LEASES_KEPT = 20_000            # signed URLs remembered (about 0.7 KB each)
-WHOLE_PROBE = 4 << 20           # during a copy, files up to this size are probed whole
 
 CONFIG_KEYS = {
     "api_url": Key("url", required=True, doc="…/via/v2|v3/organizations/{orgId}"),
@@ -283,7 +282,9 @@ class AlvariaSource(Source):
                 try:
                     # asked here, not once for all: a copy seen while this waited counts
                     if entry.size_hint <= WHOLE_PROBE and self.ctx.cache is not None and self.copying():
-                        entry.size = await self._probe_whole(entry)
+                        key = entry.ref
+                        entry.size = await self.probe_whole(
+                            entry, lambda renew: self.signed_url(key, renew), f"{self.name}: {key}")
                     if entry.size is None:
                         entry.size = await self._probe_size(entry.ref)
                 except (HttpError, SourceError) as exc:
@@ -292,29 +293,6 @@ class AlvariaSource(Source):
         async with trio.open_nursery() as nursery:
             for entry in entries:
                 nursery.start_soon(probe, entry)
-
-    async def _probe_whole(self, entry: Entry) -> int | None:
-        """Ask for the first WHOLE_PROBE bytes: the answer states the size, and a file
-        no bigger arrives whole and is moved into the cache. None when that fails (the
-        caller then probes as usual)."""
-        key = entry.ref
-        cache = self.ctx.cache
-        staged = cache.staged("probe-")     # written by the fetch's worker thread
-        cache.reserve(entry.size_hint)
-        size = None
-        try:
-            size = await self.ctx.http.get_range(lambda renew: self.signed_url(key, renew), 0,
-                                                 WHOLE_PROBE, staged.write, total=None,
-                                                 name=f"{self.name}: {key}")
-        except Exception as exc:           # a guess that did not work out: probe instead
-            log.debug("%s: %s: fetching it whole: %s", self.name, key, exc)
-        finally:
-            staged.close()
-        if size is not None and 0 < size <= WHOLE_PROBE:
-            cache.adopt(self.cache_key(entry), size, staged.path)
-        else:
-            staged.discard()
-        return size
 
     async def _probe_size(self, key: str) -> int:
         for renew in (False, True):

@@ -13,6 +13,7 @@ A provider module exports:
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
@@ -60,7 +61,10 @@ class Entry:
         return self.kind is Kind.DIR
 
 
+log = logging.getLogger("recfs.sources")
+
 COPY_MEMORY = 2.0       # seconds a copy seen by the reader counts as under way
+WHOLE_PROBE = 4 << 20   # during a copy, a size probe asks for this much: small files come whole
 
 
 @dataclass
@@ -116,6 +120,29 @@ class Source:
         after another lately (cp -r, rsync): learning sizes may then fetch small files
         whole, as their content is about to be read."""
         return trio.current_time() - self.copy_seen < COPY_MEMORY
+
+    async def probe_whole(self, entry: Entry, url_for: Callable, what: str) -> int | None:
+        """Learn a file's size by asking for its first WHOLE_PROBE bytes (`url_for` as
+        `Http.get_range` takes it): the answer states the size, and a file no bigger
+        arrives whole and is moved into the cache. For sources that learn sizes with a
+        ranged GET, while `copying()`: the content is about to be read anyway. None
+        when that fails (the caller then probes as usual)."""
+        cache = self.ctx.cache
+        staged = cache.staged("probe-")     # written by the fetch's worker thread
+        cache.reserve(entry.size_hint)
+        size = None
+        try:
+            size = await self.ctx.http.get_range(url_for, 0, WHOLE_PROBE, staged.write, total=None,
+                                                 name=what)
+        except Exception as exc:           # a guess that did not work out: probe instead
+            log.debug("%s: fetching it whole: %s", what, exc)
+        finally:
+            staged.close()
+        if size is not None and 0 < size <= WHOLE_PROBE:
+            cache.adopt(self.cache_key(entry), size, staged.path)
+        else:
+            staged.discard()
+        return size
 
     async def resolve_sizes(self, entries: list[Entry]) -> None:
         """Set `size` on every entry whose size is None, concurrently.

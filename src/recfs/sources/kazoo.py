@@ -51,7 +51,7 @@ import trio
 
 from ..config import Key, Secret
 from ..http import CachedToken, ForbiddenError, Http, HttpError, parse_content_range, safe_url
-from .base import Entry, Kind, Listing, Source, SourceContext, SourceError
+from .base import WHOLE_PROBE, Entry, Kind, Listing, Source, SourceContext, SourceError
 
 log = logging.getLogger("recfs.sources.kazoo")
 
@@ -592,6 +592,14 @@ class KazooSource(Source):
         async def probe(entry: Entry) -> None:
             _, account, rid = entry.ref
             async with self._limiter:
+                # during a copy a short recording (by its duration) comes whole with its size
+                if 0 < entry.size_hint <= WHOLE_PROBE and self.ctx.cache is not None and self.copying():
+                    size = await self.probe_whole(entry, self._media(account, rid),
+                                                  f"{self.name}: recording {rid}")
+                    if size is not None:
+                        entry.size = size
+                        self._sizes[(rid, entry.version)] = size
+                        return
                 try:
                     size, detail = await self.client.probe_size(account, rid)
                 except HttpError as exc:
@@ -614,8 +622,9 @@ class KazooSource(Source):
             for entry in pending:
                 nursery.start_soon(probe, entry)
 
-    async def fetch_range(self, entry: Entry, start: int, end: int, sink) -> None:
-        _, account, rid = entry.ref
+    def _media(self, account: str, rid: str):
+        """The recording's media URL and headers, as `Http.get_range` asks for them; a
+        renewal (after a 401) drops the token that was used."""
         url = self.client.media_url(account, rid)
         used: dict[str, str] = {}
 
@@ -625,9 +634,12 @@ class KazooSource(Source):
             used.clear()
             used.update(await self.auth.headers())
             return url, {"Accept": "audio/mpeg", **used}
+        return url_for
 
+    async def fetch_range(self, entry: Entry, start: int, end: int, sink) -> None:
+        _, account, rid = entry.ref
         try:
-            await self.ctx.http.get_range(url_for, start, end, sink, total=entry.size,
+            await self.ctx.http.get_range(self._media(account, rid), start, end, sink, total=entry.size,
                                           name=f"{self.name}: recording {rid}")
         except HttpError as exc:
             if exc.status == 404:
