@@ -223,29 +223,36 @@ async def test_media_missing_after_listing_is_hidden_and_reads_fail_with_eio(emu
     assert any(r.levelno == logging.ERROR and entry.id in r.getMessage() for r in caplog.records)
 
 
-async def test_during_a_copy_short_recordings_come_whole_with_their_size(emu, http, tmp_path, caplog):
+async def test_during_a_copy_short_mp3s_come_whole_with_their_size(emu, http, tmp_path, caplog):
     from recfs.content.cache import Cache
     src = make_source(emu, http)
     src.ctx.cache = cache = Cache(tmp_path, max_size=1 << 30)
-    account = emu.demo_accounts[0]
     want, _ = expected_paths(emu)
-    path = next(p for p in sorted(want) if p.startswith(account))
-    y, m, d = (int(x) for x in path.split("/")[1:4])
-    files = [e for e in (await src.list_dir(("day", account, None, y, m, d))).entries if not e.is_dir]
-    assert len(files) >= 2 and all(0 < e.size_hint <= (4 << 20) for e in files)
-    gone = files[-1]
+    days = sorted({tuple(int(x) for x in p.split("/")[1:4]) + (p.split("/")[0],) for p in want})
+    for y, m, d, account in days:
+        files = [e for e in (await src.list_dir(("day", account, None, y, m, d))).entries if not e.is_dir]
+        mp3 = [e for e in files if e.xattrs["kazoo.content_type"] == "audio/mpeg"]
+        if len(mp3) >= 2:
+            break
+    assert len(mp3) >= 2 and all(0 < e.size_hint <= (2 << 20) for e in mp3)
+    gone = mp3[-1]
     emu.recordings[gone.id].blob = None          # detached after listing: 404 to both GETs
     caplog.set_level(logging.INFO, logger="recfs")
     src.copy_seen = trio.current_time()
     emu.reset_stats()
     await src.resolve_sizes(files)
-    for entry in files[:-1]:
+    for entry in files:
+        if entry is gone:
+            continue
         blob = emu.recordings[entry.id].blob
         assert entry.size == blob.size
-        assert cache.entry(src.cache_key(entry), entry.size).read(0, entry.size) == blob.all_bytes()
+        # MP3s came whole; others (WAV: no size to guess from the duration) were probed
+        assert cache.has_whole(src.cache_key(entry), entry.size) == (entry in mp3)
+        if entry in mp3:
+            assert cache.entry(src.cache_key(entry), entry.size).read(0, entry.size) == blob.all_bytes()
     assert gone.size is None and not cache.has_whole(src.cache_key(gone), 1)
     assert any(gone.id in r.getMessage() and "no media" in r.getMessage() for r in caplog.records)
-    # one GET per recording, and the usual probe only for the one that failed
+    # one GET per recording, and the usual probe after it for the one that failed
     assert emu.count("media") == len(files) + 1
     assert list(cache.staging_dir.iterdir()) == []
 

@@ -592,8 +592,11 @@ class KazooSource(Source):
         async def probe(entry: Entry) -> None:
             _, account, rid = entry.ref
             async with self._limiter:
-                # during a copy a short recording (by its duration) comes whole with its size
-                if 0 < entry.size_hint <= WHOLE_PROBE and self.ctx.cache is not None and self.copying():
+                # during a copy a short recording comes whole with its size. Its size is
+                # guessed from the duration at 128 kbit/s, so only MP3s well under the
+                # limit: a larger file would cost WHOLE_PROBE bytes fetched for nothing
+                if (0 < entry.size_hint <= WHOLE_PROBE // 2 and self.ctx.cache is not None
+                        and entry.xattrs.get("kazoo.content_type") == "audio/mpeg" and self.copying()):
                     size = await self.probe_whole(entry, self._media(account, rid),
                                                   f"{self.name}: recording {rid}")
                     if size is not None:
