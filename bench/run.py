@@ -432,7 +432,7 @@ class Bench:
                 if rcl is not None:
                     self.say(f"B5 pair {run + 1}: recfs {rcl['cp_s'][-1] / rec['cp_s'][-1]:.2f}× rclone")
         res["recfs"] = rec
-        if rcl:
+        if rcl is not None:
             res["rclone"] = rcl
             res["pair_ratios"] = [c / r for r, c in zip(rec["cp_s"], rcl["cp_s"])]
         self.raw["B5/B6"] = res

@@ -280,8 +280,7 @@ class AlvariaSource(Source):
         async def probe(entry: Entry) -> None:
             async with self.size_limiter:
                 try:
-                    # asked here, not once for all: a copy seen while this waited counts
-                    if entry.size_hint <= WHOLE_PROBE and self.ctx.cache is not None and self.copying():
+                    if entry.size_hint <= WHOLE_PROBE:
                         key = entry.ref
                         entry.size = await self.probe_whole(
                             entry, lambda renew: self.signed_url(key, renew), f"{self.name}: {key}")

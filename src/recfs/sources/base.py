@@ -122,12 +122,15 @@ class Source:
         return trio.current_time() - self.copy_seen < COPY_MEMORY
 
     async def probe_whole(self, entry: Entry, url_for: Callable, what: str) -> int | None:
-        """Learn a file's size by asking for its first WHOLE_PROBE bytes (`url_for` as
-        `Http.get_range` takes it): the answer states the size, and a file no bigger
-        arrives whole and is moved into the cache. For sources that learn sizes with a
-        ranged GET, while `copying()`: the content is about to be read anyway. None
-        when that fails (the caller then probes as usual)."""
+        """While `copying()`, learn a file's size by asking for its first WHOLE_PROBE
+        bytes (`url_for` as `Http.get_range` takes it): the answer states the size, and
+        a file no bigger arrives whole and is moved into the cache, as its content is
+        about to be read anyway. For sources that learn sizes with a ranged GET. None
+        when no copy is under way, there is no cache, or the GET fails: the caller
+        then probes as usual. (Asked at the call, so a copy seen meanwhile counts.)"""
         cache = self.ctx.cache
+        if cache is None or not self.copying():
+            return None
         staged = cache.staged("probe-")     # written by the fetch's worker thread
         cache.reserve(entry.size_hint)
         size = None

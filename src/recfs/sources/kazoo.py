@@ -592,22 +592,20 @@ class KazooSource(Source):
         async def probe(entry: Entry) -> None:
             _, account, rid = entry.ref
             async with self._limiter:
+                size = detail = None
                 # during a copy a short recording comes whole with its size. Its size is
                 # guessed from the duration at 128 kbit/s, so only MP3s well under the
                 # limit: a larger file would cost WHOLE_PROBE bytes fetched for nothing
-                if (0 < entry.size_hint <= WHOLE_PROBE // 2 and self.ctx.cache is not None
-                        and entry.xattrs.get("kazoo.content_type") == "audio/mpeg" and self.copying()):
+                if 0 < entry.size_hint <= WHOLE_PROBE // 2 \
+                        and entry.xattrs.get("kazoo.content_type") == "audio/mpeg":
                     size = await self.probe_whole(entry, self._media(account, rid),
                                                   f"{self.name}: recording {rid}")
-                    if size is not None:
-                        entry.size = size
-                        self._sizes[(rid, entry.version)] = size
+                if size is None:
+                    try:
+                        size, detail = await self.client.probe_size(account, rid)
+                    except HttpError as exc:
+                        log.warning("%s: cannot learn the size of recording %s: %s", self.name, rid, exc)
                         return
-                try:
-                    size, detail = await self.client.probe_size(account, rid)
-                except HttpError as exc:
-                    log.warning("%s: cannot learn the size of recording %s: %s", self.name, rid, exc)
-                    return
             if size is None:
                 log.warning("%s: recording %s of account %s has no media (%s); not shown",
                             self.name, rid, account, detail)
