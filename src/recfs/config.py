@@ -201,6 +201,8 @@ CACHE_KEYS = {
     "dir": Key("str", doc="cache directory"),
     "max_size": Key("size", default=10 * 1024**3, doc="bytes the cache may hold"),
     "min_free": Key("size", default=1024**3, doc="free space to leave on the cache's disk"),
+    "sync_after": Key("float", default=30.0, check=lambda v: None if v >= 0 else "must be 0 or more",
+                      doc="seconds downloaded data may wait before it is synced to disk and recorded in the index (a crash costs at most this much refetching)"),
 }
 
 
@@ -240,6 +242,7 @@ class CacheConfig:
     dir: Path
     max_size: int
     min_free: int
+    sync_after: float = 30.0
 
 
 @dataclass
@@ -311,7 +314,7 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
             if problem:
                 raise ConfigError(f"{where}.{problem}")
         sources.append(SourceConfig(name=name, kind=kind, options=opts))
-    return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"]), sources=sources,
+    return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"], cache["sync_after"]), sources=sources,
                   tuning=tuning)
 
 

@@ -117,7 +117,7 @@ def raise_read_ahead(mountpoint: Path, kib: int) -> bool:
 
 
 async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead_kb: int) -> None:
-    cache = Cache(cfg.cache.dir, cfg.cache.max_size, cfg.cache.min_free)
+    cache = Cache(cfg.cache.dir, cfg.cache.max_size, cfg.cache.min_free, cfg.cache.sync_after)
     t = {name: key.default for name, key in TUNING_KEYS.items()}
     t.update(cfg.tuning or {})
     http = Http(max_connections=t["max_connections"], connect_timeout=t["connect_timeout"],

@@ -35,7 +35,8 @@ def test_sigkill_during_downloads_then_remount_serves_every_byte_right(recfs_mou
         emu.put(key, PatternBlob(500 + i, size))
     cache_dir = tmp_path / "shared-cache"
     with emu:
-        cfg = config_for(emu, cache_dir)
+        # synced and recorded a second after arriving, so that the kill finds some recorded
+        cfg = config_for(emu, cache_dir, cache={"sync_after": 0})
         mnt = recfs_mount(cfg, name="crash") / SOURCE
         first = recfs_mount.mounts[-1]
         for key in FILES:

@@ -15,6 +15,8 @@ ALV = {"name": "alv", "kind": "alvaria", "api_url": "https://o.example/via/v3/or
 def test_a_good_config_is_typed_and_secrets_are_hidden():
     cfg = parse_config({"cache": {"max_size": "2GiB"}, "sources": [ALV]})
     assert cfg.cache.max_size == 2 * 1024**3
+    assert cfg.cache.sync_after == 30.0
+    assert parse_config({"cache": {"sync_after": 0}, "sources": [ALV]}).cache.sync_after == 0
     opts = cfg.sources[0].options
     assert isinstance(opts["client_secret"], Secret)
     assert opts["client_secret"].reveal() == "TOPSECRET"
@@ -51,6 +53,8 @@ def test_top_level_problems():
         parse_config({})
     with pytest.raises(ConfigError, match="cache.max_size"):
         parse_config({"cache": {"max_size": "lots"}, "sources": [ALV]})
+    with pytest.raises(ConfigError, match="cache.sync_after: must be 0 or more"):
+        parse_config({"cache": {"sync_after": -1}, "sources": [ALV]})
     with pytest.raises(ConfigError, match="nonsense: unknown key"):
         parse_config({"nonsense": 1, "sources": [ALV]})
     with pytest.raises(ConfigError, match="sources\\[1\\].name: 'alv' is used by another source"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import unicodedata
 
-from recfs.content.cache import CHUNK, Cache
+from recfs.content.cache import CHUNK, Cache, _sync_all
 from recfs.names import clean, unique_names
 
 
@@ -153,3 +153,46 @@ def test_a_chunk_whose_sync_failed_is_not_recorded(tmp_path, monkeypatch):
     monkeypatch.undo()
     c.flush()
     assert Cache(tmp_path, max_size=1 << 30).entry("k@1", CHUNK).has_chunk(0)
+
+
+def test_the_flusher_records_only_entries_dirty_for_sync_after_seconds(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30, sync_after=30.0)
+    young = c.entry("young", CHUNK)
+    young.write(0, b"y" * CHUNK); young.mark(0, 0)
+    old = c.entry("old", CHUNK)
+    old.write(0, b"o" * CHUNK); old.mark(0, 0)
+    old.dirty_since -= 31
+    fds, snapshot = c._begin_flush(c.sync_after)
+    c._end_flush(snapshot, _sync_all(fds))
+    reopened = Cache(tmp_path, max_size=1 << 30)
+    assert reopened.has_whole("old", CHUNK) and not reopened.has_whole("young", CHUNK)
+    assert c.dirty == {young}
+    c.flush()                   # unmount: everything, whatever its age
+    assert Cache(tmp_path, max_size=1 << 30).has_whole("young", CHUNK)
+
+
+def test_eviction_syncs_nothing_and_takes_recorded_entries_first(tmp_path, monkeypatch):
+    c = Cache(tmp_path, max_size=3 * CHUNK)
+    a = c.entry("a", CHUNK)
+    a.write(0, b"a" * CHUNK); a.mark(0, 0)
+    b = c.entry("b", 2 * CHUNK)
+    b.write(0, b"b" * CHUNK); b.mark(0, 0)
+    c.flush()
+    b.read(0, 1)                                # "b" used more recently than "a"
+    b.write(CHUNK, b"B" * CHUNK); b.mark(1, 1)  # and grown since it was recorded
+    u = c.entry("u", CHUNK)
+    u.write(0, b"u" * CHUNK); u.mark(0, 0)      # never recorded
+    syncs = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: syncs.append(fd))
+    assert c.total == 4 * CHUNK
+    c.reserve(0)
+    assert [c.has_whole(k, n) for k, n in (("a", CHUNK), ("b", 2 * CHUNK), ("u", CHUNK))] == [False, True, True]
+    assert c.total == 3 * CHUNK
+    c.max_size = CHUNK
+    c.reserve(0)                                # "b" goes with all it holds, recorded or not
+    assert not c.has_whole("b", 2 * CHUNK) and c.has_whole("u", CHUNK)
+    assert c.total == CHUNK
+    c.max_size = 0
+    c.reserve(0)                                # then the unrecorded entry
+    assert c.total == 0 and c.evictions == 3 and syncs == []
+    assert not any(p.is_file() for p in (tmp_path / "data").rglob("*"))

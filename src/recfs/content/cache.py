@@ -12,12 +12,22 @@ Invariants (what makes the cache crash-safe; the tests check each):
  I2. A bit reaches index.sqlite only after the data file was fdatasync'ed following
      those writes. A crash (kill -9, power loss) can lose bits, which only costs a
      refetch; it can never leave a bit set for bytes that are not on disk.
+     The flusher syncs an entry once it has been dirty for `sync_after` seconds (30 by
+     default, the age at which the kernel writes dirty pages back by itself), so a
+     burst of downloads is not forced onto the disk while it runs: syncing each file
+     a second after it arrived made a `cp -r` of 2,000 files write the cache to disk
+     during the copy, and the copy about 5% slower (docs/BENCHMARKS.md). The price is
+     that a crash forgets up to that many seconds of downloads.
  I3. A data file is deleted only after its row is gone from the index, and never
      while a reader holds the entry (pinned).
  I4. Bytes enter the cache only through `CacheEntry.write` followed by `mark` for
      whole chunks, `store_file` for a complete file that its producer verified, or
      `adopt` for a complete file a size probe wrote into staging/ (its entry starts
      dirty, so its bits reach the index only after the flusher's fdatasync: I2).
+ I5. Evicting needs no sync: an entry whose bits never reached the index is deleted
+     like any other (row first, if it has an old one: I3). Entries already recorded
+     go first, least recently used first; the ones not yet recorded (the newest
+     downloads) only when no recorded one can go.
 """
 from __future__ import annotations
 
@@ -135,6 +145,7 @@ class CacheEntry:
         self.last_used = last_used
         self.pins = 0
         self.dirty = False              # bits set since the last flush
+        self.dirty_since = 0.0          # monotonic time it became dirty
         self.generation = 0             # bumped by reset(): older snapshots are void
         self.evicted = False
         self.path = cache.data_path(key)
@@ -205,7 +216,12 @@ class CacheEntry:
                 n = self.chunk_len(i)
                 self.present += n
                 self.cache.total += n
-                self.dirty = True
+                self.make_dirty()
+
+    def make_dirty(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self.dirty_since = time.monotonic()
         self.cache.dirty.add(self)
 
     def reset(self) -> None:
@@ -214,8 +230,7 @@ class CacheEntry:
         self.present = 0
         self.bitmap = bytearray(len(self.bitmap))
         self.generation += 1
-        self.dirty = True
-        self.cache.dirty.add(self)
+        self.make_dirty()
         try:
             os.ftruncate(self.fd, 0)
         except OSError:
@@ -223,10 +238,11 @@ class CacheEntry:
 
 
 class Cache:
-    def __init__(self, directory: Path, max_size: int, min_free: int = 0):
+    def __init__(self, directory: Path, max_size: int, min_free: int = 0, sync_after: float = 30.0):
         self.dir = Path(directory)
         self.max_size = max_size
         self.min_free = min_free
+        self.sync_after = sync_after
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         self.staging_dir = self.dir / "staging"
@@ -294,8 +310,8 @@ class Cache:
 
     def unpin(self, e: CacheEntry) -> None:
         e.pins -= 1
-        if e.pins <= 0 and not e.dirty:
-            e.close_fd()
+        if e.pins <= 0:
+            e.close_fd()        # a dirty entry waits unsynced for a while: keep no fd for it
 
     def has_whole(self, key: str, size: int) -> bool:
         """Whether the cache holds all of `key`; creates nothing (cheap for look-ahead)."""
@@ -376,18 +392,25 @@ class Cache:
         return start - self.total
 
     def _evict_one(self) -> bool:
-        self.flush()
+        """Evict one unpinned entry (I5): the least recently used recorded one, else the
+        oldest not yet recorded."""
+        self._record_touched()
         pinned = [k for k, e in self.entries.items() if e.pins > 0]
         q = "SELECT key, present FROM entries WHERE present > 0"
         if pinned:
             q += " AND key NOT IN (%s)" % ",".join("?" * len(pinned))
         row = self.db.execute(q + " ORDER BY last_used LIMIT 1", pinned).fetchone()
-        if row is None:
-            return False
-        key, present = row
+        if row is not None:
+            key, present = row
+        else:
+            unrecorded = [e for e in self.dirty if e.pins <= 0 and e.present > 0]
+            if not unrecorded:
+                return False
+            key = min(unrecorded, key=lambda e: e.dirty_since).key
         self.db.execute("DELETE FROM entries WHERE key=?", (key,))      # I3: row first
         e = self.entries.pop(key, None)
         if e is not None:
+            present = e.present         # the bytes counted in `total`, recorded or not
             e.evicted = True
             e.close_fd()
             self.dirty.discard(e)
@@ -419,13 +442,17 @@ class Cache:
                 e.last_used = now
             self.touched.clear()
 
-    def _begin_flush(self) -> tuple[list[int], list[tuple]]:
-        """Copy the dirty entries' bitmaps and open a descriptor to sync for each.
-        The copies are taken before the sync starts, so only bits whose bytes were
-        written before it get recorded (I2); bits set meanwhile wait for the next round."""
+    def _begin_flush(self, min_age: float = 0.0) -> tuple[list[int], list[tuple]]:
+        """Copy the bitmaps of the entries dirty for at least `min_age` seconds and open
+        a descriptor to sync for each. The copies are taken before the sync starts, so
+        only bits whose bytes were written before it get recorded (I2); bits set
+        meanwhile wait for a later round."""
         self._record_touched()
         fds, snapshot = [], []
+        now = time.monotonic()
         for e in list(self.dirty):
+            if e.dirty and now - e.dirty_since < min_age:
+                continue
             try:
                 fds.append(os.dup(e._fd) if e._fd is not None else os.open(e.path, os.O_RDONLY))
             except FileNotFoundError:
@@ -444,8 +471,7 @@ class Cache:
         self.db.execute("BEGIN")
         for (e, bitmap, present, generation), ok in zip(snapshot, synced):
             if not ok:
-                e.dirty = True          # not durable: nothing recorded, try next round
-                self.dirty.add(e)
+                e.make_dirty()          # not durable: nothing recorded, try next round
                 continue
             if e.evicted or e.generation != generation:
                 continue                # evicted or reset while syncing: nothing to record
@@ -471,11 +497,12 @@ class Cache:
             self._end_flush(snapshot, _sync_all(fds))
 
     async def run_flusher(self, interval: float = 1.0) -> None:
-        """flush() every `interval` seconds, with the syncs in a worker thread:
-        syncing the last second's downloads must not stall every FUSE reply."""
+        """Every `interval` seconds, sync and record the entries dirty for `sync_after`
+        seconds (I2), with the syncs in a worker thread: they must not stall every
+        FUSE reply."""
         while True:
             await trio.sleep(interval)
-            fds, snapshot = self._begin_flush()
+            fds, snapshot = self._begin_flush(self.sync_after)
             if snapshot:
                 self._end_flush(snapshot, await trio.to_thread.run_sync(_sync_all, fds))
 
