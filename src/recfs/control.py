@@ -45,7 +45,10 @@ class Control:
             "uptime_s": round(time.time() - self.started, 1),
             "sources": [{"name": s.name, "kind": s.kind} for s in self.sources],
             "cache": {"dir": str(self.cache.dir), "bytes": self.cache.total,
-                      "max_size": self.cache.max_size, "evictions": self.cache.evictions},
+                      "max_size": self.cache.max_size, "evictions": self.cache.evictions,
+                      # downloaded files whose newest chunks wait for the flusher (I2): a
+                      # crash now would refetch them
+                      "unsynced_files": len(self.cache.dirty), "sync_after_s": self.cache.sync_after},
             "http": {"requests": self.http.requests, "retries": self.http.retries,
                      "errors": self.http.errors, "bytes_received": self.http.bytes_received},
             "reads": {"fetches": r.fetches, "fetched_bytes": r.fetched_bytes,

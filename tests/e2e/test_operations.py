@@ -43,6 +43,8 @@ def test_status_reports_sources_cache_and_requests(emu, recfs_mount):
     assert status["sources"] == [{"name": "alv", "kind": "alvaria"}]
     assert status["http"]["requests"] > 0 and status["reads"]["fetches"] >= 1
     assert status["cache"]["bytes"] > 0
+    # fetched a moment ago: recorded in the index only once it is sync_after (30 s) old
+    assert status["cache"]["unsynced_files"] >= 1 and status["cache"]["sync_after_s"] == 30
 
 
 def test_control_attributes_do_not_appear_as_files(emu, recfs_mount, tmp_path):
