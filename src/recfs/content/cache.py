@@ -471,7 +471,7 @@ class Cache:
         self.db.execute("BEGIN")
         for (e, bitmap, present, generation), ok in zip(snapshot, synced):
             if not ok:
-                e.make_dirty()          # not durable: nothing recorded, try next round
+                e.make_dirty()          # not durable: nothing recorded; tried again later
                 continue
             if e.evicted or e.generation != generation:
                 continue                # evicted or reset while syncing: nothing to record
