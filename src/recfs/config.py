@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import redact
+from .content.cache import SYNC_AFTER
 
 KINDS = {
     "8x8": "recfs.sources.eightbyeight",
@@ -201,7 +202,7 @@ CACHE_KEYS = {
     "dir": Key("str", doc="cache directory"),
     "max_size": Key("size", default=10 * 1024**3, doc="bytes the cache may hold"),
     "min_free": Key("size", default=1024**3, doc="free space to leave on the cache's disk"),
-    "sync_after": Key("float", default=30.0, check=lambda v: None if v >= 0 else "must be 0 or more",
+    "sync_after": Key("float", default=SYNC_AFTER, check=lambda v: None if v >= 0 else "must be 0 or more",
                       doc="seconds downloaded data may wait before it is synced to disk and recorded in the index (a crash costs at most this much refetching)"),
 }
 
@@ -242,7 +243,7 @@ class CacheConfig:
     dir: Path
     max_size: int
     min_free: int
-    sync_after: float = 30.0
+    sync_after: float
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import unicodedata
 
-from recfs.content.cache import CHUNK, Cache, _sync_all
+from recfs.content.cache import CHUNK, Cache
 from recfs.names import clean, unique_names
 
 
@@ -162,8 +162,7 @@ def test_the_flusher_records_only_entries_dirty_for_sync_after_seconds(tmp_path)
     old = c.entry("old", CHUNK)
     old.write(0, b"o" * CHUNK); old.mark(0, 0)
     old.dirty_since -= 31
-    fds, snapshot = c._begin_flush(c.sync_after)
-    c._end_flush(snapshot, _sync_all(fds))
+    c.flush(min_age=c.sync_after)   # the flusher's round
     reopened = Cache(tmp_path, max_size=1 << 30)
     assert reopened.has_whole("old", CHUNK) and not reopened.has_whole("young", CHUNK)
     assert c.dirty == {young}
@@ -183,7 +182,8 @@ def test_eviction_syncs_nothing_and_takes_recorded_entries_first(tmp_path, monke
     u = c.entry("u", CHUNK)
     u.write(0, b"u" * CHUNK); u.mark(0, 0)      # never recorded
     syncs = []
-    monkeypatch.setattr(os, "fdatasync", lambda fd: syncs.append(fd))
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real_fdatasync(fd)))
     assert c.total == 4 * CHUNK
     c.reserve(0)
     assert [c.has_whole(k, n) for k, n in (("a", CHUNK), ("b", 2 * CHUNK), ("u", CHUNK))] == [False, True, True]

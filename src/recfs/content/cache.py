@@ -45,6 +45,7 @@ import trio
 log = logging.getLogger("recfs.cache")
 
 CHUNK = 256 * 1024
+SYNC_AFTER = 30.0        # seconds an entry stays dirty before the flusher records it (I2)
 MAX_LOADED = 4096        # cache entries kept in memory beyond those in use
 
 
@@ -238,7 +239,7 @@ class CacheEntry:
 
 
 class Cache:
-    def __init__(self, directory: Path, max_size: int, min_free: int = 0, sync_after: float = 30.0):
+    def __init__(self, directory: Path, max_size: int, min_free: int = 0, sync_after: float = SYNC_AFTER):
         self.dir = Path(directory)
         self.max_size = max_size
         self.min_free = min_free
@@ -451,7 +452,7 @@ class Cache:
         fds, snapshot = [], []
         now = time.monotonic()
         for e in list(self.dirty):
-            if e.dirty and now - e.dirty_since < min_age:
+            if now - e.dirty_since < min_age:
                 continue
             try:
                 fds.append(os.dup(e._fd) if e._fd is not None else os.open(e.path, os.O_RDONLY))
@@ -489,10 +490,10 @@ class Cache:
                 self.entries[key].close_fd()
                 del self.entries[key]
 
-    def flush(self) -> None:
-        """Make every marked chunk durable, then record it (I2), on this thread
-        (at unmount and before an eviction)."""
-        fds, snapshot = self._begin_flush()
+    def flush(self, min_age: float = 0.0) -> None:
+        """Make the chunks of entries dirty for at least `min_age` seconds durable, then
+        record them (I2), on this thread (at unmount: every one)."""
+        fds, snapshot = self._begin_flush(min_age)
         if snapshot:
             self._end_flush(snapshot, _sync_all(fds))
 
