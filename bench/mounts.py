@@ -16,21 +16,26 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Trash:
-    """Caches and copies are moved aside during the benchmark and deleted at its end.
+    """Caches and copies are moved aside during the benchmark, their files cut to zero
+    bytes at once, and deleted only at its end.
 
-    Deleting them between runs slowed the next run's file creation: ext4 without a
-    journal (this VM's root disk) skips inodes freed in the last 30-60 s when it
-    allocates one, scanning past every one of them (`recently_deleted` in the kernel
-    profile), so each new file cost about 0.5 ms more, for recfs's cache files and for
-    cp's copies under either mount. Past `limit` bytes the trash is emptied, and the
-    benchmark waits for those inodes to age before it measures again. Inside
-    `between_pairs()` that waits for `settle()`, which B5 calls before each
-    recfs/rclone pair, so both halves of a pair find the disk in the same state."""
+    Why not delete them between runs: this VM's root file system is ext4 without a
+    journal, which, when it allocates an inode, passes over every recently freed one
+    in the group (`recently_deleted` in a kernel profile): freed in the last 60 s, or
+    in the last 360 s while that inode's table block is dirty, as any allocation in
+    the block makes it. After thousands of deletions, each file created in the next
+    minutes cost up to 0.5 ms more: cp's copies under either mount, and recfs's cache
+    files too, so recfs paid twice. (Measured on a `cp -r` of the B5 folder: 186 MB/s
+    65 s after deleting the previous copies, 236 MB/s 5.5 minutes after, 255 MB/s 9
+    minutes after, with the kernel's inode-allocation share of the profile going from
+    17% of the daemon's fetching threads and 23% of `cp` to under 1%.) Cutting a file
+    to zero bytes frees its blocks but not its inode, so the disk does not fill and no
+    inode is freed while the benchmark runs. At the end the trash is deleted, and the
+    time is written down: a benchmark started within `RECENT` seconds of that first
+    waits for those inodes to age."""
     dir: Path | None = None
     count = 0
-    held = 0
-    limit = 12 << 30
-    deferred = False
+    RECENT = 370.0
 
     @classmethod
     def discard(cls, path: Path) -> None:
@@ -41,36 +46,37 @@ class Trash:
             return
         cls.dir.mkdir(parents=True, exist_ok=True)
         cls.count += 1
-        cls.held += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        path.rename(cls.dir / str(cls.count))
-        if not cls.deferred:
-            cls.settle()
+        dest = cls.dir / str(cls.count)
+        path.rename(dest)
+        for f in dest.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                os.truncate(f, 0)
 
     @classmethod
-    def settle(cls) -> None:
-        if cls.held > cls.limit:
-            cls.empty()
-            time.sleep(65)
+    def _stamp(cls) -> Path:
+        assert cls.dir is not None
+        return cls.dir.parent / "trash-emptied-at"
 
     @classmethod
-    @contextlib.contextmanager
-    def between_pairs(cls):
-        cls.deferred = True
-        try:
-            yield
-        finally:
-            cls.deferred = False
-
-    @classmethod
-    def empty(cls, pause: bool = False) -> None:
-        """Delete the trash; with `pause`, wait for the freed inodes to age if there
-        was anything in it."""
+    def empty(cls) -> None:
+        """Delete the trash and note when."""
         if cls.dir is not None and cls.dir.exists():
-            had = any(cls.dir.iterdir())
             shutil.rmtree(cls.dir, ignore_errors=True)
-            if had and pause:
-                time.sleep(65)
-        cls.held = 0
+            cls._stamp().write_text(f"{time.time()}\n")
+
+    @classmethod
+    def wait_for_aged_inodes(cls, say=print) -> None:
+        """Empty what a previous benchmark left, and wait until the inodes it freed are
+        no longer recent."""
+        cls.empty()
+        try:
+            emptied = float(cls._stamp().read_text())
+        except (OSError, ValueError):
+            return
+        left = emptied + cls.RECENT - time.time()
+        if left > 0:
+            say(f"waiting {left:.0f} s for the inodes a previous run freed to age (see bench/mounts.py Trash)")
+            time.sleep(left)
 
 
 class Server:

@@ -395,9 +395,9 @@ class Bench:
 
         rec = {"cp_s": [], "rsync2_s": [], "rsync2_fetched": [], "rsync1_s": [], "rsync2_served": []}
         rcl = {"cp_s": [], "rsync2_s": [], "rsync2_served": [], "rsync1_s": []} if self.rclone else None
-        # recfs and rclone take turns, the first of a pair alternating, and the trash is
-        # emptied only between pairs: a drift in this VM's speed (rclone alone has ranged
-        # 157-246 MB/s in one day) then falls on both alike, and each pair gives a ratio
+        # recfs and rclone take turns, the first of a pair alternating: a drift in this
+        # VM's speed (rclone alone has ranged 157-246 MB/s in one day) then falls on both
+        # alike, and each pair gives a ratio
         def recfs_run(run: int) -> None:
             with self.recfs("alv") as m:
                 src = m.path / "alv" / "bench" / "many"
@@ -423,14 +423,12 @@ class Bench:
             self.say(f"B5 run {run + 1}: rclone cp -r {total / t_cp / 1e6:.0f} MB/s; "
                      f"second rsync {t_rs2:.3f}s")
 
-        with Trash.between_pairs():
-            for run in range(self.runs):
-                Trash.settle()
-                order = [recfs_run] + ([rclone_run] if rcl is not None else [])
-                for step in (order if run % 2 == 0 else order[::-1]):
-                    step(run)
-                if rcl is not None:
-                    self.say(f"B5 pair {run + 1}: recfs {rcl['cp_s'][-1] / rec['cp_s'][-1]:.2f}× rclone")
+        for run in range(self.runs):
+            order = [recfs_run] + ([rclone_run] if rcl is not None else [])
+            for step in (order if run % 2 == 0 else order[::-1]):
+                step(run)
+            if rcl is not None:
+                self.say(f"B5 pair {run + 1}: recfs {rcl['cp_s'][-1] / rec['cp_s'][-1]:.2f}× rclone")
         res["recfs"] = rec
         if rcl is not None:
             res["rclone"] = rcl
@@ -528,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     Trash.dir = work / "trash"
-    Trash.empty(pause=True)         # a previous run's leftovers: let their inodes age
+    Trash.wait_for_aged_inodes(lambda m: print(f"scripts/bench: {m}", file=sys.stderr))
     if args.quick:
         spec = dict(big_size=64 * MiB, many_files=200, many_dirs=2, wide_files=2000)
         mp3_size = 10_000_000
