@@ -1,7 +1,6 @@
 """The processes the benchmark drives: the server, recfs mounts and rclone mounts."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil

@@ -222,7 +222,7 @@ class Bench:
             self.rows.append(Row(f"B2 warm re-read {size // MiB} MiB", unit(w),
                                  f"cache file read directly {unit(d)}", "", f"{w / d:.2f}× disk",
                                  "≥ 1 GB/s", w >= 1e9))
-            self.rows.append(Row(f"B2 first re-read after the download", unit(rate(first_t)),
+            self.rows.append(Row("B2 first re-read after the download", unit(rate(first_t)),
                                  "(the disk's first read of new data)", "", "", "(info)", None))
 
     def _warm(self, m: RecfsMount, path: Path, size: int, first_t: list, warm_t: list,
