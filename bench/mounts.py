@@ -19,19 +19,13 @@ class Trash:
     bytes at once, and deleted only at its end.
 
     Why not delete them between runs: this VM's root file system is ext4 without a
-    journal, which, when it allocates an inode, passes over every recently freed one
-    in the group (`recently_deleted` in a kernel profile): freed in the last 60 s, or
-    in the last 360 s while that inode's table block is dirty, as any allocation in
-    the block makes it. After thousands of deletions, each file created in the next
-    minutes cost up to 0.5 ms more: cp's copies under either mount, and recfs's cache
-    files too, so recfs paid twice. (Measured on a `cp -r` of the B5 folder: 186 MB/s
-    65 s after deleting the previous copies, 236 MB/s 5.5 minutes after, 255 MB/s 9
-    minutes after, with the kernel's inode-allocation share of the profile going from
-    17% of the daemon's fetching threads and 23% of `cp` to under 1%.) Cutting a file
-    to zero bytes frees its blocks but not its inode, so the disk does not fill and no
-    inode is freed while the benchmark runs. At the end the trash is deleted, and the
-    time is written down: a benchmark started within `RECENT` seconds of that first
-    waits for those inodes to age."""
+    journal, which, when it allocates an inode, passes over every inode freed in the
+    last 60 s (360 s while its table block is dirty). After thousands of deletions
+    every new file costs more for minutes: cp's copies under either mount, and recfs's
+    cache files too, so recfs paid twice (figures: docs/BENCHMARKS.md, sixth round).
+    Cutting a file to zero bytes frees its blocks but not its inode. At the end the
+    trash is deleted and the time written down: a benchmark started within `RECENT`
+    seconds of that first waits for those inodes to age."""
     dir: Path | None = None
     count = 0
     RECENT = 370.0

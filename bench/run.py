@@ -1,6 +1,6 @@
 """recfs benchmarks (issue 6): one command runs them all and prints a table.
 
-    scripts/bench            # medians of 3 runs, full sizes (about 10-15 minutes)
+    scripts/bench            # medians of 3 runs, full sizes (about 4.5 minutes)
     scripts/bench --quick    # 1 run, small sizes: a smoke test (under 2 minutes)
 
 Every figure is measured against the same server process in the same run: the
@@ -230,10 +230,9 @@ class Bench:
         """B2: the page cache dropped, so the bytes come from recfs's cache file.
 
         Read twice through recfs, then directly: on this VM the first read of freshly
-        written data runs at 1.6-1.8 GB/s, whoever reads it (the cache file read directly
-        in that place: docs/BENCHMARKS.md, sixth round), and later ones at 2.5-4 GB/s.
-        The second read through recfs is B2, on the same footing as the direct read;
-        the first is shown for information."""
+        written data is slow whoever makes it (docs/BENCHMARKS.md, sixth round). The
+        second read through recfs is B2, on the same footing as the direct read; the
+        first is shown for information."""
         data_files = [p for p in (m.cache_dir / "data").rglob("*") if p.is_file()]
         biggest = max(data_files, key=lambda p: p.stat().st_size)
         for times in (first_t, warm_t):
@@ -434,8 +433,8 @@ class Bench:
             self.say(f"B5 run {run + 1}: rclone cp -r {total / t_cp / 1e6:.0f} MB/s; "
                      f"second rsync {t_rs2:.3f}s")
 
+        order = [recfs_run] + ([rclone_run] if rcl is not None else [])
         for run in range(self.runs):
-            order = [recfs_run] + ([rclone_run] if rcl is not None else [])
             for step in (order if run % 2 == 0 else order[::-1]):
                 step(run)
             if rcl is not None:
