@@ -228,6 +228,8 @@ TUNING_KEYS = {
                             doc="receive file content in worker threads, straight into the cache, and small answers (signed URLs, size probes) there too (false: everything through httpx, on the main thread)"),
     "direct_io_min_size": Key("size", default=64 << 20,
                               doc="files this big or bigger bypass the kernel's page cache: faster streaming and no second copy in RAM, but a shared mmap of them fails (ENODEV); 0: never"),
+    "fuse_fast_wait": Key("bool", default=True,
+                          doc="take the next FUSE request without a trip through trio's scheduler when it is already waiting, which halves the daemon's CPU per metadata request (false: pyfuse3's own wait)"),
     "sibling_prefetch": Key("int", default=8, check=lambda v: None if v >= 0 else "must be 0 or more",
                             doc="small files fetched ahead when a folder is read file after file"),
 }

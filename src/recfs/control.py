@@ -30,6 +30,7 @@ class Control:
         self.sources = sources
         self.started = time.time()
         self.prefetches: dict[str, dict] = {}
+        self.fuse_wait = None       # fusewait.FastWait, when installed
 
     async def get(self, name: str) -> bytes | None:
         if name == "status":
@@ -56,6 +57,9 @@ class Control:
                       "prefetched_files": r.prefetched_files},
             "open_files": len(self.reader.states),
             "fuse_requests": dict(self.ops.op_counts) if self.ops else {},
+            # how often the next FUSE request was already waiting (fusewait, F3)
+            "fuse_waits": {"immediate": self.fuse_wait.immediate, "slept": self.fuse_wait.slept}
+            if self.fuse_wait else None,
             "listings": self.tree.listings,
             "prefetches": self.prefetches,
             "uploads": {"pending": self.uploads.status() if self.uploads else [],

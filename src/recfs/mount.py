@@ -13,6 +13,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import fusewait
 from .config import TUNING_KEYS, Config, source_module
 from .content.cache import Cache
 from .content.reader import Reader
@@ -153,7 +154,9 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
                 nursery.start_soon(keep_read_ahead, mountpoint, read_ahead_kb)
             nursery.start_soon(cache.run_flusher)
             nursery.start_soon(uploads.run_retries)
-            nursery.start_soon(_watch_signals)
+            # before READY: a SIGTERM right after it must find the receiver in place
+            await nursery.start(_watch_signals)
+            control.fuse_wait = fusewait.install(pyfuse3) if t["fuse_fast_wait"] else None
             log.info("mounted %s at %s", ", ".join(f"{s.name} ({s.kind})" for s in sources), mountpoint)
             sd_notify("READY=1\nSTATUS=mounted")
             await pyfuse3.main()
@@ -169,14 +172,16 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
                     log.warning("source %s: closing: %s", src.name, exc)
         with trio.CancelScope(shield=True):
             await http.aclose()
+        fusewait.uninstall(pyfuse3)
         if mounted:
             pyfuse3.close(unmount=True)
         cache.close()
         log.info("unmounted %s", mountpoint)
 
 
-async def _watch_signals() -> None:
+async def _watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGUSR1:
                 dump_tasks()

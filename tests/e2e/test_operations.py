@@ -232,6 +232,27 @@ def test_ls_l_asks_no_extended_attribute_per_file(emu, recfs_mount):
     assert after.get("lookup", 0) - before.get("lookup", 0) <= 2
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_requests_that_arrive_back_to_back_are_taken_without_sleeping(emu, recfs_mount, tmp_path, fast):
+    for i in range(200):
+        emu.put(f"exports/many/f{i:03d}.wav", bytes([i]) * (i + 1))
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")]) + f"\n[tuning]\nfuse_fast_wait = {str(fast).lower()}\n")
+    folder = mnt / "alv/exports/many"
+    subprocess.run(["ls", "-l", str(folder)], capture_output=True, check=True)
+    subprocess.run(["cp", "-r", str(folder), str(tmp_path / "out")], check=True)
+    for _ in range(3):
+        subprocess.run(["find", str(folder), "-type", "f", "-size", "+1k"], capture_output=True, check=True)
+    for i in range(200):
+        assert (tmp_path / "out" / f"f{i:03d}.wav").read_bytes() == bytes([i]) * (i + 1)
+    waits = json.loads(recfs("status", str(mnt)).stdout)["fuse_waits"]
+    if fast:
+        # find stats 200 files one after another: most of its requests are already
+        # waiting when the one before is answered
+        assert waits["immediate"] > 0 and waits["slept"] > 0
+    else:
+        assert waits is None
+
+
 def test_a_folder_copied_file_after_file_is_fetched_ahead_once_per_file(emu, recfs_mount, tmp_path):
     from recfs.emulators.base import PatternBlob
     for i in range(40):
