@@ -458,6 +458,35 @@ class Bench:
                              f"{med(rcl['rsync2_s']) / t2:.1f}× rclone speed" if rcl else "",
                              "≤ 0.5 s, 0 B", t2 <= 0.5 and f2 == 0))
 
+    def b5_wan(self) -> None:
+        """B5's copy in the WAN profile, recfs only, for information (rclone reads one
+        file at a time, two round trips each: about 50 ms a file there)."""
+        total = self.data.many_bytes()
+        count = self.data.many_files
+        dest = self.work / "copy"
+        times = []
+        self.server.wan(True)
+        try:
+            for run in range(self.runs):
+                with self.recfs("alv") as m:
+                    Trash.discard(dest)
+                    dest.mkdir(parents=True)
+                    drop_caches()
+                    t_cp, cp = timed(["cp", "-r", str(m.path / "alv" / "bench" / "many"), str(dest / "cp")])
+                    cp.check_returncode()
+                    assert tree_bytes(dest / "cp") == (count, total)
+                    times.append(t_cp)
+                    self.done_with(m)
+                Trash.discard(dest)
+                self.say(f"B5 WAN run {run + 1}: recfs cp -r {total / t_cp / 1e6:.0f} MB/s")
+        finally:
+            self.server.wan(False)
+        self.raw["B5wan"] = {"bytes": total, "files": count, "cp_s": times}
+        rate = total / med(times)
+        self.rows.append(Row(f"B5 cp -r {count} files, WAN", f"{rate / 1e6:.0f} MB/s",
+                             "one connection: 20 MB/s, 20 ms per response", "",
+                             f"{rate / 20e6:.1f}× one connection", "(info)", None))
+
     def b7(self) -> None:
         peak = max(self.peaks) if self.peaks else 0
         self.raw["B7"] = {"peaks": self.peaks}
@@ -516,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, help="runs per figure (default 3, 1 with --quick)")
     p.add_argument("--workdir", default=os.environ.get("RECFS_BENCH_DIR", "/var/tmp/recfs-bench"),
                    help="work directory on a real disk (caches, copies, the generated MP3)")
-    p.add_argument("--only", help="comma-separated subset of B1,B1wan,B3,B4,B5,B8 (B2 runs with B1, "
+    p.add_argument("--only", help="comma-separated subset of B1,B1wan,B3,B4,B5,B5wan,B8 (B2 runs with B1, "
                                   "B6 with B5, B7 always)")
     p.add_argument("--no-rclone", action="store_true", help="leave rclone out")
     p.add_argument("--wan-all-runs", action="store_true",
@@ -524,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the raw figures to this file")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    only = set(args.only.split(",")) if args.only else {"B1", "B1wan", "B3", "B4", "B5", "B8"}
+    only = set(args.only.split(",")) if args.only else {"B1", "B1wan", "B3", "B4", "B5", "B5wan", "B8"}
 
     if not (os.path.exists("/dev/fuse") and have("fusermount3")):
         print("scripts/bench: needs /dev/fuse and fusermount3", file=sys.stderr)
@@ -566,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.b5_b6()
         if "B1wan" in only:
             bench.b1_b2(wan=True)
+        if "B5wan" in only:
+            bench.b5_wan()
         bench.b7()
         if "B8" in only:
             from .eightbyeight import run as b8

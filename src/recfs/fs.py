@@ -195,6 +195,7 @@ class Operations(pyfuse3.Operations):
             await self.tree.ensure_size(node)
             siblings, index = node.parent.files() if node.parent else ([], {})
             handle = self.reader.open(node.source, node.entry, siblings, index.get(node.entry.id))
+            self.tree.copy_progress(node)
         except Exception as exc:
             raise self._fail(exc, f"opening {node.path()}")
         fh = self._next_fh

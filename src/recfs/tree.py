@@ -11,6 +11,12 @@ Invariants:
  T4. A file is opened only with an exact size: `ensure_size` resolves the unknown
      sizes of all the files of a folder concurrently, in chunks; an open waits only
      for the chunk holding its file.
+ T5. A copy looks ahead by one folder at most: when it opens one of the last
+     LOOK_AHEAD_FILES files of a folder, the next folder (in name order, as cp -r and
+     rsync go) is listed and the sizes of its first files (SIZE_CHUNK of them, at most
+     LOOK_AHEAD_BYTES by their hints) are learnt; its other chunks are registered but
+     wait ("parked") until the copy opens a file there. A chunk is resolved once,
+     whoever starts it.
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ from .sources.base import Entry, Kind, Source, SourceError
 log = logging.getLogger("recfs.tree")
 
 SIZE_CHUNK = 32             # sizes learnt together (a folder of 200 files: 7 chunks)
+LOOK_AHEAD_FILES = 32       # a copy this near the end of a folder has the next one prepared (T5)
+LOOK_AHEAD_BYTES = 16 << 20  # at most this much (by size hints) is learnt there before the copy arrives
+MAX_PARKED = 16             # folders prepared ahead whose copy has not arrived yet
 
 
 class _SizeChunk:
@@ -115,6 +124,8 @@ class Tree:
         self.on_changed = lambda node: None       # fs.py: drop the kernel's cache of it
         self._listing: dict[int, trio.Event] = {}
         self._sizing: dict[int, _SizeChunk] = {}      # inode -> the chunk learning its size
+        self._looked_past: set[int] = set()           # folders whose next folder was prepared (T5)
+        self._parked: dict[int, list[_SizeChunk]] = {}  # folder inode -> chunks waiting for the copy
         self.listings = 0
 
     def _new_node(self, parent: Node | None, name: str, entry: Entry, source: Source | None) -> Node:
@@ -292,6 +303,67 @@ class Tree:
                 await self._resolve_chunk(chunk)
         if not node.size_known:
             raise SourceError(f"{node.source.name}: cannot learn the size of {node.path()}")
+
+    # -- a copy going through folders (T5)
+    def copy_progress(self, node: Node) -> None:
+        """`node` was just opened; if a copy is under way (the reader saw its folder's
+        files opened in order), learn the parked sizes of its folder, and near the
+        folder's end prepare the next folder, so the copy waits for neither."""
+        folder = node.parent
+        if folder is None or self.nursery is None or node.source is None \
+                or not node.source.copying():
+            return
+        parked = self._parked.pop(folder.ino, None)
+        if parked:
+            self.nursery.start_soon(self._resolve_in_order, parked)
+        if folder.ino in self._looked_past or folder.parent is None or folder.parent.ino == ROOT_INODE:
+            return
+        files, position = folder.files()
+        index = position.get(node.entry.id)
+        if index is None or index < len(files) - LOOK_AHEAD_FILES:
+            return
+        if len(self._looked_past) >= 4096:
+            self._looked_past.clear()
+        self._looked_past.add(folder.ino)
+        self.nursery.start_soon(self._look_ahead, folder)
+
+    async def _look_ahead(self, folder: Node) -> None:
+        later = [c for c in folder.parent.children.values() if c.is_dir and c.name > folder.name]
+        if not later:
+            return
+        nxt = min(later, key=lambda n: n.name)
+        try:
+            if not self.fresh(nxt):
+                await self.refresh(nxt)
+        except Exception as exc:        # a guess: the copy lists it itself if it comes
+            log.debug("looking ahead into %s: %s", nxt.path(), exc)
+            return
+        batch = sorted((c for c in (nxt.children or {}).values()
+                        if not c.is_dir and not c.size_known and not c.size_failed
+                        and c.ino not in self._sizing), key=lambda n: n.name)
+        if not batch:
+            return
+        first, budget = 0, LOOK_AHEAD_BYTES
+        while first < min(len(batch), SIZE_CHUNK) and (first == 0 or budget > 0):
+            budget -= batch[first].entry.size_hint or 0
+            first += 1
+        chunks = [_SizeChunk(batch[:first])] + \
+            [_SizeChunk(batch[i:i + SIZE_CHUNK]) for i in range(first, len(batch), SIZE_CHUNK)]
+        for ch in chunks:
+            for c in ch.nodes:
+                self._sizing[c.ino] = ch
+        if len(chunks) > 1:
+            self._park(nxt.ino, chunks[1:])
+        await self._resolve_chunk(chunks[0])
+
+    def _park(self, folder_ino: int, chunks: list[_SizeChunk]) -> None:
+        while len(self._parked) >= MAX_PARKED:      # a copy that never came: forget its oldest
+            for ch in self._parked.pop(next(iter(self._parked))):
+                if not ch.started:
+                    for c in ch.nodes:
+                        if self._sizing.get(c.ino) is ch:
+                            del self._sizing[c.ino]
+        self._parked[folder_ino] = chunks
 
     async def _resolve_in_order(self, chunks: list[_SizeChunk]) -> None:
         for chunk in chunks:

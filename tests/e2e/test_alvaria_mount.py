@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -166,9 +167,10 @@ def test_during_a_copy_the_size_probe_brings_the_whole_file(emu, recfs_mount, tm
         for i in range(40):
             emu.put(f"exports/copy/{folder}/r{i:02d}.wav", os.urandom(10_000 + 1000 * i))
     mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
-    subprocess.run(["cp", "-r", str(mnt / "exports/copy/a"), str(tmp_path / "a")], check=True)
-    emu.reset_stats()
+    # b first: a copy of a would look ahead into b (T5), which the next test checks
     subprocess.run(["cp", "-r", str(mnt / "exports/copy/b"), str(tmp_path / "b")], check=True)
+    emu.reset_stats()
+    subprocess.run(["cp", "-r", str(mnt / "exports/copy/a"), str(tmp_path / "a")], check=True)
     assert emu.count("s3") == 40 and emu.count("signedUrl") == 0
     assert emu.bytes_sent < sum(10_000 + 1000 * i for i in range(40)) + 100_000   # each byte once
     for folder in ("a", "b"):
@@ -176,8 +178,30 @@ def test_during_a_copy_the_size_probe_brings_the_whole_file(emu, recfs_mount, tm
             key = f"exports/copy/{folder}/r{i:02d}.wav"
             assert (tmp_path / folder / f"r{i:02d}.wav").read_bytes() == emu.objects[key].blob.all_bytes()
     emu.reset_stats()
-    subprocess.run(["cp", "-r", str(mnt / "exports/copy/b"), str(tmp_path / "b2")], check=True)
+    subprocess.run(["cp", "-r", str(mnt / "exports/copy/a"), str(tmp_path / "a2")], check=True)
     assert sum(emu.counts.values()) == 0
+
+
+def test_a_copy_near_a_folders_end_brings_the_next_folders_first_files(emu, recfs_mount, tmp_path):
+    """T5: copying a, recfs lists b and fetches its first SIZE_CHUNK files (small:
+    whole) before anyone asks; a copy of b then fetches only the rest."""
+    from recfs.tree import SIZE_CHUNK
+    for folder in ("a", "b"):
+        for i in range(40):
+            emu.put(f"exports/copy/{folder}/r{i:02d}.wav", os.urandom(10_000 + 1000 * i))
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
+    subprocess.run(["cp", "-r", str(mnt / "exports/copy/a"), str(tmp_path / "a")], check=True)
+    seen, deadline = -1, time.monotonic() + 10
+    while seen != emu.count("s3") and time.monotonic() < deadline:   # the look-ahead is done
+        seen = emu.count("s3")
+        time.sleep(0.3)
+    emu.reset_stats()
+    subprocess.run(["cp", "-r", str(mnt / "exports/copy/b"), str(tmp_path / "b")], check=True)
+    assert emu.count("s3") == 40 - SIZE_CHUNK       # the rest of b; its first files came ahead
+    for folder in ("a", "b"):
+        for i in range(40):
+            key = f"exports/copy/{folder}/r{i:02d}.wav"
+            assert (tmp_path / folder / f"r{i:02d}.wav").read_bytes() == emu.objects[key].blob.all_bytes()
 
 
 def test_ls_l_probes_one_byte_per_file(emu, recfs_mount):

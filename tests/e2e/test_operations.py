@@ -256,15 +256,15 @@ def test_requests_that_arrive_back_to_back_are_taken_without_sleeping(emu, recfs
 def test_a_folder_copied_file_after_file_is_fetched_ahead_once_per_file(emu, recfs_mount, tmp_path):
     from recfs.emulators.base import PatternBlob
     for i in range(40):
-        emu.put(f"exports/copy/f{i:03d}.wav", PatternBlob(i, 30_000 + 7_919 * i))
+        emu.put(f"exports/zcopy/f{i:03d}.wav", PatternBlob(i, 30_000 + 7_919 * i))
     mnt = recfs_mount(toml_config([source_table(emu, "alv")]))
-    folder = mnt / "alv/exports/copy"
+    folder = mnt / "alv/exports/zcopy"      # the last folder: nothing after it to look ahead into
     os.listdir(folder)
     [p.stat() for p in folder.iterdir()]            # sizes resolved (one probe per file)
     emu.reset_stats()
     subprocess.run(["cp", "-r", str(folder), str(tmp_path / "out")], check=True)
     for i in range(40):
-        key = f"exports/copy/f{i:03d}.wav"
+        key = f"exports/zcopy/f{i:03d}.wav"
         assert (tmp_path / "out" / f"f{i:03d}.wav").read_bytes() == emu.objects[key].blob.all_bytes()
     status = json.loads(recfs("status", str(mnt)).stdout)
     assert status["reads"]["prefetched_files"] >= 30     # fetched ahead of cp
