@@ -1,7 +1,9 @@
 """T4: exact sizes are learnt per folder in chunks; an open waits only for its own
-chunk (the Alvaria source against its emulator, no mount)."""
+chunk. T5: a copy near a folder's end has the next folder prepared, one folder ahead
+at most. (The Alvaria source against its emulator, no mount.)"""
 from __future__ import annotations
 
+import trio
 
 from recfs.config import Secret
 from recfs.content.cache import Cache
@@ -10,12 +12,12 @@ from recfs.emulators.base import PatternBlob
 from recfs.http import Http, RetryPolicy
 from recfs.sources.alvaria import AlvariaSource
 from recfs.sources.base import SourceContext
-from recfs.tree import SIZE_CHUNK, Tree
+from recfs.tree import LOOK_AHEAD_FILES, MAX_PARKED, SIZE_CHUNK, Tree, _SizeChunk
 
 FILES = 100
 
 
-async def rig(emu, tmp_path, nursery):
+async def make_tree(emu, tmp_path, nursery):
     http = Http(retry=RetryPolicy(attempts=4, base_delay=0.01), threaded_content=True)
     cache = Cache(tmp_path / "cache", max_size=1 << 30)
     opts = {"api_url": emu.api_url(), "token_url": emu.token_url,
@@ -24,8 +26,12 @@ async def rig(emu, tmp_path, nursery):
             "size_concurrency": 8, "listing_ttl": None}
     source = AlvariaSource("alv", opts, SourceContext(http=http, cache=cache))
     tree = Tree([source], cache, nursery)
-    folder = await tree.lookup(tree.root, "alv")
-    calls = await tree.lookup(folder, "calls")
+    calls = await tree.lookup(await tree.lookup(tree.root, "alv"), "calls")
+    return http, source, tree, calls
+
+
+async def rig(emu, tmp_path, nursery):
+    http, _, tree, calls = await make_tree(emu, tmp_path, nursery)
     files = [await tree.lookup(calls, f"c{i:03d}.wav") for i in range(FILES)]
     return http, tree, files
 
@@ -49,3 +55,89 @@ async def test_the_first_file_waits_for_its_chunk_only_and_the_rest_follow(tmp_p
         assert emu.count("s3") == FILES                     # each size learnt once
         assert emu.count("signedUrl") == 0                  # the URLs came with the listing
         await http.aclose()
+
+
+# -- T5: a copy going through folders looks one folder ahead
+FOLDERS = ("a", "b", "c")
+AHEAD_FILES = 80
+
+
+def populate(emu, folders):
+    for f in folders:
+        for i in range(AHEAD_FILES):
+            emu.put(f"calls/{f}/c{i:03d}.wav", PatternBlob(i, 1000 + i))
+
+
+def files_of(folder):
+    return sorted((c for c in folder.children.values() if not c.is_dir), key=lambda n: n.name)
+
+
+async def settle(tree, condition):
+    with trio.fail_after(20):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def test_a_copy_near_a_folders_end_prepares_the_next_folder_only(tmp_path, nursery):
+    emu = AlvariaEmulator()
+    populate(emu, FOLDERS)
+    with emu:
+        http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
+        a = await tree.lookup(calls, "a")
+        await tree.children(a)
+        b, c = calls.children["b"], calls.children["c"]
+        source.copy_seen = trio.current_time()          # the reader saw a copy
+        listings = tree.listings
+        for node in files_of(a)[:AHEAD_FILES - LOOK_AHEAD_FILES]:
+            await tree.ensure_size(node)
+            tree.copy_progress(node)
+        await trio.sleep(0.1)
+        assert b.children is None                       # not near the end yet
+        node = files_of(a)[AHEAD_FILES - LOOK_AHEAD_FILES]
+        await tree.ensure_size(node)
+        tree.copy_progress(node)
+        await settle(tree, lambda: b.children is not None
+                     and all(n.size_known for n in files_of(b)[:SIZE_CHUNK]))
+        assert tree.listings == listings + 1            # b, not c
+        assert c.children is None
+        assert not any(n.size_known for n in files_of(b)[SIZE_CHUNK:])   # parked
+        probes = emu.count("s3")
+        assert probes == AHEAD_FILES + SIZE_CHUNK
+        # the copy reaches b: the rest of b is learnt without waiting for an open each
+        tree.copy_progress(files_of(b)[0])
+        await settle(tree, lambda: all(n.size_known for n in files_of(b)))
+        assert emu.count("s3") == 2 * AHEAD_FILES             # each size learnt once
+        assert [n.entry.size for n in files_of(b)] == [1000 + i for i in range(AHEAD_FILES)]
+        await http.aclose()
+
+
+async def test_no_copy_no_look_ahead(tmp_path, nursery):
+    emu = AlvariaEmulator()
+    populate(emu, FOLDERS[:2])
+    with emu:
+        http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
+        a = await tree.lookup(calls, "a")
+        await tree.children(a)
+        for node in files_of(a):
+            await tree.ensure_size(node)
+            tree.copy_progress(node)                   # copy_seen never set: ls -l, stat
+        await trio.sleep(0.1)
+        assert calls.children["b"].children is None
+        await http.aclose()
+
+
+def test_parked_folders_are_bounded_and_forgotten_oldest_first():
+    tree = Tree([], None, None)
+
+    class FakeNode:
+        def __init__(self, ino):
+            self.ino = ino
+    chunks = {}
+    for folder in range(MAX_PARKED + 1):
+        ch = _SizeChunk([FakeNode(1000 + folder)])
+        tree._sizing[1000 + folder] = ch
+        chunks[folder] = ch
+        tree._park(folder, [ch])
+    assert len(tree._parked) == MAX_PARKED and 0 not in tree._parked
+    assert 1000 not in tree._sizing                     # its file can be sized anew
+    assert all(1000 + f in tree._sizing for f in range(1, MAX_PARKED + 1))
