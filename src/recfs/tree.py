@@ -15,8 +15,9 @@ Invariants:
      LOOK_AHEAD_FILES files of a folder, the next folder (in name order, as cp -r and
      rsync go) is listed and the sizes of its first files (SIZE_CHUNK of them, at most
      LOOK_AHEAD_BYTES by their hints) are learnt; its other chunks are registered but
-     wait ("parked") until the copy opens a file there. A chunk is resolved once,
-     whoever starts it.
+     wait ("parked") until the copy opens a file there or a size there is asked for
+     (then all of them follow in the background). A chunk is resolved once, whoever
+     starts it.
 """
 from __future__ import annotations
 
@@ -297,6 +298,7 @@ class Tree:
             if len(chunks) > 1:
                 self.nursery.start_soon(self._resolve_in_order, chunks[1:])
         elif chunk is not None:
+            self._resume_parked(node.parent)    # a size of a prepared folder asked for (T5)
             if chunk.started:
                 await chunk.done.wait()
             else:
@@ -313,9 +315,7 @@ class Tree:
         if folder is None or self.nursery is None or node.source is None \
                 or not node.source.copying():
             return
-        parked = self._parked.pop(folder.ino, None)
-        if parked:
-            self.nursery.start_soon(self._resolve_in_order, parked)
+        self._resume_parked(folder)
         if folder.ino in self._looked_past or folder.parent is None or folder.parent.ino == ROOT_INODE:
             return
         files, position = folder.files()
@@ -355,6 +355,11 @@ class Tree:
         if len(chunks) > 1:
             self._park(nxt.ino, chunks[1:])
         await self._resolve_chunk(chunks[0])
+
+    def _resume_parked(self, folder: Node | None) -> None:
+        parked = self._parked.pop(folder.ino, None) if folder is not None and self._parked else None
+        if parked and self.nursery is not None:
+            self.nursery.start_soon(self._resolve_in_order, parked)
 
     def _park(self, folder_ino: int, chunks: list[_SizeChunk]) -> None:
         while len(self._parked) >= MAX_PARKED:      # a copy that never came: forget its oldest

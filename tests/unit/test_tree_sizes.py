@@ -103,7 +103,8 @@ async def test_a_copy_near_a_folders_end_prepares_the_next_folder_only(tmp_path,
         assert not any(n.size_known for n in files_of(b)[SIZE_CHUNK:])   # parked
         probes = emu.count("s3")
         assert probes == AHEAD_FILES + SIZE_CHUNK
-        # the copy reaches b: the rest of b is learnt without waiting for an open each
+        # the copy reaches b (a stat of one of b's later files would do the same): the
+        # rest of b is learnt in the background, not chunk by chunk as files are asked for
         tree.copy_progress(files_of(b)[0])
         await settle(tree, lambda: all(n.size_known for n in files_of(b)))
         assert emu.count("s3") == 2 * AHEAD_FILES             # each size learnt once
@@ -141,3 +142,23 @@ def test_parked_folders_are_bounded_and_forgotten_oldest_first():
     assert len(tree._parked) == MAX_PARKED and 0 not in tree._parked
     assert 1000 not in tree._sizing                     # its file can be sized anew
     assert all(1000 + f in tree._sizing for f in range(1, MAX_PARKED + 1))
+
+
+async def test_asking_for_a_size_in_a_prepared_folder_brings_the_rest_too(tmp_path, nursery):
+    emu = AlvariaEmulator()
+    populate(emu, FOLDERS[:2])
+    with emu:
+        http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
+        a = await tree.lookup(calls, "a")
+        await tree.children(a)
+        b = calls.children["b"]
+        source.copy_seen = trio.current_time()
+        last = files_of(a)[-1]
+        await tree.ensure_size(last)
+        tree.copy_progress(last)
+        await settle(tree, lambda: b.children is not None
+                     and all(n.size_known for n in files_of(b)[:SIZE_CHUNK]))
+        source.copy_seen = float("-inf")              # the copy ended; ls -l b
+        await tree.ensure_size(files_of(b)[SIZE_CHUNK])
+        await settle(tree, lambda: all(n.size_known for n in files_of(b)))
+        await http.aclose()
