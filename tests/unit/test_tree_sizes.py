@@ -62,10 +62,20 @@ FOLDERS = ("a", "b", "c")
 AHEAD_FILES = 80
 
 
-def populate(emu, folders):
+def emulator(folders):
+    emu = AlvariaEmulator()
     for f in folders:
         for i in range(AHEAD_FILES):
             emu.put(f"calls/{f}/c{i:03d}.wav", PatternBlob(i, 1000 + i))
+    return emu
+
+
+async def tree_in_a(emu, tmp_path, nursery):
+    """The tree, with calls/a listed: (http, source, tree, calls, a)."""
+    http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
+    a = await tree.lookup(calls, "a")
+    await tree.children(a)
+    return http, source, tree, calls, a
 
 
 def files_of(folder):
@@ -79,12 +89,8 @@ async def settle(tree, condition):
 
 
 async def test_a_copy_near_a_folders_end_prepares_the_next_folder_only(tmp_path, nursery):
-    emu = AlvariaEmulator()
-    populate(emu, FOLDERS)
-    with emu:
-        http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
-        a = await tree.lookup(calls, "a")
-        await tree.children(a)
+    with emulator(FOLDERS) as emu:
+        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
         b, c = calls.children["b"], calls.children["c"]
         source.copy_seen = trio.current_time()          # the reader saw a copy
         listings = tree.listings
@@ -113,12 +119,8 @@ async def test_a_copy_near_a_folders_end_prepares_the_next_folder_only(tmp_path,
 
 
 async def test_no_copy_no_look_ahead(tmp_path, nursery):
-    emu = AlvariaEmulator()
-    populate(emu, FOLDERS[:2])
-    with emu:
-        http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
-        a = await tree.lookup(calls, "a")
-        await tree.children(a)
+    with emulator(FOLDERS[:2]) as emu:
+        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
         for node in files_of(a):
             await tree.ensure_size(node)
             tree.copy_progress(node)                   # copy_seen never set: ls -l, stat
@@ -145,12 +147,8 @@ def test_parked_folders_are_bounded_and_forgotten_oldest_first():
 
 
 async def test_asking_for_a_size_in_a_prepared_folder_brings_the_rest_too(tmp_path, nursery):
-    emu = AlvariaEmulator()
-    populate(emu, FOLDERS[:2])
-    with emu:
-        http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
-        a = await tree.lookup(calls, "a")
-        await tree.children(a)
+    with emulator(FOLDERS[:2]) as emu:
+        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
         b = calls.children["b"]
         source.copy_seen = trio.current_time()
         last = files_of(a)[-1]
