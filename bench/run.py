@@ -11,6 +11,7 @@ See docs/BENCHMARKS.md for what each benchmark does and the figures measured.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import mmap
@@ -564,6 +565,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    # two benchmarks at once would measure each other (and the second would not wait
+    # for the first's deletions): held until this process exits
+    lock = open(work / "bench.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"scripts/bench: another benchmark is running in {work}", file=sys.stderr)
+        return 2
     Trash.dir = work / "trash"
     Trash.wait_for_aged_inodes(lambda m: print(f"scripts/bench: {m}", file=sys.stderr))
     if args.quick:
