@@ -385,13 +385,7 @@ class Bench:
         res: dict = {"bytes": total, "files": count}
 
         def copy_and_rsync(src: Path, content_bytes) -> tuple[float, float, int, float]:
-            Trash.discard(dest)
-            dest.mkdir(parents=True)
-            drop_caches()
-            t_cp, cp = timed(["cp", "-r", str(src), str(dest / "cp")])
-            cp.check_returncode()
-            files, size = tree_bytes(dest / "cp")
-            assert (files, size) == (count, total), (files, size, count, total)
+            t_cp = self._timed_copy(src, dest)
             t_rs1, cp = timed(["rsync", "-a", f"{src}/", str(dest / "rsync")])
             cp.check_returncode()
             self.server.reset()
@@ -459,6 +453,18 @@ class Bench:
                              f"{med(rcl['rsync2_s']) / t2:.1f}× rclone speed" if rcl else "",
                              "≤ 0.5 s, 0 B", t2 <= 0.5 and f2 == 0))
 
+    def _timed_copy(self, src: Path, dest: Path) -> float:
+        """B5's `cp -r` of `src` into an emptied `dest`, the page cache dropped first;
+        the copy's files and bytes are checked."""
+        Trash.discard(dest)
+        dest.mkdir(parents=True)
+        drop_caches()
+        t_cp, cp = timed(["cp", "-r", str(src), str(dest / "cp")])
+        cp.check_returncode()
+        got, want = tree_bytes(dest / "cp"), (self.data.many_files, self.data.many_bytes())
+        assert got == want, (got, want)
+        return t_cp
+
     def b5_wan(self) -> None:
         """B5's copy in the WAN profile, recfs only, for information (rclone reads one
         file at a time, two round trips each: about 50 ms a file there)."""
@@ -470,12 +476,7 @@ class Bench:
         try:
             for run in range(self.runs):
                 with self.recfs("alv") as m:
-                    Trash.discard(dest)
-                    dest.mkdir(parents=True)
-                    drop_caches()
-                    t_cp, cp = timed(["cp", "-r", str(m.path / "alv" / "bench" / "many"), str(dest / "cp")])
-                    cp.check_returncode()
-                    assert tree_bytes(dest / "cp") == (count, total)
+                    t_cp = self._timed_copy(m.path / "alv" / "bench" / "many", dest)
                     times.append(t_cp)
                     self.done_with(m)
                 Trash.discard(dest)

@@ -285,15 +285,9 @@ class Tree:
             return
         chunk = self._sizing.get(node.ino)
         if chunk is None and not node.size_failed:
-            parent = node.parent
-            batch = [node] + [c for c in (parent.children.values() if parent and parent.children else [])
-                              if c is not node and not c.is_dir and not c.size_known
-                              and not c.size_failed and c.ino not in self._sizing]
+            batch = [node] + [c for c in self._unsized(node.parent) if c is not node]
             size = SIZE_CHUNK if self.nursery is not None else len(batch)
-            chunks = [_SizeChunk(batch[i:i + size]) for i in range(0, len(batch), size)]
-            for ch in chunks:
-                for c in ch.nodes:
-                    self._sizing[c.ino] = ch
+            chunks = self._chunked(batch, size)
             await self._resolve_chunk(chunks[0])
             if len(chunks) > 1:
                 self.nursery.start_soon(self._resolve_in_order, chunks[1:])
@@ -338,20 +332,14 @@ class Tree:
         except Exception as exc:        # a guess: the copy lists it itself if it comes
             log.debug("looking ahead into %s: %s", nxt.path(), exc)
             return
-        batch = sorted((c for c in (nxt.children or {}).values()
-                        if not c.is_dir and not c.size_known and not c.size_failed
-                        and c.ino not in self._sizing), key=lambda n: n.name)
+        batch = sorted(self._unsized(nxt), key=lambda n: n.name)
         if not batch:
             return
         first, budget = 0, LOOK_AHEAD_BYTES
         while first < min(len(batch), SIZE_CHUNK) and (first == 0 or budget > 0):
             budget -= batch[first].entry.size_hint or 0
             first += 1
-        chunks = [_SizeChunk(batch[:first])] + \
-            [_SizeChunk(batch[i:i + SIZE_CHUNK]) for i in range(first, len(batch), SIZE_CHUNK)]
-        for ch in chunks:
-            for c in ch.nodes:
-                self._sizing[c.ino] = ch
+        chunks = self._chunked(batch[:first], first) + self._chunked(batch[first:], SIZE_CHUNK)
         if len(chunks) > 1:
             self._park(nxt.ino, chunks[1:])
         await self._resolve_chunk(chunks[0])
@@ -369,6 +357,19 @@ class Tree:
                         if self._sizing.get(c.ino) is ch:
                             del self._sizing[c.ino]
         self._parked[folder_ino] = chunks
+
+    def _unsized(self, folder: Node | None) -> list[Node]:
+        """The files of `folder` whose size is neither known nor being learnt."""
+        return [c for c in (folder.children.values() if folder is not None and folder.children else [])
+                if not c.is_dir and not c.size_known and not c.size_failed and c.ino not in self._sizing]
+
+    def _chunked(self, nodes: list[Node], size: int) -> list[_SizeChunk]:
+        """`nodes` in chunks of `size`, each registered as the one learning their sizes."""
+        chunks = [_SizeChunk(nodes[i:i + size]) for i in range(0, len(nodes), size)]
+        for ch in chunks:
+            for c in ch.nodes:
+                self._sizing[c.ino] = ch
+        return chunks
 
     async def _resolve_in_order(self, chunks: list[_SizeChunk]) -> None:
         for chunk in chunks:
