@@ -67,6 +67,7 @@ class DataSet:
     many_dirs: int
     wide_files: int
     mp3_path: str | None
+    wan_wide_files: int = 0
     seed: int = 1
 
     BIG = "bench/big/recording.wav"
@@ -85,6 +86,9 @@ class DataSet:
         for i in range(self.wide_files):
             out[f"bench/wide/r{i:05d}.wav"] = RingBlob(self.seed, rng.randrange(RING_SIZE),
                                                        rng.randint(1000, 60_000))
+        for i in range(self.wan_wide_files):    # listed by B4 in the WAN profile (Alvaria only)
+            out[f"bench/wide-wan/r{i:05d}.wav"] = RingBlob(self.seed, rng.randrange(RING_SIZE),
+                                                           rng.randint(1000, 60_000))
         return out
 
     def many_bytes(self) -> int:
