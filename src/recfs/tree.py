@@ -11,13 +11,14 @@ Invariants:
  T4. A file is opened only with an exact size: `ensure_size` resolves the unknown
      sizes of all the files of a folder concurrently, in chunks; an open waits only
      for the chunk holding its file.
- T5. A copy looks ahead by one folder at most: when it opens one of the last
-     LOOK_AHEAD_FILES files of a folder, the next folder (in name order, as cp -r and
-     rsync go) is listed and the sizes of its first files (SIZE_CHUNK of them, at most
-     LOOK_AHEAD_BYTES by their hints) are learnt; its other chunks are registered but
-     wait ("parked") until the copy opens a file there or a size there is asked for
-     (then all of them follow in the background). A chunk is resolved once, whoever
-     starts it.
+ T5. A copy looks ahead by one folder at most, and only a copy that came into this
+     folder from the one before it (in name order, as cp -r and rsync go), so that a
+     copy of a single folder fetches nothing outside it: when such a copy opens one of
+     the last LOOK_AHEAD_FILES files of a folder, the next folder is listed and the
+     sizes of its first files (SIZE_CHUNK of them, at most LOOK_AHEAD_BYTES by their
+     hints) are learnt; its other chunks are registered but wait ("parked") until the
+     copy opens a file there or a size there is asked for (then all of them follow in
+     the background). A chunk is resolved once, whoever starts it.
 """
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ class Tree:
         self.on_changed = lambda node: None       # fs.py: drop the kernel's cache of it
         self._listing: dict[int, trio.Event] = {}
         self._sizing: dict[int, _SizeChunk] = {}      # inode -> the chunk learning its size
-        self._looked_past: set[int] = set()           # folders whose next folder was prepared (T5)
+        self._copied: set[int] = set()                # folders a copy went through (T5)
+        self._looked_past: set[int] = set()           # folders whose look-ahead was decided (T5)
         self._parked: dict[int, list[_SizeChunk]] = {}  # folder inode -> chunks waiting for the copy
         self.listings = 0
 
@@ -303,8 +305,9 @@ class Tree:
     # -- a copy going through folders (T5)
     def copy_progress(self, node: Node) -> None:
         """`node` was just opened; if a copy is under way (the reader saw its folder's
-        files opened in order), learn the parked sizes of its folder, and near the
-        folder's end prepare the next folder, so the copy waits for neither."""
+        files opened in order), learn the parked sizes of its folder, and near the end
+        of a folder the copy came into from the one before, prepare the next folder, so
+        the copy waits for neither."""
         folder = node.parent
         if folder is None or self.nursery is None or node.source is None \
                 or not node.source.copying():
@@ -312,6 +315,9 @@ class Tree:
         self._resume_parked(folder)
         if folder.ino in self._looked_past or folder.parent is None or folder.parent.ino == ROOT_INODE:
             return
+        if len(self._copied) >= 4096:
+            self._copied.clear()
+        self._copied.add(folder.ino)
         files, position = folder.files()
         index = position.get(node.entry.id)
         if index is None or index < len(files) - LOOK_AHEAD_FILES:
@@ -319,13 +325,21 @@ class Tree:
         if len(self._looked_past) >= 4096:
             self._looked_past.clear()
         self._looked_past.add(folder.ino)
-        self.nursery.start_soon(self._look_ahead, folder)
+        came_from = self._sibling(folder, before=True)
+        if came_from is not None and came_from.ino in self._copied:
+            self.nursery.start_soon(self._look_ahead, folder)
+
+    @staticmethod
+    def _sibling(folder: Node, before: bool) -> Node | None:
+        """The folder just before (or after) `folder` in name order."""
+        near = [c for c in folder.parent.children.values()
+                if c.is_dir and (c.name < folder.name if before else c.name > folder.name)]
+        return (max if before else min)(near, key=lambda n: n.name) if near else None
 
     async def _look_ahead(self, folder: Node) -> None:
-        later = [c for c in folder.parent.children.values() if c.is_dir and c.name > folder.name]
-        if not later:
+        nxt = self._sibling(folder, before=False)
+        if nxt is None:
             return
-        nxt = min(later, key=lambda n: n.name)
         try:
             if not self.fresh(nxt):
                 await self.refresh(nxt)

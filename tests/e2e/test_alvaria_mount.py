@@ -182,23 +182,37 @@ def test_during_a_copy_the_size_probe_brings_the_whole_file(emu, recfs_mount, tm
     assert sum(emu.counts.values()) == 0
 
 
-def test_a_copy_near_a_folders_end_brings_the_next_folders_first_files(emu, recfs_mount, tmp_path):
-    """T5: copying a, recfs lists b and fetches its first SIZE_CHUNK files (small:
-    whole) before anyone asks; a copy of b then fetches only the rest."""
+def test_a_copy_brings_the_next_folders_first_files_once_it_came_from_the_one_before(
+        emu, recfs_mount, tmp_path):
+    """T5: a copy of a alone fetches nothing outside a; copying b after it, recfs lists
+    c and fetches its first SIZE_CHUNK files (small: whole) before anyone asks; a copy
+    of c then fetches only the rest."""
     from recfs.tree import SIZE_CHUNK
-    for folder in ("a", "b"):
+    folders = ("a", "b", "c")
+    for folder in folders:
         for i in range(40):
             emu.put(f"exports/copy/{folder}/r{i:02d}.wav", os.urandom(10_000 + 1000 * i))
     mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
-    subprocess.run(["cp", "-r", str(mnt / "exports/copy/a"), str(tmp_path / "a")], check=True)
-    seen, deadline = -1, time.monotonic() + 10
-    while seen != emu.count("s3") and time.monotonic() < deadline:   # the look-ahead is done
-        seen = emu.count("s3")
-        time.sleep(0.3)
-    emu.reset_stats()
-    subprocess.run(["cp", "-r", str(mnt / "exports/copy/b"), str(tmp_path / "b")], check=True)
-    assert emu.count("s3") == 40 - SIZE_CHUNK       # the rest of b; its first files came ahead
-    for folder in ("a", "b"):
+
+    def copy(folder: str) -> dict[str, int]:
+        """cp -r of `folder`: per folder, the objects whose content (or size) it fetched,
+        look-ahead included."""
+        emu.reset_stats()
+        subprocess.run(["cp", "-r", str(mnt / "exports/copy" / folder), str(tmp_path / folder)],
+                       check=True)
+        seen, deadline = -1, time.monotonic() + 10
+        while seen != emu.count("s3") and time.monotonic() < deadline:   # a look-ahead is done
+            seen = emu.count("s3")
+            time.sleep(0.3)
+        objects = {path for _, path, _ in emu.log if "/exports/copy/" in path}
+        return {f: sum(f"/exports/copy/{f}/" in path for path in objects) for f in folders
+                if any(f"/exports/copy/{f}/" in path for path in objects)}
+
+    assert copy("a") == {"a": 40}                   # nothing outside a
+    assert copy("b") == {"b": 40, "c": SIZE_CHUNK}  # b, and the first files of c
+    assert copy("c") == {"c": 40 - SIZE_CHUNK}      # the rest of c
+    assert emu.count("s3") == 40 - SIZE_CHUNK
+    for folder in folders:
         for i in range(40):
             key = f"exports/copy/{folder}/r{i:02d}.wav"
             assert (tmp_path / folder / f"r{i:02d}.wav").read_bytes() == emu.objects[key].blob.all_bytes()

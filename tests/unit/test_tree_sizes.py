@@ -1,6 +1,6 @@
 """T4: exact sizes are learnt per folder in chunks; an open waits only for its own
-chunk. T5: a copy near a folder's end has the next folder prepared, one folder ahead
-at most. (The Alvaria source against its emulator, no mount.)"""
+chunk. T5: a copy that came from the folder before, near a folder's end, has the
+next folder prepared, one folder ahead at most. (The Alvaria source against its emulator, no mount.)"""
 from __future__ import annotations
 
 import trio
@@ -58,7 +58,7 @@ async def test_the_first_file_waits_for_its_chunk_only_and_the_rest_follow(tmp_p
 
 
 # -- T5: a copy going through folders looks one folder ahead
-FOLDERS = ("a", "b", "c")
+FOLDERS = ("a", "b", "c", "d")
 AHEAD_FILES = 80
 
 
@@ -82,50 +82,67 @@ def files_of(folder):
     return sorted((c for c in folder.children.values() if not c.is_dir), key=lambda n: n.name)
 
 
+async def copy_through(tree, source, nodes):
+    """What cp -r makes recfs do as it opens `nodes` in order (the reader sees the copy)."""
+    for node in nodes:
+        source.copy_seen = trio.current_time()
+        await tree.ensure_size(node)
+        tree.copy_progress(node)
+
+
 async def settle(tree, condition):
     with trio.fail_after(20):
         while not condition():
             await trio.sleep(0.01)
 
 
-async def test_a_copy_near_a_folders_end_prepares_the_next_folder_only(tmp_path, nursery):
+async def test_a_copy_of_one_folder_looks_nowhere_else(tmp_path, nursery):
+    with emulator(FOLDERS[:2]) as emu:
+        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
+        listings = tree.listings
+        await copy_through(tree, source, files_of(a))
+        await trio.sleep(0.1)
+        assert calls.children["b"].children is None
+        assert tree.listings == listings and emu.count("s3") == AHEAD_FILES
+        await http.aclose()
+
+
+async def test_a_copy_that_came_from_the_folder_before_prepares_the_next_folder_only(
+        tmp_path, nursery):
     with emulator(FOLDERS) as emu:
         http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
-        b, c = calls.children["b"], calls.children["c"]
-        source.copy_seen = trio.current_time()          # the reader saw a copy
+        b, c, d = (calls.children[f] for f in "bcd")
+        await copy_through(tree, source, files_of(a))
+        await tree.children(b)                          # cp -r goes on into b
         listings = tree.listings
-        for node in files_of(a)[:AHEAD_FILES - LOOK_AHEAD_FILES]:
-            await tree.ensure_size(node)
-            tree.copy_progress(node)
+        await copy_through(tree, source, files_of(b)[:AHEAD_FILES - LOOK_AHEAD_FILES])
         await trio.sleep(0.1)
-        assert b.children is None                       # not near the end yet
-        node = files_of(a)[AHEAD_FILES - LOOK_AHEAD_FILES]
-        await tree.ensure_size(node)
-        tree.copy_progress(node)
-        await settle(tree, lambda: b.children is not None
-                     and all(n.size_known for n in files_of(b)[:SIZE_CHUNK]))
-        assert tree.listings == listings + 1            # b, not c
-        assert c.children is None
-        assert not any(n.size_known for n in files_of(b)[SIZE_CHUNK:])   # parked
-        probes = emu.count("s3")
-        assert probes == AHEAD_FILES + SIZE_CHUNK
-        # the copy reaches b (a stat of one of b's later files would do the same): the
-        # rest of b is learnt in the background, not chunk by chunk as files are asked for
-        tree.copy_progress(files_of(b)[0])
-        await settle(tree, lambda: all(n.size_known for n in files_of(b)))
-        assert emu.count("s3") == 2 * AHEAD_FILES             # each size learnt once
-        assert [n.entry.size for n in files_of(b)] == [1000 + i for i in range(AHEAD_FILES)]
+        assert c.children is None                       # not near the end yet
+        await copy_through(tree, source, [files_of(b)[AHEAD_FILES - LOOK_AHEAD_FILES]])
+        await settle(tree, lambda: c.children is not None
+                     and all(n.size_known for n in files_of(c)[:SIZE_CHUNK]))
+        assert tree.listings == listings + 1            # c, not d
+        assert d.children is None
+        assert not any(n.size_known for n in files_of(c)[SIZE_CHUNK:])   # parked
+        assert emu.count("s3") == 2 * AHEAD_FILES + SIZE_CHUNK
+        # the copy reaches c (a stat of one of c's later files would do the same): the
+        # rest of c is learnt in the background, not chunk by chunk as files are asked for
+        tree.copy_progress(files_of(c)[0])
+        await settle(tree, lambda: all(n.size_known for n in files_of(c)))
+        assert emu.count("s3") == 3 * AHEAD_FILES             # each size learnt once
+        assert [n.entry.size for n in files_of(c)] == [1000 + i for i in range(AHEAD_FILES)]
         await http.aclose()
 
 
 async def test_no_copy_no_look_ahead(tmp_path, nursery):
-    with emulator(FOLDERS[:2]) as emu:
+    with emulator(FOLDERS[:3]) as emu:
         http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
-        for node in files_of(a):
+        await tree.children(calls.children["b"])
+        for node in files_of(a) + files_of(calls.children["b"]):
             await tree.ensure_size(node)
             tree.copy_progress(node)                   # copy_seen never set: ls -l, stat
         await trio.sleep(0.1)
-        assert calls.children["b"].children is None
+        assert calls.children["c"].children is None
         await http.aclose()
 
 
@@ -147,16 +164,15 @@ def test_parked_folders_are_bounded_and_forgotten_oldest_first():
 
 
 async def test_asking_for_a_size_in_a_prepared_folder_brings_the_rest_too(tmp_path, nursery):
-    with emulator(FOLDERS[:2]) as emu:
+    with emulator(FOLDERS[:3]) as emu:
         http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
-        b = calls.children["b"]
-        source.copy_seen = trio.current_time()
-        last = files_of(a)[-1]
-        await tree.ensure_size(last)
-        tree.copy_progress(last)
-        await settle(tree, lambda: b.children is not None
-                     and all(n.size_known for n in files_of(b)[:SIZE_CHUNK]))
-        source.copy_seen = float("-inf")              # the copy ended; ls -l b
-        await tree.ensure_size(files_of(b)[SIZE_CHUNK])
-        await settle(tree, lambda: all(n.size_known for n in files_of(b)))
+        b, c = calls.children["b"], calls.children["c"]
+        await copy_through(tree, source, files_of(a))
+        await tree.children(b)
+        await copy_through(tree, source, files_of(b))
+        await settle(tree, lambda: c.children is not None
+                     and all(n.size_known for n in files_of(c)[:SIZE_CHUNK]))
+        source.copy_seen = float("-inf")              # the copy ended; ls -l c
+        await tree.ensure_size(files_of(c)[SIZE_CHUNK])
+        await settle(tree, lambda: all(n.size_known for n in files_of(c)))
         await http.aclose()
