@@ -25,7 +25,8 @@ class Trash:
     cache files too, so recfs paid twice (figures: docs/BENCHMARKS.md, sixth round).
     Cutting a file to zero bytes frees its blocks but not its inode. At the end the
     trash is deleted and the time written down: a benchmark started within `RECENT`
-    seconds of that first waits for those inodes to age."""
+    seconds of that, or of the end of scripts/test (whose tests delete thousands of
+    files), first waits for those inodes to age."""
     dir: Path | None = None
     count = 0
     RECENT = 370.0
@@ -57,19 +58,22 @@ class Trash:
             shutil.rmtree(cls.dir, ignore_errors=True)
             cls._stamp().write_text(f"{time.time()}\n")
 
+    TESTS_STAMP = Path("/var/tmp/recfs-tests-ended-at")   # written by scripts/test
+
     @classmethod
     def wait_for_aged_inodes(cls, say=print) -> None:
-        """Empty what a previous benchmark left, and wait until the inodes it freed are
-        no longer recent."""
+        """Empty what a previous benchmark left, and wait until the inodes it freed, and
+        those the test suite freed, are no longer recent."""
         cls.empty()
-        try:
-            emptied = float(cls._stamp().read_text())
-        except (OSError, ValueError):
-            return
-        left = emptied + cls.RECENT - time.time()
-        if left > 0:
-            say(f"waiting {left:.0f} s for the inodes a previous run freed to age (see bench/mounts.py Trash)")
-            time.sleep(left)
+        for stamp, who in ((cls._stamp(), "a previous run"), (cls.TESTS_STAMP, "the test suite")):
+            try:
+                freed = float(stamp.read_text())
+            except (OSError, ValueError):
+                continue
+            left = freed + cls.RECENT - time.time()
+            if left > 0:
+                say(f"waiting {left:.0f} s for the inodes {who} freed to age (see bench/mounts.py Trash)")
+                time.sleep(left)
 
 
 class Server:

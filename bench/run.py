@@ -51,7 +51,7 @@ def drop_caches() -> bool:
         return False
 
 
-def times(ratio: float, target: float = 1.2) -> str:
+def ratio_text(ratio: float, target: float = 1.2) -> str:
     """`ratio` to two places, or three where two would round a miss up to the target."""
     return f"{ratio:.3f}" if ratio < target <= round(ratio, 2) else f"{ratio:.2f}"
 
@@ -229,7 +229,7 @@ class Bench:
         else:
             ratio = r / rc if rc else None
             self.rows.append(Row(name, unit(r), limit, unit(rc) if rc else "n/a",
-                                 f"{times(ratio)}× rclone" if ratio else f"{r / c:.2f}× curl",
+                                 f"{ratio_text(ratio)}× rclone" if ratio else f"{r / c:.2f}× curl",
                                  "≥ 1.2× rclone", ratio >= 1.2 if ratio else None))
         if not wan and warm_t:
             w, d = rate(warm_t), rate(disk_t)
@@ -467,7 +467,7 @@ class Bench:
         c_rate = total / med(rcl["cp_s"]) if rcl else None
         self.rows.append(Row(f"B5 cp -r {count} files ({total / 1e6:.0f} MB)", f"{r_rate / 1e6:.0f} MB/s",
                              "", f"{c_rate / 1e6:.0f} MB/s" if c_rate else "n/a",
-                             f"{times(r_rate / c_rate)}× rclone (pairs {min(res['pair_ratios']):.2f}–"
+                             f"{ratio_text(r_rate / c_rate)}× rclone (pairs {min(res['pair_ratios']):.2f}–"
                              f"{max(res['pair_ratios']):.2f})" if c_rate else "", "≥ 1.2× rclone",
                              r_rate / c_rate >= 1.2 if c_rate else None))
         t2 = med(rec["rsync2_s"])
