@@ -155,6 +155,25 @@ def test_a_chunk_whose_sync_failed_is_not_recorded(tmp_path, monkeypatch):
     assert Cache(tmp_path, max_size=1 << 30).entry("k@1", CHUNK).has_chunk(0)
 
 
+def test_a_flush_starts_every_files_writeback_before_it_waits_for_any(tmp_path, monkeypatch):
+    from recfs.content import cache as cache_module
+    assert cache_module._sync_file_range is not None      # Linux with glibc, as here
+    c = Cache(tmp_path, max_size=1 << 30)
+    for i in range(3):
+        e = c.entry(f"k{i}@1", CHUNK)
+        e.write(0, bytes([i]) * CHUNK)
+        e.mark(0, 0)
+    calls = []
+    real_range, real_sync = cache_module._sync_file_range, os.fdatasync
+    monkeypatch.setattr(cache_module, "_sync_file_range",
+                        lambda fd, *a: (calls.append("start"), real_range(fd, *a))[1])
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append("wait"), real_sync(fd))[1])
+    c.flush()
+    assert calls == ["start"] * 3 + ["wait"] * 3
+    reopened = Cache(tmp_path, max_size=1 << 30)
+    assert all(reopened.has_whole(f"k{i}@1", CHUNK) for i in range(3))
+
+
 def test_the_flusher_records_only_entries_dirty_for_sync_after_seconds(tmp_path):
     c = Cache(tmp_path, max_size=1 << 30, sync_after=30.0)
     young = c.entry("young", CHUNK)

@@ -31,6 +31,7 @@ Invariants (what makes the cache crash-safe; the tests check each):
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import logging
@@ -43,6 +44,13 @@ from pathlib import Path
 import trio
 
 log = logging.getLogger("recfs.cache")
+
+SYNC_FILE_RANGE_WRITE = 2
+try:
+    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+except (OSError, AttributeError):      # not glibc on Linux: fdatasync alone
+    _sync_file_range = None
 
 CHUNK = 256 * 1024
 SYNC_AFTER = 30.0        # seconds an entry stays dirty before the flusher records it (I2)
@@ -66,7 +74,18 @@ def _on_trio_thread(fn, *args):
     return fn(*args)
 
 
+def _start_writeback(fds: list[int]) -> None:
+    """Ask the kernel to start writing every file back at once: the fdatasyncs that
+    follow then wait for writes already in flight together, not one file after another
+    (at unmount, the last 30 s of downloads: 2,000 files took 2.1 s one by one)."""
+    if _sync_file_range is None:
+        return
+    for fd in fds:
+        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)     # a failure: fdatasync reports it
+
+
 def _sync_all(fds: list[int]) -> list[bool]:
+    _start_writeback(fds)
     synced = []
     for fd in fds:
         try:
