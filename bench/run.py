@@ -11,6 +11,7 @@ See docs/BENCHMARKS.md for what each benchmark does and the figures measured.
 from __future__ import annotations
 
 import argparse
+import collections
 import fcntl
 import hashlib
 import json
@@ -332,9 +333,6 @@ class Bench:
         n = self.data.wide_files
         out: dict = {}
 
-        def ls(folder: Path) -> float:
-            return self._timed_ls(folder, n)
-
         def recfs_case(table: str, emu: str) -> dict:
             cold, warm, cold_req, warm_req = [], [], [], []
             for run in range(self.runs):
@@ -342,10 +340,10 @@ class Bench:
                 with self.recfs(table) as m:
                     os.listdir(m.path / table / "bench")     # the folder's parents: not timed
                     self.server.reset()
-                    cold.append(ls(m.path / table / "bench" / "wide"))
+                    cold.append(self._timed_ls(m.path / table / "bench" / "wide", n))
                     cold_req.append(self.server.stats()[emu]["counts"])
                     self.server.reset()
-                    warm.append(ls(m.path / table / "bench" / "wide"))
+                    warm.append(self._timed_ls(m.path / table / "bench" / "wide", n))
                     warm_req.append(self.server.stats()[emu]["counts"])
                     self.done_with(m)
                 self.say(f"B4 {table} run {run + 1}: cold {cold[-1]:.2f}s {cold_req[-1]}, "
@@ -362,10 +360,10 @@ class Bench:
                 with self.rclone_mount() as r:
                     os.listdir(r.path / "bench")
                     self.server.reset()
-                    cold.append(ls(r.path / "bench" / "wide"))
+                    cold.append(self._timed_ls(r.path / "bench" / "wide", n))
                     cold_req.append(self.server.stats()["alvaria"]["counts"])
                     self.server.reset()
-                    warm.append(ls(r.path / "bench" / "wide"))
+                    warm.append(self._timed_ls(r.path / "bench" / "wide", n))
                     warm_req.append(self.server.stats()["alvaria"]["counts"])
             rc = out["rclone"] = {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req,
                                   "warm_requests": warm_req}
@@ -418,15 +416,8 @@ class Bench:
             Trash.discard(dest)
             return t_cp, t_rs2, fetched, t_rs1
 
-        def recfs_figures() -> dict:
-            return {"cp_s": [], "rsync2_s": [], "rsync2_fetched": [], "rsync1_s": [],
-                    "rsync2_served": [], "cp_written_back": []}
-
-        def rclone_figures() -> dict:
-            return {"cp_s": [], "rsync2_s": [], "rsync2_served": [], "rsync1_s": [], "cp_written_back": []}
-
-        rec = recfs_figures()
-        rcl = rclone_figures() if self.rclone else None
+        rec: dict[str, list] = collections.defaultdict(list)
+        rcl: dict[str, list] | None = collections.defaultdict(list) if self.rclone else None
         # recfs and rclone take turns, the first of a pair alternating: a drift in this
         # VM's speed (rclone alone has ranged 157-246 MB/s in one day) then falls on both
         # alike, and each pair gives a ratio
@@ -438,7 +429,9 @@ class Bench:
                     return m.status()["reads"]["fetched_bytes"]
                 t_cp, t_rs2, f, t_rs1 = copy_and_rsync(src, fetched)
                 served = self.server.stats()["alvaria"]["content_bytes"].get("s3", 0)
-                for k, v in zip(figures, (t_cp, t_rs2, f, t_rs1, served, self.written_back)):
+                for k, v in (("cp_s", t_cp), ("rsync2_s", t_rs2), ("rsync2_fetched", f),
+                             ("rsync1_s", t_rs1), ("rsync2_served", served),
+                             ("cp_written_back", self.written_back)):
                     figures[k].append(v)
                 self.done_with(m)
             self.say(f"B5 {label}: recfs cp -r {total / t_cp / 1e6:.0f} MB/s "
@@ -450,8 +443,8 @@ class Bench:
                 def served():
                     return self.server.stats()["alvaria"]["content_bytes"].get("plain", 0)
                 t_cp, t_rs2, f, t_rs1 = copy_and_rsync(r.path / "bench" / "many", served)
-                for k, v in zip(("cp_s", "rsync2_s", "rsync2_served", "rsync1_s", "cp_written_back"),
-                                (t_cp, t_rs2, f, t_rs1, self.written_back)):
+                for k, v in (("cp_s", t_cp), ("rsync2_s", t_rs2), ("rsync2_served", f),
+                             ("rsync1_s", t_rs1), ("cp_written_back", self.written_back)):
                     figures[k].append(v)
             self.say(f"B5 {label}: rclone cp -r {total / t_cp / 1e6:.0f} MB/s "
                      f"({figures['cp_written_back'][-1] / 1e6:.0f} MB written back meanwhile); "
@@ -461,7 +454,7 @@ class Bench:
         # the first copy after B4 ran slow whoever made it (BENCHMARKS, eighth round):
         # one pair first, not counted
         for step, _ in order:
-            step("warm-up (not counted)", recfs_figures() if step is recfs_run else rclone_figures())
+            step("warm-up (not counted)", collections.defaultdict(list))
         for run in range(self.runs):
             for step, figures in (order if run % 2 == 0 else order[::-1]):
                 step(f"run {run + 1}", figures)

@@ -126,8 +126,8 @@ class Tree:
         self.on_changed = lambda node: None       # fs.py: drop the kernel's cache of it
         self._listing: dict[int, trio.Event] = {}
         self._sizing: dict[int, _SizeChunk] = {}      # inode -> the chunk learning its size
-        self._copied: set[int] = set()                # folders a copy went through (T5)
-        self._looked_past: set[int] = set()           # folders whose look-ahead was decided (T5)
+        # folders a copy went through -> whether their look-ahead was decided (T5)
+        self._copied: dict[int, bool] = {}
         self._parked: dict[int, list[_SizeChunk]] = {}  # folder inode -> chunks waiting for the copy
         self.listings = 0
 
@@ -313,18 +313,16 @@ class Tree:
                 or not node.source.copying():
             return
         self._resume_parked(folder)
-        if folder.ino in self._looked_past or folder.parent is None or folder.parent.ino == ROOT_INODE:
+        if self._copied.get(folder.ino) or folder.parent is None or folder.parent.ino == ROOT_INODE:
             return
         if len(self._copied) >= 4096:
             self._copied.clear()
-        self._copied.add(folder.ino)
         files, position = folder.files()
         index = position.get(node.entry.id)
-        if index is None or index < len(files) - LOOK_AHEAD_FILES:
+        self._copied[folder.ino] = near_end = \
+            index is not None and index >= len(files) - LOOK_AHEAD_FILES
+        if not near_end:
             return
-        if len(self._looked_past) >= 4096:
-            self._looked_past.clear()
-        self._looked_past.add(folder.ino)
         came_from = self._sibling(folder, before=True)
         if came_from is not None and came_from.ino in self._copied:
             self.nursery.start_soon(self._look_ahead, folder)

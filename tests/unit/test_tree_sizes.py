@@ -152,11 +152,9 @@ def test_parked_folders_are_bounded_and_forgotten_oldest_first():
     class FakeNode:
         def __init__(self, ino):
             self.ino = ino
-    chunks = {}
     for folder in range(MAX_PARKED + 1):
         ch = _SizeChunk([FakeNode(1000 + folder)])
         tree._sizing[1000 + folder] = ch
-        chunks[folder] = ch
         tree._park(folder, [ch])
     assert len(tree._parked) == MAX_PARKED and 0 not in tree._parked
     assert 1000 not in tree._sizing                     # its file can be sized anew

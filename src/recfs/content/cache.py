@@ -47,7 +47,7 @@ log = logging.getLogger("recfs.cache")
 
 SYNC_FILE_RANGE_WRITE = 2
 try:
-    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
+    _sync_file_range = ctypes.CDLL(None).sync_file_range
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 except (OSError, AttributeError):      # not glibc on Linux: fdatasync alone
     _sync_file_range = None
