@@ -51,7 +51,8 @@ class Control:
                       # crash now would refetch them
                       "unsynced_files": len(self.cache.dirty), "sync_after_s": self.cache.sync_after},
             "http": {"requests": self.http.requests, "retries": self.http.retries,
-                     "errors": self.http.errors, "bytes_received": self.http.bytes_received},
+                     "errors": self.http.errors, "bytes_received": self.http.bytes_received,
+                     "batched_requests": self.http.batched_requests},
             "reads": {"fetches": r.fetches, "fetched_bytes": r.fetched_bytes,
                       "cache_hits": r.cache_hits, "failures": r.failures,
                       "prefetched_files": r.prefetched_files},

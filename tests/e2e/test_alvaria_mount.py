@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -180,6 +181,29 @@ def test_during_a_copy_the_size_probe_brings_the_whole_file(emu, recfs_mount, tm
     emu.reset_stats()
     subprocess.run(["cp", "-r", str(mnt / "exports/copy/a"), str(tmp_path / "a2")], check=True)
     assert sum(emu.counts.values()) == 0
+
+
+def test_a_whole_file_probe_that_fails_during_a_copy_is_made_again_on_its_own(emu, recfs_mount, tmp_path):
+    """During a copy the whole-file GETs of a chunk go out together
+    (`Source.probe_whole_many`); one that fails (reset mid-body, HTTP 500) is made
+    again the usual way, with its retries, and the copy gets every byte right."""
+    for folder in ("a", "b"):
+        for i in range(40):
+            emu.put(f"exports/retry/{folder}/r{i:02d}.wav", os.urandom(10_000 + 1000 * i))
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
+    # a copy under way (b's), so that a's sizes are learnt by whole-file GETs
+    subprocess.run(["cp", "-r", str(mnt / "exports/retry/b"), str(tmp_path / "b")], check=True)
+    emu.faults.add(kind="reset", route="s3", after_bytes=3000, times=2)
+    emu.faults.add(kind="status", route="s3", status=500, times=2)
+    emu.reset_stats()
+    subprocess.run(["cp", "-r", str(mnt / "exports/retry/a"), str(tmp_path / "a")], check=True)
+    assert emu.faults.fired["reset"] == 2 and emu.faults.fired["status"] == 2
+    assert emu.count("s3") == 40 + 4            # the four failed ones once more each
+    status = json.loads(os.getxattr(mnt.parent, "user.recfs.status"))
+    assert status["http"]["batched_requests"] >= 40     # a's all (and b's after its first chunk)
+    for i in range(40):
+        key = f"exports/retry/a/r{i:02d}.wav"
+        assert (tmp_path / "a" / f"r{i:02d}.wav").read_bytes() == emu.objects[key].blob.all_bytes()
 
 
 def test_a_copy_brings_the_next_folders_first_files_once_it_came_from_the_one_before(

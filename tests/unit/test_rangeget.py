@@ -3,7 +3,9 @@ real socket server that answers from a script: the framings, TLS and failures th
 emulators do not produce. The emulator-based reader tests run over both transports."""
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import socket
 import ssl
 import threading
@@ -268,3 +270,96 @@ async def test_a_range_past_the_end_learns_the_size_when_none_is_known(answer, w
         size = await http.get_range(url_for, 0, 4 << 20, lambda pos, data: got.extend(data), total=None)
     assert size == len(want) and bytes(got) == want
     assert len(server.requests) == 1
+
+
+# -- Http.get_heads: the first bytes of several files at once (size probes during a copy)
+
+def by_path(head: bytes):
+    """Answers per path: /partial and /whole come right; /error, /closed and /short
+    fail in three ways (a status, no answer at all, a body cut short)."""
+    path = head.split(b" ")[1]
+    if path == b"/partial":
+        return small_partial(head)
+    if path == b"/whole":
+        return small_whole(head)
+    if path == b"/error":
+        return b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+    if path == b"/short":
+        return small_whole(head)[:-100], "close"
+    return None
+
+
+async def heads(http: Http, url: str, paths: list[str], limiter=None) -> tuple[list, dict]:
+    got: dict[str, bytearray] = {p: bytearray() for p in paths}
+    jobs = [(url + p, {}, lambda pos, data, p=p: got[p].extend(data)) for p in paths]
+    sizes = await http.get_heads(jobs, 4 << 20, limiter=limiter)
+    return sizes, got
+
+
+async def test_heads_come_together_and_the_failed_ones_are_left_to_the_caller():
+    limiter = trio.CapacityLimiter(8)
+    paths = ["/partial", "/error", "/whole", "/closed", "/short"]
+    async with serving(by_path) as (server, http):
+        sizes, got = await heads(http, server.url, paths, limiter)
+        assert sizes == [len(SMALL), None, len(SMALL), None, None]
+        assert bytes(got["/partial"]) == bytes(got["/whole"]) == SMALL
+        asked = collections.Counter(r.split(b" ")[1].decode() for r in server.requests)
+        # once each; /closed twice if it went out on a kept-alive connection (rangeget
+        # then takes a fresh one, as the server may have closed the kept one)
+        assert asked == dict.fromkeys(paths, 1) | {"/closed": asked["/closed"]} and asked["/closed"] in (1, 2)
+        assert all(b"Range: bytes=0-4194303" in r for r in server.requests)
+        assert limiter.statistics().borrowed_tokens == 0
+        assert http._range_threads.statistics().borrowed_tokens == 0
+
+
+async def test_heads_start_as_their_tokens_come():
+    """Each job holds one of the caller's tokens and one connection token while it runs;
+    with one of three tokens held elsewhere, two jobs start and the third waits for it."""
+    go = threading.Event()
+
+    def held(head: bytes):
+        go.wait(30)
+        return small_partial(head)
+
+    limiter = trio.CapacityLimiter(3)
+    elsewhere = object()
+    await limiter.acquire_on_behalf_of(elsewhere)
+    async with serving(held) as (server, http):
+        result = []
+
+        async def batch():
+            result.append(await heads(http, server.url, ["/a", "/b", "/c"], limiter))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batch)
+            while len(server.requests) < 2:
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)
+            assert len(server.requests) == 2
+            limiter.release_on_behalf_of(elsewhere)
+            while len(server.requests) < 3:
+                await trio.sleep(0.01)
+            go.set()
+        assert result[0][0] == [len(SMALL)] * 3
+        assert limiter.statistics().borrowed_tokens == 0
+
+
+async def test_cancelling_heads_stops_their_threads_before_returning():
+    stalled = threading.Event()
+
+    def stall(head: bytes) -> None:
+        stalled.set()
+        threading.Event().wait(30)
+
+    writes = []
+    limiter = trio.CapacityLimiter(4)
+    async with serving(stall) as (server, http):
+        jobs = [(server.url + f"/{i}", {}, lambda pos, data: writes.append(pos)) for i in range(4)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(http.get_heads, jobs, 1 << 20, limiter=limiter))
+            assert await trio.to_thread.run_sync(stalled.wait, 10)
+            nursery.cancel_scope.cancel()
+        assert not http.ranges._open
+        assert limiter.statistics().borrowed_tokens == 0
+        assert http._range_threads.statistics().borrowed_tokens == 0
+    assert writes == []

@@ -289,9 +289,14 @@ class AlvariaSource(Source):
                 except (HttpError, SourceError) as exc:
                     log.error("%s: cannot learn the size of %s: %s", self.name, entry.ref, exc)
 
+        # during a copy the small files come whole, a chunk's GETs together; the rest,
+        # and any of those that failed, one probe each
+        await self.probe_whole_many([e for e in entries if e.size is None and e.size_hint <= WHOLE_PROBE],
+                                    lambda e: self.signed_url(e.ref), self.size_limiter)
         async with trio.open_nursery() as nursery:
             for entry in entries:
-                nursery.start_soon(probe, entry)
+                if entry.size is None:
+                    nursery.start_soon(probe, entry)
 
     async def _probe_size(self, key: str) -> int:
         for renew in (False, True):

@@ -147,6 +147,42 @@ class Source:
             staged.discard()
         return size
 
+    async def probe_whole_many(self, entries: list[Entry], url_for: Callable,
+                               limiter: trio.CapacityLimiter) -> None:
+        """`probe_whole` for a chunk of files at once, while `copying()`: their GETs run
+        together (`Http.get_heads`, one worker thread each, one wake-up of the trio
+        thread for all), each holding one of `limiter`'s tokens. Sets the size of every
+        file that came whole; the others keep None, for the caller's usual probe.
+        `url_for(entry)` gives the URL and headers, as `url_for(False)` does for
+        `Http.get_range`."""
+        cache = self.ctx.cache
+        http = self.ctx.http
+        if cache is None or not entries or not self.copying():
+            return
+        step = max(1, min(int(limiter.total_tokens), http.parallel_gets))
+        for first in range(0, len(entries), step):
+            group = entries[first:first + step]
+            staged = [cache.staged("probe-") for _ in group]     # written by the GETs' threads
+            try:
+                jobs = []
+                for entry, st in zip(group, staged):
+                    url, headers = await url_for(entry)
+                    jobs.append((url, headers, st.write))
+                cache.reserve(sum(e.size_hint or 0 for e in group))
+                sizes = await http.get_heads(jobs, WHOLE_PROBE, name=f"{self.name}: size probe",
+                                             limiter=limiter)
+            except BaseException:
+                for st in staged:
+                    st.discard()
+                raise
+            for entry, st, size in zip(group, staged, sizes):
+                st.close()
+                if size is not None and 0 < size <= WHOLE_PROBE:
+                    cache.adopt(self.cache_key(entry), size, st.path)
+                    entry.size = size
+                else:
+                    st.discard()
+
     async def resolve_sizes(self, entries: list[Entry]) -> None:
         """Set `size` on every entry whose size is None, concurrently.
 

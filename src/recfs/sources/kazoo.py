@@ -593,11 +593,7 @@ class KazooSource(Source):
             _, account, rid = entry.ref
             async with self._limiter:
                 size = detail = None
-                # during a copy a short recording comes whole with its size. Its size is
-                # guessed from the duration at 128 kbit/s, so only MP3s well under the
-                # limit: a larger file would cost WHOLE_PROBE bytes fetched for nothing
-                if 0 < entry.size_hint <= WHOLE_PROBE // 2 \
-                        and entry.xattrs.get("kazoo.content_type") == "audio/mpeg":
+                if self._comes_whole(entry):
                     size = await self.probe_whole(entry, self._media(account, rid),
                                                   f"{self.name}: recording {rid}")
                 if size is None:
@@ -619,9 +615,24 @@ class KazooSource(Source):
             self._sizes[(rid, entry.version)] = size
 
         pending = [e for e in entries if e.size is None and e.kind is Kind.FILE]
+        # during a copy the short ones come whole, a chunk's GETs together; the rest,
+        # and any of those that failed, one probe each
+        await self.probe_whole_many([e for e in pending if self._comes_whole(e)],
+                                    lambda e: self._media(e.ref[1], e.ref[2])(False), self._limiter)
         async with trio.open_nursery() as nursery:
             for entry in pending:
-                nursery.start_soon(probe, entry)
+                if entry.size is None:
+                    nursery.start_soon(probe, entry)
+                else:
+                    self._sizes[(entry.ref[2], entry.version)] = entry.size
+
+    @staticmethod
+    def _comes_whole(entry: Entry) -> bool:
+        """During a copy a short recording comes whole with its size. Its size is
+        guessed from the duration at 128 kbit/s, so only MP3s well under the limit: a
+        larger file would cost WHOLE_PROBE bytes fetched for nothing."""
+        return 0 < entry.size_hint <= WHOLE_PROBE // 2 \
+            and entry.xattrs.get("kazoo.content_type") == "audio/mpeg"
 
     def _media(self, account: str, rid: str):
         """The recording's media URL and headers, as `Http.get_range` asks for them; a
