@@ -233,7 +233,6 @@ class Http:
                                            read_timeout=read_timeout, tls=tls) \
             if threaded_content else None
         self._range_threads = trio.CapacityLimiter(max_connections)
-        self._taking = trio.Lock()          # get_heads: one batch takes its tokens at a time
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout,
                                   write=read_timeout, pool=None),
@@ -399,37 +398,32 @@ class Http:
             attempt += 1
         return learnt
 
-    @property
-    def parallel_gets(self) -> int:
-        """How many content GETs may run at once (the mount's connection limit)."""
-        return int(self._range_threads.total_tokens)
-
     async def get_heads(self, jobs: list[tuple[str, dict[str, str], Callable[[int, Any], None]]],
                         end: int, *, name: str = "content",
                         limiter: trio.CapacityLimiter | None = None) -> list[int | None]:
-        """Bytes [0, end) of several files at once: each job (url, headers, sink) runs
-        in a worker thread started directly, and the trio thread wakes once, when the
-        last is over. With one task and one `to_thread` per GET, learning the sizes of
-        B5's 2,000 files (fetching them whole) took the daemon 2.8-3.2 CPU-s; this way
-        2.3-2.4 (BENCHMARKS, ninth round). No retries here: for each job, the file's size when its answer came whole and
-        clean, else None, and the caller takes the usual way (`get_range`) for that one.
+        """Bytes [0, end) of several files at once (size probes): each job (url,
+        headers, sink) runs in a worker thread started directly, and tells the trio
+        thread when it is over with a bare callback. With a task and a `to_thread` per
+        GET, learning the sizes of B5's 2,000 files (fetching them whole) took the
+        daemon 2.8-3.2 CPU-s; this way 2.3-2.4 (BENCHMARKS, ninth round). No retries
+        here: for each job, the file's size when its answer came whole and clean, else
+        None, and the caller takes the usual way (`get_range`) for that one.
 
-        Each job starts once it holds one of `limiter`'s tokens (the caller's own
-        limit) and a connection token, in that order, as a single size probe takes
-        them; all are given back when the last job is over. At most `parallel_gets`
-        jobs, and no more than `limiter` has: one batch at a time takes its tokens
-        (`_taking`), so two batches never each hold a part of what the other waits for."""
+        A job starts once it holds one of `limiter`'s tokens (the caller's own limit)
+        and a connection token, in that order, as a single size probe takes them, and
+        gives them back when it is over: jobs start in order as tokens come free."""
         if self.ranges is None or not jobs:
             return [None] * len(jobs)
         outs: list[Any] = [None] * len(jobs)
         tickets = [rangeget.Ticket() for _ in jobs]
         token = trio.lowlevel.current_trio_token()
+        limiters = [lim for lim in (limiter, self._range_threads) if lim is not None]
+        held: dict[int, list[tuple[trio.CapacityLimiter, object]]] = {}
         all_over = trio.Event()
-        lock = threading.Lock()
         running = 0
         all_started = False
 
-        def run(i: int) -> None:
+        def run(i: int) -> None:            # in the job's thread
             url, headers, sink = jobs[i]
             h = dict(headers)
             h["Range"] = f"bytes=0-{end - 1}"
@@ -440,35 +434,48 @@ class Http:
             except Exception as exc:        # Unsupported, a wrong range, the sink's
                 outs[i] = exc
 
-        def over(_result) -> None:          # in the job's thread
+        def job_over(i: int) -> None:       # on the trio thread
             nonlocal running
+            for lim, borrower in held.pop(i):
+                lim.release_on_behalf_of(borrower)
+            running -= 1
+            if all_started and running == 0:
+                all_over.set()
+
+        # jobs that ended, for the trio thread: one callback at a time, however many
+        # end meanwhile (wake-ups cost the trio thread more than the callbacks)
+        ended: list[int] = []
+        lock = threading.Lock()
+
+        def over(i: int) -> None:           # in the job's thread
             with lock:
-                running -= 1
-                last = all_started and running == 0
-            if last:
-                token.run_sync_soon(all_over.set)
+                ended.append(i)
+                if len(ended) > 1:
+                    return                  # a callback is on its way already
+            token.run_sync_soon(take_ended)
+
+        def take_ended() -> None:           # on the trio thread
+            with lock:
+                now = ended[:]
+                ended.clear()
+            for i in now:
+                job_over(i)
 
         def no_more() -> None:
             nonlocal all_started
-            with lock:
-                all_started = True
-                last = running == 0
-            if last:
+            all_started = True
+            if running == 0:
                 all_over.set()
 
-        limiters = [lim for lim in (limiter, self._range_threads) if lim is not None]
-        assert all(len(jobs) <= lim.total_tokens for lim in limiters), len(jobs)
-        taken: list[tuple[trio.CapacityLimiter, object]] = []
         try:
-            async with self._taking:
-                for i in range(len(jobs)):
-                    for lim in limiters:
-                        borrower = object()
-                        await lim.acquire_on_behalf_of(borrower)
-                        taken.append((lim, borrower))
-                    with lock:
-                        running += 1
-                    trio.lowlevel.start_thread_soon(functools.partial(run, i), over)
+            for i in range(len(jobs)):
+                taken = held[i] = []
+                for lim in limiters:
+                    borrower = object()
+                    await lim.acquire_on_behalf_of(borrower)
+                    taken.append((lim, borrower))
+                running += 1
+                trio.lowlevel.start_thread_soon(functools.partial(run, i), lambda _result, i=i: over(i))
             no_more()
             await all_over.wait()
         except trio.Cancelled:
@@ -480,8 +487,9 @@ class Http:
                 await all_over.wait()
             raise
         finally:
-            for lim, borrower in taken:
-                lim.release_on_behalf_of(borrower)
+            for taken in held.values():     # a job's that never started
+                for lim, borrower in taken:
+                    lim.release_on_behalf_of(borrower)
         sizes: list[int | None] = []
         for (url, _, _), out in zip(jobs, outs):
             size = None

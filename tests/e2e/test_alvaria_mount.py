@@ -185,7 +185,7 @@ def test_during_a_copy_the_size_probe_brings_the_whole_file(emu, recfs_mount, tm
 
 def test_a_whole_file_probe_that_fails_during_a_copy_is_made_again_on_its_own(emu, recfs_mount, tmp_path):
     """During a copy the whole-file GETs of a chunk go out together
-    (`Source.probe_whole_many`); one that fails (reset mid-body, HTTP 500) is made
+    (`Source.probe_many`); one that fails (reset mid-body, HTTP 500) is made
     again the usual way, with its retries, and the copy gets every byte right."""
     for folder in ("a", "b"):
         for i in range(40):

@@ -289,14 +289,22 @@ class AlvariaSource(Source):
                 except (HttpError, SourceError) as exc:
                     log.error("%s: cannot learn the size of %s: %s", self.name, entry.ref, exc)
 
-        # during a copy the small files come whole, a chunk's GETs together; the rest,
-        # and any of those that failed, one probe each
-        await self.probe_whole_many([e for e in entries if e.size is None and e.size_hint <= WHOLE_PROBE],
-                                    lambda e: self.signed_url(e.ref), self.size_limiter)
+        def unsized() -> list[Entry]:
+            return [e for e in entries if e.size is None]
+
+        def url_for(e: Entry):
+            return self.signed_url(e.ref)
+
+        # a chunk's GETs together: during a copy the small files come whole, else (and
+        # for the bigger ones) one byte each; whatever failed, one probe each (and a
+        # small file that did not come whole is tried whole again there)
+        again = {id(e) for e in await self.probe_many(
+            [e for e in unsized() if e.size_hint <= WHOLE_PROBE], url_for, self.size_limiter, whole=True)}
+        await self.probe_many([e for e in unsized() if id(e) not in again], url_for,
+                              self.size_limiter, whole=False)
         async with trio.open_nursery() as nursery:
-            for entry in entries:
-                if entry.size is None:
-                    nursery.start_soon(probe, entry)
+            for entry in unsized():
+                nursery.start_soon(probe, entry)
 
     async def _probe_size(self, key: str) -> int:
         for renew in (False, True):

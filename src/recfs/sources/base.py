@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import trio
 
+from ..http import HttpError
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -62,6 +64,10 @@ class Entry:
 
 
 log = logging.getLogger("recfs.sources")
+
+def _ignore(offset: int, data) -> None:
+    """The sink of a one-byte size probe: the byte is not kept."""
+
 
 COPY_MEMORY = 2.0       # seconds a copy seen by the reader counts as under way
 WHOLE_PROBE = 4 << 20   # during a copy, a size probe asks for this much: small files come whole
@@ -147,41 +153,55 @@ class Source:
             staged.discard()
         return size
 
-    async def probe_whole_many(self, entries: list[Entry], url_for: Callable,
-                               limiter: trio.CapacityLimiter) -> None:
-        """`probe_whole` for a chunk of files at once, while `copying()`: their GETs run
-        together (`Http.get_heads`, one worker thread each, one wake-up of the trio
-        thread for all), each holding one of `limiter`'s tokens. Sets the size of every
-        file that came whole; the others keep None, for the caller's usual probe.
-        `url_for(entry)` gives the URL and headers, as `url_for(False)` does for
-        `Http.get_range`."""
+    async def probe_many(self, entries: list[Entry], url_for: Callable,
+                         limiter: trio.CapacityLimiter, *, whole: bool) -> list[Entry]:
+        """Size probes for several files at once: their GETs run together
+        (`Http.get_heads`: one worker thread each, no task and no `to_thread` hop),
+        each holding one of `limiter`'s tokens. With `whole` (only while
+        `copying()`, with a cache) each asks for the first WHOLE_PROBE bytes and a file
+        no bigger comes whole into the cache, as in `probe_whole`; else for one byte.
+        Sets the size of every file whose answer came clean, and returns the others
+        (their size still None), for the caller's usual probe (one by one, with
+        retries). `url_for(entry)` gives the URL and headers, as `url_for(False)` does
+        for `Http.get_range`."""
         cache = self.ctx.cache
         http = self.ctx.http
-        if cache is None or not entries or not self.copying():
-            return
-        step = max(1, min(int(limiter.total_tokens), http.parallel_gets))
-        for first in range(0, len(entries), step):
-            group = entries[first:first + step]
-            staged = [cache.staged("probe-") for _ in group]     # written by the GETs' threads
+        if not entries or whole and (cache is None or not self.copying()):
+            return []
+        asked: list[Entry] = []
+        jobs = []
+        for entry in entries:
             try:
-                jobs = []
-                for entry, st in zip(group, staged):
-                    url, headers = await url_for(entry)
-                    jobs.append((url, headers, st.write))
-                cache.reserve(sum(e.size_hint or 0 for e in group))
-                sizes = await http.get_heads(jobs, WHOLE_PROBE, name=f"{self.name}: size probe",
-                                             limiter=limiter)
-            except BaseException:
-                for st in staged:
-                    st.discard()
-                raise
-            for entry, st, size in zip(group, staged, sizes):
-                st.close()
-                if size is not None and 0 < size <= WHOLE_PROBE:
-                    cache.adopt(self.cache_key(entry), size, st.path)
-                    entry.size = size
-                else:
-                    st.discard()
+                url, headers = await url_for(entry)
+            except (HttpError, SourceError) as exc:     # the caller's own probe tells
+                log.debug("%s: %s: %s", self.name, entry.name, exc)
+                continue
+            asked.append(entry)
+            jobs.append((url, headers))
+        # written by the GETs' threads
+        staged = [cache.staged("probe-") for _ in asked] if whole else []
+        try:
+            jobs = [(url, headers, staged[i].write if whole else _ignore)
+                    for i, (url, headers) in enumerate(jobs)]
+            if whole:
+                cache.reserve(sum(e.size_hint or 0 for e in asked))
+            sizes = await http.get_heads(jobs, WHOLE_PROBE if whole else 1,
+                                         name=f"{self.name}: size probe", limiter=limiter)
+        except BaseException:
+            for st in staged:
+                st.discard()
+            raise
+        for i, (entry, size) in enumerate(zip(asked, sizes)):
+            if not whole:
+                entry.size = size
+                continue
+            staged[i].close()
+            if size is not None and 0 < size <= WHOLE_PROBE:
+                cache.adopt(self.cache_key(entry), size, staged[i].path)
+                entry.size = size
+            else:
+                staged[i].discard()
+        return [e for e in entries if e.size is None]
 
     async def resolve_sizes(self, entries: list[Entry]) -> None:
         """Set `size` on every entry whose size is None, concurrently.

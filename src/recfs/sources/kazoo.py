@@ -617,8 +617,8 @@ class KazooSource(Source):
         pending = [e for e in entries if e.size is None and e.kind is Kind.FILE]
         # during a copy the short ones come whole, a chunk's GETs together; the rest,
         # and any of those that failed, one probe each
-        await self.probe_whole_many([e for e in pending if self._comes_whole(e)],
-                                    lambda e: self._media(e.ref[1], e.ref[2])(False), self._limiter)
+        await self.probe_many([e for e in pending if self._comes_whole(e)],
+                              lambda e: self._media(e.ref[1], e.ref[2])(False), self._limiter, whole=True)
         async with trio.open_nursery() as nursery:
             for entry in pending:
                 if entry.size is None:
