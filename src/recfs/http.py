@@ -405,7 +405,7 @@ class Http:
         headers, sink) runs in a worker thread started directly, and tells the trio
         thread when it is over with a bare callback. With a task and a `to_thread` per
         GET, learning the sizes of B5's 2,000 files (fetching them whole) took the
-        daemon 2.8-3.2 CPU-s; this way 2.3-2.4 (BENCHMARKS, ninth round). No retries
+        daemon 2.9-3.0 CPU-s; this way 2.6-2.7 (BENCHMARKS, ninth round). No retries
         here: for each job, the file's size when its answer came whole and clean, else
         None, and the caller takes the usual way (`get_range`) for that one.
 
