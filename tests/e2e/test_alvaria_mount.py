@@ -246,8 +246,13 @@ def test_ls_l_probes_one_byte_per_file(emu, recfs_mount):
     for i in range(40):
         emu.put(f"exports/list/r{i:02d}.wav", os.urandom(50_000))
     mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
-    subprocess.run(["ls", "-l", str(mnt / "exports/list")], capture_output=True, check=True)
+    out = subprocess.run(["ls", "-l", str(mnt / "exports/list")], capture_output=True, text=True,
+                         check=True).stdout
     assert emu.count("s3") == 40 and emu.bytes_sent < 40 * 2000
+    assert out.count(" 50000 ") == 40
+    # the chunks' probes went out together (Source.probe_many), none on its own
+    status = json.loads(os.getxattr(mnt.parent, "user.recfs.status"))
+    assert status["http"]["batched_requests"] == 40
 
 
 def test_sizes_are_remembered_across_remounts(emu, recfs_mount, tmp_path):

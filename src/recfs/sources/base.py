@@ -65,12 +65,12 @@ class Entry:
 
 log = logging.getLogger("recfs.sources")
 
-def _ignore(offset: int, data) -> None:
-    """The sink of a one-byte size probe: the byte is not kept."""
-
-
 COPY_MEMORY = 2.0       # seconds a copy seen by the reader counts as under way
 WHOLE_PROBE = 4 << 20   # during a copy, a size probe asks for this much: small files come whole
+
+
+def _ignore(offset: int, data) -> None:
+    """The sink of a one-byte size probe: the byte is not kept."""
 
 
 @dataclass
@@ -169,20 +169,19 @@ class Source:
         if not entries or whole and (cache is None or not self.copying()):
             return []
         asked: list[Entry] = []
-        jobs = []
+        targets: list[tuple[str, dict[str, str]]] = []
         for entry in entries:
             try:
-                url, headers = await url_for(entry)
+                targets.append(await url_for(entry))
             except (HttpError, SourceError) as exc:     # the caller's own probe tells
                 log.debug("%s: %s: %s", self.name, entry.name, exc)
                 continue
             asked.append(entry)
-            jobs.append((url, headers))
         # written by the GETs' threads
         staged = [cache.staged("probe-") for _ in asked] if whole else []
         try:
             jobs = [(url, headers, staged[i].write if whole else _ignore)
-                    for i, (url, headers) in enumerate(jobs)]
+                    for i, (url, headers) in enumerate(targets)]
             if whole:
                 cache.reserve(sum(e.size_hint or 0 for e in asked))
             sizes = await http.get_heads(jobs, WHOLE_PROBE if whole else 1,
