@@ -147,11 +147,17 @@ class Source:
             log.debug("%s: fetching it whole: %s", what, exc)
         finally:
             staged.close()
-        if size is not None and 0 < size <= WHOLE_PROBE:
-            cache.adopt(self.cache_key(entry), size, staged.path)
-        else:
-            staged.discard()
+        self._keep_whole(entry, staged, size)
         return size
+
+    def _keep_whole(self, entry: Entry, staged, size: int | None) -> bool:
+        """After a whole-file probe: move the staged file into the cache if it holds the
+        whole file (`size` known and no bigger than what was asked for), else drop it."""
+        if size is not None and 0 < size <= WHOLE_PROBE:
+            self.ctx.cache.adopt(self.cache_key(entry), size, staged.path)
+            return True
+        staged.discard()
+        return False
 
     async def probe_many(self, entries: list[Entry], url_for: Callable,
                          limiter: trio.CapacityLimiter, *, whole: bool) -> list[Entry]:
@@ -195,11 +201,8 @@ class Source:
                 entry.size = size
                 continue
             staged[i].close()
-            if size is not None and 0 < size <= WHOLE_PROBE:
-                cache.adopt(self.cache_key(entry), size, staged[i].path)
+            if self._keep_whole(entry, staged[i], size):
                 entry.size = size
-            else:
-                staged[i].discard()
         return [e for e in entries if e.size is None]
 
     async def resolve_sizes(self, entries: list[Entry]) -> None:

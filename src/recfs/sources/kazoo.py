@@ -612,7 +612,6 @@ class KazooSource(Source):
                 log.info("%s: recording %s is served as %s although its listing said %s; "
                          "its name keeps the listing's extension", self.name, rid, answered, shown)
             entry.size = size
-            self._sizes[(rid, entry.version)] = size
 
         pending = [e for e in entries if e.size is None and e.kind is Kind.FILE]
         # during a copy the short ones come whole, a chunk's GETs together; the rest,
@@ -623,8 +622,9 @@ class KazooSource(Source):
             for entry in pending:
                 if entry.size is None:
                     nursery.start_soon(probe, entry)
-                else:
-                    self._sizes[(entry.ref[2], entry.version)] = entry.size
+        for entry in pending:                   # learnt either way: kept for the next listing
+            if entry.size is not None:
+                self._sizes[(entry.ref[2], entry.version)] = entry.size
 
     @staticmethod
     def _comes_whole(entry: Entry) -> bool:
