@@ -103,6 +103,9 @@ class Server:
     def wan(self, on: bool) -> None:
         self.command("wan", on=on)
 
+    def listing_urls(self, on: bool) -> None:
+        self.command("listing_urls", on=on)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:

@@ -7,6 +7,8 @@ throttle the server. It is driven over stdin/stdout, one JSON line per command:
   {"cmd": "stats"}            -> counters of both emulators
   {"cmd": "reset"}            -> zero the counters
   {"cmd": "wan", "on": true}  -> switch the WAN profile (20 ms, 20 MB/s per connection)
+  {"cmd": "listing_urls", "on": false} -> Alvaria listings without signed URLs (clients
+                              then ask for one per file); /plain/ is the same either way
   {"cmd": "quit"}
 The first line it prints is {"alvaria": URL, "oce": URL, "plain": URL, ...}.
 
@@ -213,6 +215,9 @@ def main() -> None:
                 answer = {"ok": True}
             elif what == "wan":
                 alv.wan = oce.wan = WAN if cmd.get("on") else None
+                answer = {"ok": True}
+            elif what == "listing_urls":
+                alv.urls_in_listing = bool(cmd.get("on"))
                 answer = {"ok": True}
             elif what == "quit":
                 break
