@@ -1,17 +1,19 @@
 """recfs benchmarks (issue 6): one command runs them all and prints a table.
 
-    scripts/bench            # medians of 3 runs, full sizes (about 4.5 minutes)
-    scripts/bench --quick    # 1 run, small sizes: a smoke test (under 2 minutes)
+    scripts/bench            # medians of 3 runs, full sizes
+    scripts/bench --quick    # 1 run, small sizes: a smoke test
 
 Every figure is measured against the same server process in the same run: the
-Alvaria emulator (recfs's source) which also serves the same bytes as a plain
-HTTP directory (curl, one httpx stream and rclone's http backend read that).
+Alvaria emulator (recfs's source; its listings carry signed URLs, except for the
+*nourl benchmarks) which also serves the same bytes as a plain HTTP directory
+(curl, one httpx stream and rclone's http backend read that).
 See docs/BENCHMARKS.md for what each benchmark does and the figures measured.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -33,6 +36,10 @@ from .servers import DataSet, RingBlob
 
 MiB = 1024 * 1024
 GB = 1e9
+NO_URLS = ", no URLs in listings"      # the rows measured with Server.listing_urls(False)
+# every benchmark --only can name, in the order they run (B8 last, after B7)
+BENCHMARKS = ("B1", "B3", "B4", "B4nourl", "B5", "B5nourl", "B1wan", "B4wan", "B4wannourl",
+              "B5wan", "B5wannourl", "B8")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -176,16 +183,27 @@ class Bench:
     def done_with(self, m: RecfsMount) -> None:
         self.peaks.append(m.rss_peak())
 
+    @contextlib.contextmanager
+    def served(self, wan: bool = False, listing_urls: bool = True):
+        """The server in the WAN profile, or with Alvaria listings that carry no signed
+        URLs, for the block; on loopback with URLs in listings again after it."""
+        self.server.wan(wan)
+        self.server.listing_urls(listing_urls)
+        try:
+            yield
+        finally:
+            self.server.wan(False)
+            self.server.listing_urls(True)
+
     # -- B1 and B2
     def b1_b2(self, wan: bool) -> None:
         key = DataSet.BIG
         size = self.data.big_size
         label = "WAN" if wan else "loopback"
-        self.server.wan(wan)
         runs = self.runs
         limit_runs = 1 if wan and not self.args.wan_all_runs else runs
         curl_t, httpx_t, recfs_t, rclone_t, first_t, warm_t, disk_t = [], [], [], [], [], [], []
-        try:
+        with self.served(wan=wan):
             for run in range(runs):
                 if run < limit_runs:
                     drop_caches()
@@ -213,8 +231,6 @@ class Bench:
                         n, secs, _ = read_through(path)
                         assert n == size
                         rclone_t.append(secs)
-        finally:
-            self.server.wan(False)
         rate = lambda ts: size / med(ts) if ts else None          # noqa: E731
         self.raw[f"B1 {label}"] = {"size": size, "curl_s": curl_t, "httpx_s": httpx_t,
                                    "recfs_s": recfs_t, "rclone_s": rclone_t}
@@ -329,8 +345,14 @@ class Bench:
         assert lines == n + 1, f"ls -l {folder}: {lines} lines, expected {n + 1}"
         return t
 
-    def b4(self) -> None:
+    def b4(self, listing_urls: bool = True) -> None:
+        """`ls -l` of a wide folder, cold and warm: OCE (exact sizes in its listing) and
+        Alvaria (a size probe per file), beside rclone. With `listing_urls` False
+        (B4nourl) the Alvaria listing carries no signed URLs, so each file costs a URL
+        request and a probe: only Alvaria and rclone are measured, and the cold row has
+        a target (at most twice rclone's time: twice its requests)."""
         n = self.data.wide_files
+        tag = "" if listing_urls else NO_URLS
         out: dict = {}
 
         def recfs_case(table: str, emu: str) -> dict:
@@ -346,12 +368,14 @@ class Bench:
                     warm.append(self._timed_ls(m.path / table / "bench" / "wide", n))
                     warm_req.append(self.server.stats()[emu]["counts"])
                     self.done_with(m)
-                self.say(f"B4 {table} run {run + 1}: cold {cold[-1]:.2f}s {cold_req[-1]}, "
+                self.say(f"B4 {table}{tag} run {run + 1}: cold {cold[-1]:.2f}s {cold_req[-1]}, "
                          f"warm {warm[-1]:.3f}s {warm_req[-1]}")
             return {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req, "warm_requests": warm_req}
 
-        out["oce"] = recfs_case("oce", "oce")
-        out["alvaria"] = recfs_case("alv", "alvaria")
+        with self.served(listing_urls=listing_urls):
+            if listing_urls:
+                out["oce"] = recfs_case("oce", "oce")
+            out["alvaria"] = recfs_case("alv", "alvaria")
         rc = None
         if self.rclone:
             cold, warm, cold_req, warm_req = [], [], [], []
@@ -367,14 +391,23 @@ class Bench:
                     warm_req.append(self.server.stats()["alvaria"]["counts"])
             rc = out["rclone"] = {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req,
                                   "warm_requests": warm_req}
-        self.raw["B4"] = out
+        self.raw["B4" if listing_urls else "B4nourl"] = out
 
         def reqs(counts: list[dict]) -> int:
             return int(med([sum(c.values()) for c in counts]))
 
         rc_cold = f"{med(rc['cold_s']):.2f} s, {reqs(rc['cold_requests'])} req" if rc else "n/a"
         rc_warm = f"{med(rc['warm_s']):.3f} s, {reqs(rc['warm_requests'])} req" if rc else "n/a"
-        o, a = out["oce"], out["alvaria"]
+        a = out["alvaria"]
+        ac, aw = med(a["cold_s"]), med(a["warm_s"])
+        if not listing_urls:
+            speed = med(rc["cold_s"]) / ac if rc else None
+            self.rows.append(Row(f"B4 ls -l {n} entries, Alvaria{tag}, cold",
+                                 f"{ac:.2f} s, {reqs(a['cold_requests'])} req", "", rc_cold,
+                                 f"{ratio_text(speed, 0.5)}× rclone speed" if rc else "",
+                                 "≥ 0.5× rclone speed (≤ 2× its time)", speed >= 0.5 if rc else None))
+            return
+        o = out["oce"]
         oc, ow = med(o["cold_s"]), med(o["warm_s"])
         per_entry = reqs(o["cold_requests"]) >= n
         self.rows.append(Row(f"B4 ls -l {n} entries, exact sizes (OCE), cold",
@@ -385,7 +418,6 @@ class Bench:
                              f"{ow:.3f} s, {reqs(o['warm_requests'])} req", "", rc_warm,
                              f"{med(rc['warm_s']) / ow:.1f}× rclone speed" if rc else "", "≤ 0.3 s",
                              ow <= 0.3))
-        ac, aw = med(a["cold_s"]), med(a["warm_s"])
         self.rows.append(Row(f"B4 ls -l {n} entries, Alvaria (sizes probed), cold",
                              f"{ac:.2f} s, {reqs(a['cold_requests'])} req", "", rc_cold,
                              f"{med(rc['cold_s']) / ac:.1f}× rclone speed" if rc else "",
@@ -396,25 +428,43 @@ class Bench:
                              aw <= 0.3))
 
     # -- B5 and B6
-    def b5_b6(self) -> None:
+    def b5_b6(self, listing_urls: bool = True) -> None:
+        """`cp -r` of the many-file folder, recfs and rclone in alternating pairs, then
+        B6 (a second `rsync -a` that must fetch nothing). With `listing_urls` False
+        (B5nourl) the Alvaria listings carry no signed URLs and only the copies are
+        timed (no B6)."""
         total = self.data.many_bytes()
         count = self.data.many_files
         dest = self.work / "copy"
+        tag = "" if listing_urls else NO_URLS
         res: dict = {"bytes": total, "files": count}
 
-        def copy_and_rsync(src: Path, content_bytes) -> tuple[float, float, int, float]:
-            t_cp = self._timed_copy(src, dest)
-            t_rs1, cp = timed(["rsync", "-a", f"{src}/", str(dest / "rsync")])
-            cp.check_returncode()
-            self.server.reset()
-            before = content_bytes()
-            t_rs2, cp = timed(["rsync", "-a", "--stats", f"{src}/", str(dest / "rsync")],
-                              capture_output=True, text=True)
-            cp.check_returncode()
-            assert "Number of regular files transferred: 0" in cp.stdout, cp.stdout
-            fetched = content_bytes() - before
+        def copy_and_rsync(src: Path, figures: dict, content_bytes, fetched_key: str) -> None:
+            """The timed copy, then (B6) two `rsync -a`, the second timed and its
+            content bytes counted under `fetched_key`."""
+            figures["cp_s"].append(self._timed_copy(src, dest))
+            figures["cp_written_back"].append(self.written_back)
+            if listing_urls:
+                t_rs1, cp = timed(["rsync", "-a", f"{src}/", str(dest / "rsync")])
+                cp.check_returncode()
+                self.server.reset()
+                before = content_bytes()
+                t_rs2, cp = timed(["rsync", "-a", "--stats", f"{src}/", str(dest / "rsync")],
+                                  capture_output=True, text=True)
+                cp.check_returncode()
+                assert "Number of regular files transferred: 0" in cp.stdout, cp.stdout
+                figures[fetched_key].append(content_bytes() - before)
+                figures["rsync1_s"].append(t_rs1)
+                figures["rsync2_s"].append(t_rs2)
             Trash.discard(dest)
-            return t_cp, t_rs2, fetched, t_rs1
+
+        def say(label: str, who: str, figures: dict) -> None:
+            msg = (f"B5{tag} {label}: {who} cp -r {total / figures['cp_s'][-1] / 1e6:.0f} MB/s "
+                   f"({figures['cp_written_back'][-1] / 1e6:.0f} MB written back meanwhile)")
+            if listing_urls:
+                msg += (f"; B6 second rsync {figures['rsync2_s'][-1]:.3f}s, "
+                        f"{figures['rsync2_served'][-1]} bytes served")
+            self.say(msg)
 
         rec: dict[str, list] = collections.defaultdict(list)
         rcl: dict[str, list] | None = collections.defaultdict(list) if self.rclone else None
@@ -423,55 +473,46 @@ class Bench:
         # alike, and each pair gives a ratio
         def recfs_run(label: str, figures: dict) -> None:
             with self.recfs("alv") as m:
-                src = m.path / "alv" / "bench" / "many"
-
-                def fetched():
-                    return m.status()["reads"]["fetched_bytes"]
-                t_cp, t_rs2, f, t_rs1 = copy_and_rsync(src, fetched)
-                served = self.server.stats()["alvaria"]["content_bytes"].get("s3", 0)
-                for k, v in (("cp_s", t_cp), ("rsync2_s", t_rs2), ("rsync2_fetched", f),
-                             ("rsync1_s", t_rs1), ("rsync2_served", served),
-                             ("cp_written_back", self.written_back)):
-                    figures[k].append(v)
+                copy_and_rsync(m.path / "alv" / "bench" / "many", figures,
+                               lambda: m.status()["reads"]["fetched_bytes"], "rsync2_fetched")
+                if listing_urls:
+                    figures["rsync2_served"].append(
+                        self.server.stats()["alvaria"]["content_bytes"].get("s3", 0))
                 self.done_with(m)
-            self.say(f"B5 {label}: recfs cp -r {total / t_cp / 1e6:.0f} MB/s "
-                     f"({figures['cp_written_back'][-1] / 1e6:.0f} MB written back meanwhile); "
-                     f"B6 second rsync {t_rs2:.3f}s, {f} bytes fetched, {served} served")
+            say(label, "recfs", figures)
 
         def rclone_run(label: str, figures: dict) -> None:
             with self.rclone_mount() as r:
-                def served():
-                    return self.server.stats()["alvaria"]["content_bytes"].get("plain", 0)
-                t_cp, t_rs2, f, t_rs1 = copy_and_rsync(r.path / "bench" / "many", served)
-                for k, v in (("cp_s", t_cp), ("rsync2_s", t_rs2), ("rsync2_served", f),
-                             ("rsync1_s", t_rs1), ("cp_written_back", self.written_back)):
-                    figures[k].append(v)
-            self.say(f"B5 {label}: rclone cp -r {total / t_cp / 1e6:.0f} MB/s "
-                     f"({figures['cp_written_back'][-1] / 1e6:.0f} MB written back meanwhile); "
-                     f"second rsync {t_rs2:.3f}s")
+                copy_and_rsync(r.path / "bench" / "many", figures,
+                               lambda: self.server.stats()["alvaria"]["content_bytes"].get("plain", 0),
+                               "rsync2_served")
+            say(label, "rclone", figures)
 
         order = [(recfs_run, rec)] + ([(rclone_run, rcl)] if rcl is not None else [])
         # the first copy after B4 ran slow whoever made it (BENCHMARKS, eighth round):
         # one pair first, not counted
-        for step, _ in order:
-            step("warm-up (not counted)", collections.defaultdict(list))
-        for run in range(self.runs):
-            for step, figures in (order if run % 2 == 0 else order[::-1]):
-                step(f"run {run + 1}", figures)
-            if rcl is not None:
-                self.say(f"B5 pair {run + 1}: recfs {rcl['cp_s'][-1] / rec['cp_s'][-1]:.2f}× rclone")
+        with self.served(listing_urls=listing_urls):       # rclone reads /plain/: the same either way
+            for step, _ in order:
+                step("warm-up (not counted)", collections.defaultdict(list))
+            for run in range(self.runs):
+                for step, figures in (order if run % 2 == 0 else order[::-1]):
+                    step(f"run {run + 1}", figures)
+                if rcl is not None:
+                    self.say(f"B5{tag} pair {run + 1}: recfs {rcl['cp_s'][-1] / rec['cp_s'][-1]:.2f}× rclone")
         res["recfs"] = rec
         if rcl is not None:
             res["rclone"] = rcl
             res["pair_ratios"] = [c / r for r, c in zip(rec["cp_s"], rcl["cp_s"])]
-        self.raw["B5/B6"] = res
+        self.raw["B5/B6" if listing_urls else "B5nourl"] = res
         r_rate = total / med(rec["cp_s"])
         c_rate = total / med(rcl["cp_s"]) if rcl else None
-        self.rows.append(Row(f"B5 cp -r {count} files ({total / 1e6:.0f} MB)", f"{r_rate / 1e6:.0f} MB/s",
+        self.rows.append(Row(f"B5 cp -r {count} files ({total / 1e6:.0f} MB){tag}", f"{r_rate / 1e6:.0f} MB/s",
                              "", f"{c_rate / 1e6:.0f} MB/s" if c_rate else "n/a",
                              f"{ratio_text(r_rate / c_rate)}× rclone (pairs {min(res['pair_ratios']):.2f}–"
                              f"{max(res['pair_ratios']):.2f})" if c_rate else "", "≥ 1.2× rclone",
                              r_rate / c_rate >= 1.2 if c_rate else None))
+        if not listing_urls:
+            return
         t2 = med(rec["rsync2_s"])
         f2 = max(rec["rsync2_fetched"] + rec["rsync2_served"])
         self.rows.append(Row(f"B6 second rsync -a of {count} files", f"{t2:.3f} s, {f2} B fetched", "",
@@ -479,16 +520,18 @@ class Bench:
                              f"{med(rcl['rsync2_s']) / t2:.1f}× rclone speed" if rcl else "",
                              "≤ 0.5 s, 0 B", t2 <= 0.5 and f2 == 0))
 
-    def b4_wan(self) -> None:
-        """B4's cold `ls -l` of an Alvaria folder in the WAN profile, for information:
-        with 20 ms a response, the size probes' concurrency (32 for recfs, rclone's 8
-        HEAD checkers) counts, not the CPU they cost on loopback."""
+    def b4_wan(self, listing_urls: bool = True) -> None:
+        """B4's cold `ls -l` of an Alvaria folder in the WAN profile: with 20 ms a
+        response, the size probes' concurrency (32 for recfs, rclone's 8 HEAD checkers)
+        counts, not the CPU they cost on loopback. Information with URLs in the
+        listings; without them (B4wannourl) each file's signed URL is a round trip too,
+        and the target is at most half rclone's time."""
         n = self.data.wan_wide_files
+        tag = "" if listing_urls else NO_URLS
         folder = Path("bench") / "wide-wan"
         rec = {"cold_s": [], "cold_requests": []}
         rcl = {"cold_s": [], "cold_requests": []}
-        self.server.wan(True)
-        try:
+        with self.served(wan=True, listing_urls=listing_urls):
             for run in range(self.runs):
                 with self.recfs("alv") as m:
                     os.listdir(m.path / "alv" / "bench")     # the folder's parents: not timed
@@ -502,17 +545,21 @@ class Bench:
                         self.server.reset()
                         rcl["cold_s"].append(self._timed_ls(r.path / folder, n))
                         rcl["cold_requests"].append(sum(self.server.stats()["alvaria"]["counts"].values()))
-                self.say(f"B4 WAN run {run + 1}: recfs {rec['cold_s'][-1]:.2f}s"
+                self.say(f"B4 WAN{tag} run {run + 1}: recfs {rec['cold_s'][-1]:.2f}s"
                          + (f", rclone {rcl['cold_s'][-1]:.2f}s" if len(rcl["cold_s"]) > run else ""))
-        finally:
-            self.server.wan(False)
-        self.raw["B4wan"] = {"entries": n, "recfs": rec, "rclone": rcl}
+        self.raw["B4wan" if listing_urls else "B4wannourl"] = {"entries": n, "recfs": rec, "rclone": rcl}
         t = med(rec["cold_s"])
         rt = med(rcl["cold_s"])
-        self.rows.append(Row(f"B4 ls -l {n} entries, Alvaria (sizes probed), WAN, cold",
-                             f"{t:.2f} s, {int(med(rec['cold_requests']))} req", "",
+        speed = rt / t if rt else None
+        if listing_urls:
+            name, target, ok = f"B4 ls -l {n} entries, Alvaria (sizes probed), WAN, cold", "(info)", None
+        else:
+            name, target = f"B4 ls -l {n} entries, Alvaria{tag}, WAN, cold", "≥ 2× rclone speed (≤ ½ its time)"
+            ok = speed >= 2 if speed else None
+        self.rows.append(Row(name, f"{t:.2f} s, {int(med(rec['cold_requests']))} req", "",
                              f"{rt:.2f} s, {int(med(rcl['cold_requests']))} req" if rt else "n/a",
-                             f"{rt / t:.1f}× rclone speed" if rt else "", "(info)", None))
+                             f"{ratio_text(speed, 2) if ok is not None else f'{speed:.1f}'}× rclone speed"
+                             if speed else "", target, ok))
 
     def _timed_copy(self, src: Path, dest: Path) -> float:
         """B5's `cp -r` of `src` into an emptied `dest`, the page cache dropped first;
@@ -530,30 +577,34 @@ class Bench:
         assert got == want, (got, want)
         return t_cp
 
-    def b5_wan(self) -> None:
-        """B5's copy in the WAN profile, recfs only, for information (rclone reads one
-        file at a time, two round trips each: about 50 ms a file there)."""
+    def b5_wan(self, listing_urls: bool = True) -> None:
+        """B5's copy in the WAN profile, recfs only (rclone reads one file at a time,
+        two round trips each: about 50 ms a file there), against one connection's
+        speed. Information with URLs in the listings; without them (B5wannourl) the
+        target is at least 5× one connection."""
         total = self.data.many_bytes()
         count = self.data.many_files
+        tag = "" if listing_urls else NO_URLS
         dest = self.work / "copy"
         times = []
-        self.server.wan(True)
-        try:
+        with self.served(wan=True, listing_urls=listing_urls):
             for run in range(self.runs):
                 with self.recfs("alv") as m:
                     t_cp = self._timed_copy(m.path / "alv" / "bench" / "many", dest)
                     times.append(t_cp)
                     self.done_with(m)
                 Trash.discard(dest)
-                self.say(f"B5 WAN run {run + 1}: recfs cp -r {total / t_cp / 1e6:.0f} MB/s "
+                self.say(f"B5 WAN{tag} run {run + 1}: recfs cp -r {total / t_cp / 1e6:.0f} MB/s "
                          f"({self.written_back / 1e6:.0f} MB written back meanwhile)")
-        finally:
-            self.server.wan(False)
-        self.raw["B5wan"] = {"bytes": total, "files": count, "cp_s": times}
+        self.raw["B5wan" if listing_urls else "B5wannourl"] = {"bytes": total, "files": count, "cp_s": times}
         rate = total / med(times)
-        self.rows.append(Row(f"B5 cp -r {count} files, WAN", f"{rate / 1e6:.0f} MB/s",
+        ratio = rate / 20e6
+        self.rows.append(Row(f"B5 cp -r {count} files{tag}, WAN", f"{rate / 1e6:.0f} MB/s",
                              "one connection: 20 MB/s, 20 ms per response", "",
-                             f"{rate / 20e6:.1f}× one connection", "(info)", None))
+                             f"{ratio:.1f}× one connection" if listing_urls else
+                             f"{ratio_text(ratio, 5)}× one connection",
+                             "(info)" if listing_urls else "≥ 5× one connection",
+                             None if listing_urls else ratio >= 5))
 
     def b7(self) -> None:
         peak = max(self.peaks) if self.peaks else 0
@@ -613,8 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, help="runs per figure (default 3, 1 with --quick)")
     p.add_argument("--workdir", default=os.environ.get("RECFS_BENCH_DIR", "/var/tmp/recfs-bench"),
                    help="work directory on a real disk (caches, copies, the generated MP3)")
-    p.add_argument("--only", help="comma-separated subset of B1,B1wan,B3,B4,B4wan,B5,B5wan,B8 (B2 runs with B1, "
-                                  "B6 with B5, B7 always)")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)} (B2 runs with B1, "
+                                  "B6 with B5, B7 always; the *nourl ones against Alvaria listings "
+                                  "without signed URLs)")
     p.add_argument("--no-rclone", action="store_true", help="leave rclone out")
     p.add_argument("--wan-all-runs", action="store_true",
                    help="measure the WAN single-stream limits and rclone every run (27 s each; "
@@ -622,7 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the raw figures to this file")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    only = set(args.only.split(",")) if args.only else {"B1", "B1wan", "B3", "B4", "B4wan", "B5", "B5wan", "B8"}
+    only = set(args.only.split(",")) if args.only else set(BENCHMARKS)
+    if only - set(BENCHMARKS):
+        p.error(f"--only: unknown {', '.join(sorted(only - set(BENCHMARKS)))} (known: {', '.join(BENCHMARKS)})")
 
     if not (os.path.exists("/dev/fuse") and have("fusermount3")):
         print("scripts/bench: needs /dev/fuse and fusermount3", file=sys.stderr)
@@ -663,20 +717,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.say(f"server at {server.info['alvaria']}; {args.runs} run(s); "
                   f"page cache {'dropped between cold runs' if can_drop else 'NOT dropped (not root)'}")
-        if "B1" in only:
-            bench.b1_b2(wan=False)
-        if "B3" in only:
-            bench.b3()
-        if "B4" in only:
-            bench.b4()
-        if "B5" in only:
-            bench.b5_b6()
-        if "B1wan" in only:
-            bench.b1_b2(wan=True)
-        if "B4wan" in only:
-            bench.b4_wan()
-        if "B5wan" in only:
-            bench.b5_wan()
+        steps = {"B1": partial(bench.b1_b2, wan=False), "B3": bench.b3, "B4": bench.b4,
+                 "B4nourl": partial(bench.b4, listing_urls=False), "B5": bench.b5_b6,
+                 "B5nourl": partial(bench.b5_b6, listing_urls=False),
+                 "B1wan": partial(bench.b1_b2, wan=True), "B4wan": bench.b4_wan,
+                 "B4wannourl": partial(bench.b4_wan, listing_urls=False), "B5wan": bench.b5_wan,
+                 "B5wannourl": partial(bench.b5_wan, listing_urls=False)}
+        for name in BENCHMARKS:
+            if name in only and name in steps:
+                steps[name]()
         bench.b7()
         if "B8" in only:
             from .eightbyeight import run as b8
