@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import tomllib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +65,21 @@ class Key:
     default: Any = None
     check: Callable[[Any], str | None] | None = None   # returns a problem, or None
     doc: str = ""
+
+
+def option(type_: str, default: Any = None, *, doc: str, required: bool = False,
+           check: Callable[[Any], str | None] | None = None) -> Any:
+    """A field of an options dataclass that is also a config key: its type, default,
+    check and the line of documentation the configuration reference prints."""
+    key = Key(type_, required=required, default=default, check=check, doc=doc)
+    if required:
+        return field(metadata={"key": key})
+    return field(default=default, metadata={"key": key})
+
+
+def keys_of(cls) -> dict[str, Key]:
+    """The config keys of an options dataclass, in field order."""
+    return {f.name: f.metadata["key"] for f in dataclasses.fields(cls) if "key" in f.metadata}
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.I)
@@ -189,50 +205,66 @@ def _apply_schema(table: dict, schema: dict[str, Key], where: str, config_dir: P
     return out
 
 
-COMMON_SOURCE_KEYS = {
-    "name": Key("str", required=True, doc="top-level folder of this source in the mount"),
-    "kind": Key("str", required=True, doc="8x8, oce, alvaria or kazoo"),
-    "listing_ttl": Key("float", doc="seconds a folder listing stays fresh (provider default)"),
-    "ca_bundle": Key("str", doc="CA bundle (PEM) to verify the service's TLS certificate"),
-    "allow_delete": Key("bool", default=False,
-                        doc="let rm delete objects on the service (where its API can); off: EROFS"),
-}
+def _positive(v) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _not_negative(v) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+@dataclass(kw_only=True)
+class SourceOptions:
+    """The keys of every `[[sources]]` table; each provider's `Options` adds its own."""
+    name: str = option("str", required=True, doc="top-level folder of this source in the mount")
+    kind: str = option("str", required=True, doc="8x8, oce, alvaria or kazoo")
+    listing_ttl: float | None = option("float", doc="seconds a folder listing stays fresh (provider default)")
+    ca_bundle: str | None = option("str", doc="CA bundle (PEM) to verify the service's TLS certificate")
+    allow_delete: bool = option("bool", False,
+                                doc="let rm delete objects on the service (where its API can); off: EROFS")
+
+    def problem(self) -> str | None:
+        """What is wrong between keys, as "key: why"; None when they fit together."""
+        return None
+
+
+COMMON_SOURCE_KEYS = keys_of(SourceOptions)
 
 CACHE_KEYS = {
     "dir": Key("str", doc="cache directory"),
     "max_size": Key("size", default=10 * 1024**3, doc="bytes the cache may hold"),
     "min_free": Key("size", default=1024**3, doc="free space to leave on the cache's disk"),
-    "sync_after": Key("float", default=SYNC_AFTER, check=lambda v: None if v >= 0 else "must be 0 or more",
+    "sync_after": Key("float", default=SYNC_AFTER, check=_not_negative,
                       doc="seconds downloaded data may wait before it is synced to disk and recorded in the index (a crash costs at most this much refetching)"),
 }
 
 
-def _positive(v) -> str | None:
-    return None if v > 0 else "must be greater than 0"
+@dataclass(kw_only=True)
+class Tuning:
+    """`[tuning]`: the defaults suit most uses."""
+    connect_timeout: float = option("float", 10.0, check=_positive, doc="seconds to connect")
+    read_timeout: float = option("float", 30.0, check=_positive,
+                                 doc="seconds without a byte before a request counts as stalled")
+    retry_attempts: int = option("int", 6, check=_positive, doc="tries per request, the first included")
+    retry_base_delay: float = option("float", 0.2, check=_positive, doc="first backoff, doubled per try")
+    retry_max_delay: float = option("float", 10.0, check=_positive, doc="longest single backoff")
+    retry_budget: float = option("float", 60.0, check=_positive, doc="seconds of retrying per request")
+    max_connections: int = option("int", 32, check=_positive, doc="HTTP connections in all")
+    first_window: int = option("size", 1 << 20, doc="first read-ahead window of a sequential reader")
+    max_window: int = option("size", 64 << 20, doc="largest read-ahead window")
+    max_request: int = option("size", 16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size; an eighth of it once a file arrives slower than 100 MB/s per connection)")
+    small_file: int = option("size", 4 << 20, doc="files up to this size are fetched whole")
+    threaded_content: bool = option("bool", True,
+                                    doc="receive file content in worker threads, straight into the cache, and small answers (signed URLs, size probes) there too (false: everything through httpx, on the main thread)")
+    direct_io_min_size: int = option("size", 64 << 20,
+                                     doc="files this big or bigger bypass the kernel's page cache: faster streaming and no second copy in RAM, but a shared mmap of them fails (ENODEV); 0: never")
+    fuse_fast_wait: bool = option("bool", True,
+                                  doc="take the next FUSE request without a trip through trio's scheduler when it is already waiting, which halves the daemon's CPU per metadata request (false: pyfuse3's own wait)")
+    sibling_prefetch: int = option("int", 8, check=_not_negative,
+                                   doc="small files fetched ahead when a folder is read file after file")
 
 
-TUNING_KEYS = {
-    "connect_timeout": Key("float", default=10.0, check=_positive, doc="seconds to connect"),
-    "read_timeout": Key("float", default=30.0, check=_positive,
-                        doc="seconds without a byte before a request counts as stalled"),
-    "retry_attempts": Key("int", default=6, check=_positive, doc="tries per request, the first included"),
-    "retry_base_delay": Key("float", default=0.2, check=_positive, doc="first backoff, doubled per try"),
-    "retry_max_delay": Key("float", default=10.0, check=_positive, doc="longest single backoff"),
-    "retry_budget": Key("float", default=60.0, check=_positive, doc="seconds of retrying per request"),
-    "max_connections": Key("int", default=32, check=_positive, doc="HTTP connections in all"),
-    "first_window": Key("size", default=1 << 20, doc="first read-ahead window of a sequential reader"),
-    "max_window": Key("size", default=64 << 20, doc="largest read-ahead window"),
-    "max_request": Key("size", default=16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size; an eighth of it once a file arrives slower than 100 MB/s per connection)"),
-    "small_file": Key("size", default=4 << 20, doc="files up to this size are fetched whole"),
-    "threaded_content": Key("bool", default=True,
-                            doc="receive file content in worker threads, straight into the cache, and small answers (signed URLs, size probes) there too (false: everything through httpx, on the main thread)"),
-    "direct_io_min_size": Key("size", default=64 << 20,
-                              doc="files this big or bigger bypass the kernel's page cache: faster streaming and no second copy in RAM, but a shared mmap of them fails (ENODEV); 0: never"),
-    "fuse_fast_wait": Key("bool", default=True,
-                          doc="take the next FUSE request without a trip through trio's scheduler when it is already waiting, which halves the daemon's CPU per metadata request (false: pyfuse3's own wait)"),
-    "sibling_prefetch": Key("int", default=8, check=lambda v: None if v >= 0 else "must be 0 or more",
-                            doc="small files fetched ahead when a folder is read file after file"),
-}
+TUNING_KEYS = keys_of(Tuning)
 
 
 def default_cache_dir() -> Path:
@@ -252,14 +284,14 @@ class CacheConfig:
 class SourceConfig:
     name: str
     kind: str
-    options: dict[str, Any]
+    options: SourceOptions          # the kind's `Options`
 
 
 @dataclass
 class Config:
     cache: CacheConfig
     sources: list[SourceConfig]
-    tuning: dict[str, Any] = field(default_factory=dict)
+    tuning: Tuning = field(default_factory=Tuning)
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -271,6 +303,11 @@ def source_module(kind: str):
     return importlib.import_module(KINDS[kind])
 
 
+def source_keys(kind: str) -> dict[str, Key]:
+    """The keys a `[[sources]]` table of this kind takes besides the common ones."""
+    return {k: v for k, v in keys_of(source_module(kind).Options).items() if k not in COMMON_SOURCE_KEYS}
+
+
 def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
     known_top = {"cache", "sources", "tuning"}
     for k in data:
@@ -279,7 +316,7 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
     tuning_tab = data.get("tuning", {})
     if not isinstance(tuning_tab, dict):
         raise ConfigError("tuning: expected a table [tuning]")
-    tuning = _apply_schema(tuning_tab, TUNING_KEYS, "tuning", config_dir)
+    tuning = Tuning(**_apply_schema(tuning_tab, TUNING_KEYS, "tuning", config_dir))
     cache_tab = data.get("cache", {})
     if not isinstance(cache_tab, dict):
         raise ConfigError("cache: expected a table [cache]")
@@ -302,20 +339,17 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
         if not isinstance(kind, str) or kind not in KINDS:
             raise ConfigError(f"{where}.kind: unknown kind {kind!r} (expected one of "
                               f"{', '.join(KINDS)})")
-        schema = dict(COMMON_SOURCE_KEYS)
-        schema.update(source_module(kind).CONFIG_KEYS)
-        opts = _apply_schema(tab, schema, where, config_dir)
-        name = opts["name"]
+        options_cls = source_module(kind).Options
+        opts = options_cls(**_apply_schema(tab, keys_of(options_cls), where, config_dir))
+        name = opts.name
         if not _NAME_RE.match(name) or name in (".", ".."):
             raise ConfigError(f"{where}.name: {name!r} is not a usable folder name")
         if name in seen:
             raise ConfigError(f"{where}.name: {name!r} is used by another source")
         seen.add(name)
-        check = getattr(source_module(kind), "check_options", None)
-        if check:
-            problem = check(opts)
-            if problem:
-                raise ConfigError(f"{where}.{problem}")
+        problem = opts.problem()
+        if problem:
+            raise ConfigError(f"{where}.{problem}")
         sources.append(SourceConfig(name=name, kind=kind, options=opts))
     return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"], cache["sync_after"]), sources=sources,
                   tuning=tuning)
@@ -335,7 +369,7 @@ def load_config(path: str | Path) -> Config:
     cfg.path = path
     mode = path.stat().st_mode
     has_literal = any(isinstance(v, Secret) and v.origin == "the config file"
-                      for s in cfg.sources for v in s.options.values())
+                      for s in cfg.sources for v in vars(s.options).values())
     if has_literal and mode & (stat.S_IRGRP | stat.S_IROTH):
         cfg.warnings.append(f"{path} holds secrets and can be read by other users "
                             f"(chmod 600 it, or use {{ env = ... }} / {{ file = ... }})")

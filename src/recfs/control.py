@@ -1,5 +1,6 @@
-"""The control interface: extended attributes on the mount root.
+"""The control operations of a mount: status, refresh, prefetch.
 
+The FUSE front-end offers them as extended attributes on the mount root:
 `getfattr -n user.recfs.status MNT` returns the daemon's state as JSON;
 `setfattr -n user.recfs.refresh -v SUBPATH MNT` drops listing snapshots under SUBPATH;
 `setfattr -n user.recfs.prefetch -v SUBPATH MNT` warms the cache for a subtree.
@@ -10,27 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
-from .sources.base import Kind
+if TYPE_CHECKING:
+    from .core import Core
 
 log = logging.getLogger("recfs.control")
 
 
 class Control:
-    def __init__(self, tree, reader, cache, http, sources, nursery=None, uploads=None):
-        self.nursery = nursery
-        self.uploads = uploads
-        self.ops = None             # the Operations, set once they exist
-        self.tree = tree
-        self.reader = reader
-        self.cache = cache
-        self.http = http
-        self.sources = sources
+    def __init__(self, core: "Core"):
+        self.core = core
         self.started = time.time()
         self.prefetches: dict[str, dict] = {}
-        self.fuse_wait = None       # fusewait.FastWait, when installed
+        self.extra: dict[str, Callable[[], object]] = {}    # front-end figures (FUSE requests, waits)
 
     async def get(self, name: str) -> bytes | None:
         if name == "status":
@@ -41,50 +37,39 @@ class Control:
         return None
 
     def status(self) -> dict:
-        r = self.reader.stats
+        core = self.core
+        cache, http, r = core.cache, core.http, core.reader.stats
+        uploads = core.uploads
         return {
             "uptime_s": round(time.time() - self.started, 1),
-            "sources": [{"name": s.name, "kind": s.kind} for s in self.sources],
-            "cache": {"dir": str(self.cache.dir), "bytes": self.cache.total,
-                      "max_size": self.cache.max_size, "evictions": self.cache.evictions,
+            "sources": [{"name": s.name, "kind": s.kind} for s in core.sources],
+            "cache": {"dir": str(cache.dir), "bytes": cache.total,
+                      "max_size": cache.max_size, "evictions": cache.evictions,
                       # downloaded files whose newest chunks wait for the flusher (I2): a
                       # crash now would refetch them
-                      "unsynced_files": len(self.cache.dirty), "sync_after_s": self.cache.sync_after},
-            "http": {"requests": self.http.requests, "retries": self.http.retries,
-                     "errors": self.http.errors, "bytes_received": self.http.bytes_received,
-                     "batched_requests": self.http.batched_requests},
+                      "unsynced_files": len(cache.dirty), "sync_after_s": cache.sync_after},
+            "http": {"requests": http.requests, "retries": http.retries,
+                     "errors": http.errors, "bytes_received": http.bytes_received,
+                     "batched_requests": http.batched_requests},
             "reads": {"fetches": r.fetches, "fetched_bytes": r.fetched_bytes,
                       "cache_hits": r.cache_hits, "failures": r.failures,
                       "prefetched_files": r.prefetched_files},
-            "open_files": len(self.reader.states),
-            "fuse_requests": dict(self.ops.op_counts) if self.ops else {},
-            # how often the next FUSE request was already waiting (fusewait, F3)
-            "fuse_waits": {"immediate": self.fuse_wait.immediate, "slept": self.fuse_wait.slept}
-            if self.fuse_wait else None,
-            "listings": self.tree.listings,
+            "bulk": {name: {"jobs": e.batcher.jobs_started} for name, e in core.reader.engines().items()},
+            "open_files": len(core.reader.states),
+            "listings": core.tree.listings,
             "prefetches": self.prefetches,
-            "uploads": {"pending": self.uploads.status() if self.uploads else [],
-                        "uploaded": self.uploads.uploaded if self.uploads else 0,
-                        "failed": self.uploads.failed if self.uploads else 0},
+            "uploads": {"pending": uploads.status(), "uploaded": uploads.uploaded,
+                        "failed": uploads.failed},
+            **{name: figure() for name, figure in self.extra.items()},
         }
-
-    async def resolve(self, path: str):
-        node = self.tree.root
-        for part in [p for p in path.strip("/").split("/") if p]:
-            if not node.is_dir:
-                return None
-            node = await self.tree.lookup(node, part) if node.ino != 1 else node.children.get(part)
-            if node is None:
-                return None
-        return node
 
     async def set(self, name: str, value: bytes) -> bool:
         path = value.decode("utf-8", "replace")
-        node = await self.resolve(path)
+        node = await self.core.resolve(path)
         if node is None:
             return False
         if name == "refresh":
-            n = self.tree.invalidate_under(node)
+            n = self.core.tree.invalidate_under(node)
             log.info("refresh %s: %d folder snapshots dropped", path or "/", n)
             return True
         if name == "prefetch":
@@ -95,10 +80,7 @@ class Control:
             if running and not running["finished"]:
                 return True
             self.prefetches[key] = self._new_job()
-            if self.nursery is None:
-                await self.prefetch(key, node)
-            else:
-                self.nursery.start_soon(self.prefetch, key, node)
+            self.core.nursery.start_soon(self.prefetch, key, node)
             return True
         return False
 
@@ -108,8 +90,8 @@ class Control:
                 "listed": False, "finished": False, "started": time.time()}
 
     async def prefetch(self, path: str, node) -> None:
-        """Warm the cache for every file under `node`; folders whose provider has a
-        bulk job use it, the rest are read with ranged GETs."""
+        """Warm the cache for every file under `node`; the files of sources with bulk
+        jobs go by jobs first, the rest (and what the jobs left) by ranged GETs."""
         job = self.prefetches.setdefault(path or "/", self._new_job())
         try:
             await self._prefetch(job, node)
@@ -121,30 +103,31 @@ class Control:
             job["finished"] = True
 
     async def _prefetch(self, job: dict, node) -> None:
+        core = self.core
         folders = [node] if node.is_dir else []
         files = [] if node.is_dir else [node]
         while folders:
             d = folders.pop()
-            if d.ino == 1:
-                kids = d.sorted_children()
-            else:
-                kids = await self.tree.children(d)
+            kids = await core.children(d)
             folders.extend(k for k in kids if k.is_dir)
-            plain = [k for k in kids if not k.is_dir]
-            if plain and d.source is not None:
-                try:
-                    await d.source.prefetch_dir(d.entry.ref, [k.entry for k in plain])
-                except Exception as exc:
-                    log.error("prefetch %s: folder job failed: %s", d.path(), exc)
-            files.extend(plain)
+            files.extend(k for k in kids if not k.is_dir)
         job["files"] = len(files)
+        by_source: dict[str, list] = {}
+        for f in files:
+            by_source.setdefault(f.source.name, []).append(f)
+        for nodes in by_source.values():
+            engine = core.reader.engine(nodes[0].source)
+            if engine is not None:
+                left = await engine.prefetch([n.entry for n in nodes])
+                if left:
+                    log.info("prefetch: %d files not delivered by bulk jobs; reading them directly", left)
         limiter = trio.CapacityLimiter(8)
 
         async def one(f):
             async with limiter:
                 try:
-                    await self.tree.ensure_size(f)
-                    await self.reader.prefetch(f.source, f.entry)
+                    await core.tree.ensure_size(f)
+                    await core.reader.prefetch(f.source, f.entry)
                     job["done_bytes"] += f.size
                 except Exception as exc:
                     job["failed"] += 1
@@ -155,5 +138,4 @@ class Control:
         job["listed"] = True
         async with trio.open_nursery() as n:
             for f in files:
-                if f.entry.kind is Kind.FILE:
-                    n.start_soon(one, f)
+                n.start_soon(one, f)

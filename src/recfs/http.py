@@ -11,17 +11,22 @@ Rules kept here so that no provider has to remember them:
 from __future__ import annotations
 
 import base64
+import calendar
 import email.utils
 import functools
 import logging
+import os
 import random
+import re
 import ssl
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import cachetools
 import certifi
 import httpx
 import trio
@@ -217,6 +222,35 @@ class OAuthClientCredentials(CachedToken):
         return str(token), lifetime
 
 
+class _Tries:
+    """The retries of one request: every kind of request (API calls, content ranges,
+    downloads, uploads) waits by this one policy, so none has a loop of its own."""
+
+    def __init__(self, http: "Http", name: str):
+        self.http = http
+        self.name = name
+        self.attempt = 0
+        self.started = time.monotonic()
+
+    async def wait(self, why: str, resp: httpx.Response | None = None) -> bool:
+        """Wait before the next try; False when the attempts or the time budget are spent."""
+        policy = self.http.retry
+        if self.attempt + 1 >= policy.attempts:
+            return False
+        delay = policy.backoff(self.attempt)
+        if resp is not None:
+            asked = retry_after(resp)
+            if asked is not None:
+                delay = max(delay, min(asked, policy.max_delay * 3))
+        if time.monotonic() - self.started + delay > policy.budget:
+            return False
+        self.http.retries += 1
+        self.attempt += 1
+        log.debug("%s: %s; retrying in %.2fs", self.name, why, delay)
+        await trio.sleep(delay)
+        return True
+
+
 class Http:
     """One pooled client for the whole mount, plus the statistics `recfs status` shows."""
 
@@ -250,23 +284,6 @@ class Http:
             self.ranges.close()
         await self.client.aclose()
 
-    async def _sleep_before_retry(self, attempt: int, started: float, resp: httpx.Response | None,
-                                  what: str, why: str) -> bool:
-        """Wait before the next try; False when the attempts or the time budget are spent."""
-        if attempt + 1 >= self.retry.attempts:
-            return False
-        delay = self.retry.backoff(attempt)
-        if resp is not None:
-            asked = retry_after(resp)
-            if asked is not None:
-                delay = max(delay, min(asked, self.retry.max_delay * 3))
-        if time.monotonic() - started + delay > self.retry.budget:
-            return False
-        self.retries += 1
-        log.debug("%s: %s; retrying in %.2fs", what, why, delay)
-        await trio.sleep(delay)
-        return True
-
     async def request(self, method: str, url: str, *, name: str = "request",
                       auth: TokenAuth | None = None, headers: dict[str, str] | None = None,
                       params: Any = None, json: Any = None, data: Any = None,
@@ -282,8 +299,7 @@ class Http:
         """
         threaded = small_answer and self.ranges is not None and method == "GET" \
             and json is None and data is None and content is None
-        started = time.monotonic()
-        attempt = 0
+        tries = _Tries(self, name)
         reauthed = False
         while True:
             h = dict(headers or {})
@@ -301,9 +317,7 @@ class Http:
                                                      json=json, data=data, content=content)
             except TRANSPORT_ERRORS as exc:
                 why = f"{type(exc).__name__}"
-                if (idempotent or isinstance(exc, httpx.ConnectError)) and \
-                        await self._sleep_before_retry(attempt, started, None, name, why):
-                    attempt += 1
+                if (idempotent or isinstance(exc, httpx.ConnectError)) and await tries.wait(why):
                     continue
                 self.errors += 1
                 raise HttpError(f"{name}: {why} talking to {safe_url(url)}") from None
@@ -313,8 +327,7 @@ class Http:
                 await auth.invalidate(used)
                 continue
             if resp.status_code in RETRY_STATUSES and (idempotent or resp.status_code in (429, 503)):
-                if await self._sleep_before_retry(attempt, started, resp, name, f"HTTP {resp.status_code}"):
-                    attempt += 1
+                if await tries.wait(f"HTTP {resp.status_code}", resp):
                     continue
             if expect is not None and resp.status_code not in expect:
                 self.errors += 1
@@ -341,8 +354,7 @@ class Http:
         Content-Length of a 200): `end` may then lie past the end of the file, and the
         bytes up to the file's end are delivered. Returns the size when known.
         """
-        started = time.monotonic()
-        attempt = 0
+        tries = _Tries(self, name)
         renewed = False
         pos = start
         learnt = total
@@ -369,6 +381,10 @@ class Http:
                 elif status in (200, 206):
                     if learnt is None:
                         learnt = _answer_total(status, out.headers)
+                        if learnt is None and status == 200 and out.pos < out.stop:
+                            # no length given (chunked, or ended by closing): a body
+                            # that ended without a transport error is the whole file
+                            learnt = out.pos
                         if learnt is not None:
                             end = min(end, learnt)
                     if out.pos > pos:
@@ -392,28 +408,75 @@ class Http:
                 if out.pos > pos:
                     renewed = False
                 pos = out.pos
-            if not await self._sleep_before_retry(attempt, started, resp_for_retry, name, problem):
+            if not await tries.wait(problem, resp_for_retry):
                 self.errors += 1
                 raise HttpError(f"{name}: {problem} reading {safe_url(url)} at byte {pos}; giving up")
-            attempt += 1
         return learnt
 
-    async def get_heads(self, jobs: list[tuple[str, dict[str, str], Callable[[int, Any], None]]],
-                        end: int, *, name: str = "content",
-                        limiter: trio.CapacityLimiter | None = None) -> list[int | None]:
-        """Bytes [0, end) of several files at once (size probes): each job (url,
-        headers, sink) runs in a worker thread started directly, and tells the trio
-        thread when it is over with a bare callback. With a task and a `to_thread` per
-        GET, learning the sizes of B5's 2,000 files (fetching them whole) took the
-        daemon 2.9-3.0 CPU-s; this way 2.6-2.7 (BENCHMARKS, ninth round). No retries
-        here: for each job, the file's size when its answer came whole and clean, else
-        None, and the caller takes the usual way (`get_range`) for that one.
+    async def download(self, target: "Target", dest: Path, *, name: str = "download") -> int:
+        """Stream a whole body of unknown size (a zip package) into the file `dest`, with
+        `get_range`'s retries and resumption; return its size."""
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            def sink(offset: int, data) -> None:
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    offset += n
+                    view = view[n:]
+            size = await self.get_range(target, 0, MAX_SIZE, sink, total=None, name=name)
+        finally:
+            os.close(fd)
+        return size or 0
 
-        A job starts once it holds one of `limiter`'s tokens (the caller's own limit)
-        and a connection token, in that order, as a single size probe takes them, and
-        gives them back when it is over: jobs start in order as tokens come free."""
-        if self.ranges is None or not jobs:
-            return [None] * len(jobs)
+    async def put_file(self, target: "Target", path: Path, size: int, *, name: str = "upload") -> None:
+        """PUT the local file `path` (an upload). Sending the same bytes to the same key
+        again is harmless, so transport errors, 429 and 5xx are retried like any other
+        request; a 401 or 403 (an expired token or signed URL) renews the target once."""
+        tries = _Tries(self, name)
+        renewed = False
+        while True:
+            url, headers = await target(renewed)
+            self.requests += 1
+            resp = None
+            try:
+                resp = await self.client.put(url, content=_file_chunks(path),
+                                             headers={**headers, "Content-Length": str(size)})
+                why = f"HTTP {resp.status_code}"
+            except TRANSPORT_ERRORS as exc:
+                why = type(exc).__name__
+            if resp is not None:
+                if resp.status_code in (200, 201, 204):
+                    return
+                if resp.status_code in (401, 403) and not renewed:
+                    renewed = True
+                    continue
+                if resp.status_code not in RETRY_STATUSES:
+                    self.errors += 1
+                    cls = ForbiddenError if resp.status_code == 403 else HttpError
+                    raise cls(f"{name}: HTTP {resp.status_code} from {safe_url(url)}"
+                              f"{describe_error_body(resp)}", resp.status_code, resp.text[:2000])
+            if not await tries.wait(why, resp):
+                self.errors += 1
+                raise HttpError(f"{name}: {why} sending to {safe_url(url)}; giving up")
+
+    async def get_heads(self, jobs: list[tuple[str, dict[str, str], Callable[[int, Any], None], int]],
+                        *, name: str = "content",
+                        limiter: trio.CapacityLimiter | None = None) -> list[int | None]:
+        """The first bytes of several files at once (size probes), without retries: for
+        each job (url, headers, sink, end), bytes [0, end) into the sink, and the file's
+        size when its answer came whole and clean, else None (the caller then takes
+        the usual way, with retries).
+
+        Each job runs in a worker thread started directly, and tells the trio thread
+        when it is over with a bare callback, shared by the jobs that ended meanwhile:
+        no task and no thread hop per GET. A job starts once it holds one of
+        `limiter`'s tokens and a connection token, in that order, and gives them back
+        when it is over. Without threaded content the GETs go through httpx."""
+        if not jobs:
+            return []
+        if self.ranges is None:
+            return await self._heads_httpx(jobs, name, limiter)
         outs: list[Any] = [None] * len(jobs)
         tickets = [rangeget.Ticket() for _ in jobs]
         token = trio.lowlevel.current_trio_token()
@@ -424,7 +487,7 @@ class Http:
         all_started = False
 
         def run(i: int) -> None:            # in the job's thread
-            url, headers, sink = jobs[i]
+            url, headers, sink, end = jobs[i]
             h = dict(headers)
             h["Range"] = f"bytes=0-{end - 1}"
             h.setdefault("Accept-Encoding", "identity")
@@ -491,7 +554,7 @@ class Http:
                 for lim, borrower in taken:
                     lim.release_on_behalf_of(borrower)
         sizes: list[int | None] = []
-        for (url, _, _), out in zip(jobs, outs):
+        for (url, _, _, end), out in zip(jobs, outs):
             size = None
             if isinstance(out, rangeget.Outcome):
                 self.requests += 1
@@ -507,6 +570,26 @@ class Http:
             if size is None:
                 log.debug("%s: %s from %s; left to the usual way", name, why, safe_url(url))
             sizes.append(size)
+        return sizes
+
+    async def _heads_httpx(self, jobs, name: str,
+                           limiter: trio.CapacityLimiter | None) -> list[int | None]:
+        sizes: list[int | None] = [None] * len(jobs)
+
+        async def one(i: int) -> None:
+            url, headers, sink, end = jobs[i]
+
+            async def target(renew: bool):
+                return url, headers
+            async with limiter or trio.CapacityLimiter(1):
+                try:
+                    sizes[i] = await self.get_range(target, 0, end, sink, total=None, name=name)
+                except HttpError as exc:
+                    log.debug("%s: %s; left to the usual way", name, exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(jobs)):
+                nursery.start_soon(one, i)
         return sizes
 
     async def _get_once(self, url: str, headers: dict[str, str], pos: int,
@@ -589,6 +672,113 @@ class Http:
         except TRANSPORT_ERRORS:
             if out.pos < out.stop:
                 raise
+
+
+# -- targets: where a file's bytes are, as `get_range`, `download` and `put_file` take it
+
+# target(renew) -> (url, headers); called with True after a 401 or 403
+Target = Callable[[bool], Awaitable[tuple[str, dict[str, str]]]]
+
+
+def auth_target(auth: TokenAuth, url: str, headers: dict[str, str] | None = None) -> Target:
+    """A URL reached with the service's own credentials; a renewal drops the token that
+    was refused, so the next try gets a fresh one."""
+    used: dict[str, str] = {}
+
+    async def target(renew: bool) -> tuple[str, dict[str, str]]:
+        if renew:
+            await auth.invalidate(dict(used))
+        used.clear()
+        used.update(await auth.headers())
+        return url, {**(headers or {}), **used}
+    return target
+
+
+_SIGNED_EXPIRES = re.compile(r"[?&]X-(?:Amz|Goog)-Expires=(\d+)")
+_SIGNED_DATE = re.compile(r"[?&]X-(?:Amz|Goog)-Date=(\d{8}T\d{6}Z)(?:&|$)")
+
+
+def signed_url_lifetime(url: str, default: float) -> float:
+    """Seconds a presigned URL is valid for (X-Amz-Expires or X-Goog-Expires)."""
+    m = _SIGNED_EXPIRES.search(url)
+    return float(m.group(1)) if m else default
+
+
+def signed_url_time_left(url: str, now: float, default: float) -> float:
+    """Seconds until a presigned URL expires: from its signing date when it names one
+    (a URL handed out with a listing may be minutes old), else its whole lifetime."""
+    lifetime = signed_url_lifetime(url, default)
+    m = _SIGNED_DATE.search(url)
+    if m is None:
+        return lifetime
+    d = m.group(1)
+    try:
+        signed = calendar.timegm((int(d[0:4]), int(d[4:6]), int(d[6:8]),
+                                  int(d[9:11]), int(d[11:13]), int(d[13:15]), 0, 0, 0))
+    except ValueError:
+        return lifetime
+    return signed + lifetime - now
+
+
+class Leases:
+    """Presigned URLs, one per key, each kept until shortly before it expires (a
+    quarter of its lifetime, at most five minutes, before). `ask(key)` gets a new one;
+    concurrent askers for one key wait for a single request. A URL that came with a
+    listing is `offer`ed and saves that request. Bounded: listings offer one per file."""
+
+    def __init__(self, ask: Callable[[str], Awaitable[str]], *, default_lifetime: float,
+                 kept: int = 20_000, headers: dict[str, str] | None = None):
+        self._ask = ask
+        self.default_lifetime = default_lifetime
+        self.headers = headers or {}
+        self._urls: cachetools.LRUCache[str, tuple[str, float]] = cachetools.LRUCache(kept)
+        self._locks: dict[str, trio.Lock] = {}
+        self.asked = 0
+
+    def offer(self, key: str, url: str) -> None:
+        left = signed_url_time_left(url, time.time(), self.default_lifetime)
+        margin = min(300.0, signed_url_lifetime(url, self.default_lifetime) / 4)
+        self._urls[key] = (url, time.monotonic() + left - margin)
+
+    def drop(self, key: str) -> None:
+        self._urls.pop(key, None)
+
+    def fresh(self, key: str) -> str | None:
+        lease = self._urls.get(key)
+        return lease[0] if lease and time.monotonic() < lease[1] else None
+
+    async def url(self, key: str, renew: bool = False) -> str:
+        held = self._urls.get(key)
+        if held and not renew and time.monotonic() < held[1]:
+            return held[0]
+        lock = self._locks.setdefault(key, trio.Lock())
+        try:
+            async with lock:
+                now_held = self._urls.get(key)
+                if now_held and now_held is not held and time.monotonic() < now_held[1]:
+                    return now_held[0]          # another task renewed it meanwhile
+                url = await self._ask(key)
+                self.asked += 1
+                self.offer(key, url)
+                return url
+        finally:
+            stats = lock.statistics()
+            if not stats.locked and not stats.tasks_waiting and self._locks.get(key) is lock:
+                del self._locks[key]
+
+    def target(self, key: str) -> Target:
+        async def target(renew: bool) -> tuple[str, dict[str, str]]:
+            return await self.url(key, renew), dict(self.headers)
+        return target
+
+
+async def _file_chunks(path: Path, chunk: int = 1 << 20):
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            if not data:
+                return
+            yield data
 
 
 def _not_content(status: int, headers: httpx.Headers) -> None:

@@ -14,15 +14,12 @@ import pyfuse3
 import trio
 
 from . import fusewait
-from .config import TUNING_KEYS, Config, source_module
+from .config import Config, source_module
 from .content.cache import Cache
-from .content.reader import Reader
-from .content.uploads import Uploads
-from .control import Control
+from .core import Core
 from .fs import Operations
 from .http import Http, HttpError, RetryPolicy
-from .sources.base import SourceContext, SourceError
-from .tree import Tree
+from .sources.base import SourceError
 
 log = logging.getLogger("recfs.mount")
 
@@ -119,18 +116,16 @@ def raise_read_ahead(mountpoint: Path, kib: int) -> bool:
 
 async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead_kb: int) -> None:
     cache = Cache(cfg.cache.dir, cfg.cache.max_size, cfg.cache.min_free, cfg.cache.sync_after)
-    t = {name: key.default for name, key in TUNING_KEYS.items()}
-    t.update(cfg.tuning or {})
-    http = Http(max_connections=t["max_connections"], connect_timeout=t["connect_timeout"],
-                read_timeout=t["read_timeout"],
-                retry=RetryPolicy(attempts=t["retry_attempts"], base_delay=t["retry_base_delay"],
-                                  max_delay=t["retry_max_delay"], budget=t["retry_budget"]),
-                ca_bundle=next((s.options.get("ca_bundle") for s in cfg.sources
-                                if s.options.get("ca_bundle")), None),
-                threaded_content=t["threaded_content"])
-    ctx = SourceContext(http=http, cache=cache)
-    sources = [source_module(s.kind).create(s.name, s.options, ctx) for s in cfg.sources]
+    t = cfg.tuning
+    http = Http(max_connections=t.max_connections, connect_timeout=t.connect_timeout,
+                read_timeout=t.read_timeout,
+                retry=RetryPolicy(attempts=t.retry_attempts, base_delay=t.retry_base_delay,
+                                  max_delay=t.retry_max_delay, budget=t.retry_budget),
+                ca_bundle=next((s.options.ca_bundle for s in cfg.sources if s.options.ca_bundle), None),
+                threaded_content=t.threaded_content)
+    sources = [source_module(s.kind).Source(s.name, s.options, http) for s in cfg.sources]
     mounted = False
+    core = None
     try:
         for src in sources:
             try:
@@ -138,38 +133,36 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             except (SourceError, HttpError) as exc:
                 raise MountError(f"source {src.name!r}: {exc}") from None
         async with trio.open_nursery() as nursery:
-            tree = Tree(sources, cache, nursery)
-            reader = Reader(cache, nursery, max_connections=t["max_connections"],
-                            first_window=t["first_window"], max_window=t["max_window"],
-                            max_request=t["max_request"], small_file=t["small_file"],
-                            sibling_prefetch=t["sibling_prefetch"])
-            uploads = Uploads(cfg.cache.dir / "uploads", {s.name: s for s in sources})
-            control = Control(tree, reader, cache, http, sources, nursery, uploads)
-            ops = Operations(tree, reader, control, uploads, nursery,
-                             direct_io_min_size=t["direct_io_min_size"])
-            control.ops = ops
+            core = Core(sources, cache, http, nursery, t)
+            ops = Operations(core, direct_io_min_size=t.direct_io_min_size)
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True
             if read_ahead_kb:
                 nursery.start_soon(keep_read_ahead, mountpoint, read_ahead_kb)
-            nursery.start_soon(cache.run_flusher)
-            nursery.start_soon(uploads.run_retries)
+            nursery.start_soon(core.run)
             # before READY: a SIGTERM right after it must find the receiver in place
             await nursery.start(_watch_signals)
-            control.fuse_wait = fusewait.install(pyfuse3) if t["fuse_fast_wait"] else None
+            waits = fusewait.install(pyfuse3) if t.fuse_fast_wait else None
+            # how often the next FUSE request was already waiting (fusewait, F3)
+            core.control.extra["fuse_waits"] = lambda: waits and {"immediate": waits.immediate,
+                                                                   "slept": waits.slept}
             log.info("mounted %s at %s", ", ".join(f"{s.name} ({s.kind})" for s in sources), mountpoint)
             sd_notify("READY=1\nSTATUS=mounted")
             await pyfuse3.main()
             sd_notify("STOPPING=1")
             nursery.cancel_scope.cancel()
     finally:
-        for src in sources:
-            with trio.move_on_after(5) as scope:
-                scope.shield = True
-                try:
-                    await src.aclose()
-                except Exception as exc:
-                    log.warning("source %s: closing: %s", src.name, exc)
+        if core is not None:
+            with trio.CancelScope(shield=True):
+                await core.aclose()
+        else:
+            for src in sources:
+                with trio.move_on_after(5) as scope:
+                    scope.shield = True
+                    try:
+                        await src.aclose()
+                    except Exception as exc:
+                        log.warning("source %s: closing: %s", src.name, exc)
         with trio.CancelScope(shield=True):
             await http.aclose()
         fusewait.uninstall(pyfuse3)

@@ -3,54 +3,77 @@ lookup counts, and batched exact-size resolution. Plain async code: no pyfuse3.
 
 Invariants:
  T1. An inode number is never reused within a mount. A node keeps its number across
-     refreshes as long as its safe name, kind and object id stay the same.
+     refreshes as long as its safe name, kind and object id stay the same. New nodes
+     of a listing get their numbers in name order, so readdir order is name order
+     where nothing was added since.
  T2. readdir offsets are inode numbers: children are served in inode order, so an
      insertion or deletion during a readdir neither repeats nor skips an entry.
  T3. A node leaves the inode table only when it is gone from its folder's snapshot
      and the kernel has forgotten it (lookup count 0).
- T4. A file is opened only with an exact size: `ensure_size` resolves the unknown
-     sizes of all the files of a folder concurrently, in chunks; an open waits only
-     for the chunk holding its file.
+ T4. A file is opened only with an exact size. A size asked for learns that file's
+     size alone (`ensure_size`), unless the access pattern asks for the folder's
+     (`learn_ahead`: files stat'ed or opened one after another, as ls -l and cp -r
+     do): then the unknown sizes of the folder are learnt in chunks (of SIZE_CHUNK)
+     in readdir order, in the background, a chunk ahead of the files asked for; a
+     size asked for meanwhile waits only for the chunk holding its file. A size is
+     learnt once, whoever asks.
  T5. A copy looks ahead by one folder at most, and only a copy that came into this
-     folder from the one before it (in name order, as cp -r and rsync go), so that a
-     copy of a single folder fetches nothing outside it: when such a copy opens one of
-     the last LOOK_AHEAD_FILES files of a folder, the next folder is listed and the
-     sizes of its first files (SIZE_CHUNK of them, at most LOOK_AHEAD_BYTES by their
-     hints) are learnt; its other chunks are registered but wait ("parked") until the
-     copy opens a file there or a size there is asked for (then all of them follow in
-     the background). A chunk is resolved once, whoever starts it.
+     folder from the one before it (in name order, as cp -r and rsync go; the access
+     policy decides both), so that a copy of a single folder fetches nothing outside
+     it: when such a copy opens one of the last LOOK_AHEAD_FILES files of a folder,
+     the next folder is listed and the sizes of its first files (SIZE_CHUNK of them,
+     at most LOOK_AHEAD_BYTES by their hints) are learnt as for a copy; the others
+     when the copy gets there (T4).
+ T6. A node made here (a file written into an upload folder, a folder made by mkdir)
+     stays in its folder's snapshot, whatever the service lists, until a listing
+     shows it; then it becomes the listed node, keeping its inode.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 import trio
 
 from . import names
+from .content.policy import AccessPolicy
 from .sources.base import Entry, Kind, Source, SourceError
 
 log = logging.getLogger("recfs.tree")
 
 SIZE_CHUNK = 32             # sizes learnt together (a folder of 200 files: 7 chunks)
+AHEAD_FIRST = 8             # the first chunk learnt ahead (T4)
 LOOK_AHEAD_FILES = 32       # a copy this near the end of a folder has the next one prepared (T5)
 LOOK_AHEAD_BYTES = 16 << 20  # at most this much (by size hints) is learnt there before the copy arrives
-MAX_PARKED = 16             # folders prepared ahead whose copy has not arrived yet
 
 
 class _SizeChunk:
-    def __init__(self, nodes: list["Node"]):
+    def __init__(self, nodes: list["Node"], for_copy: bool = False):
         self.nodes = nodes
+        self.for_copy = for_copy        # learnt ahead of a copy (T5): small files come whole
         self.started = False
         self.done = trio.Event()
+
+
+async def metadata_sizes(source: Source, entries: list[Entry], *, whole: bool) -> None:
+    """Sizes from the provider's metadata only (a tree without a reader)."""
+    await source.sizes(entries)
 
 ROOT_INODE = 1
 
 
+class Local(enum.Enum):
+    """A node the service does not list (yet): shown until a listing has it (T6)."""
+    WRITING = "writing"         # a file being written or waiting to be sent (`upload` holds it)
+    UPLOADED = "uploaded"       # sent, not listed yet
+    MADE_DIR = "made_dir"       # made by mkdir; no file has landed in it yet
+
+
 class Node:
     __slots__ = ("ino", "parent", "name", "entry", "source", "children", "listed_at", "ttl",
-                 "lookups", "size_failed", "staged", "_sorted", "_files", "__weakref__")
+                 "lookups", "size_failed", "local", "upload", "_sorted", "_files", "__weakref__")
 
     def __init__(self, ino: int, parent: "Node | None", name: str, entry: Entry, source: Source | None):
         self.ino = ino
@@ -63,9 +86,8 @@ class Node:
         self.ttl = 0.0
         self.lookups = 0
         self.size_failed = False
-        # not (yet) on the service: an uploads.Staged being written or waiting to be sent,
-        # "uploaded" (sent, not listed yet) or "dir" (made by mkdir); shown until listed
-        self.staged = None
+        self.local: Local | None = None     # not (yet) listed by the service
+        self.upload = None                  # the uploads.Staged of a Local.WRITING file
         self._sorted: list[Node] | None = None    # children in inode order, until they change
         self._files: tuple[list[Entry], dict[str, int]] | None = None   # files in listing order
 
@@ -99,21 +121,26 @@ class Node:
         self._sorted = None
         self._files = None
 
-    def files(self) -> tuple[list[Entry], dict[str, int]]:
-        """The folder's files in name order (the order cp -r and rsync read them) and
-        each one's position by object id; kept until the folder changes."""
+    def files(self) -> tuple[list["Node"], list[Entry], dict[int, int]]:
+        """The folder's files in readdir order (inode order: the order ls, cp -r, find
+        and tar go in, and on a fresh listing name order too, as rsync goes), their
+        entries, and each one's position by inode; kept until the folder changes."""
         if self._files is None:
-            kids = sorted((c for c in (self.children or {}).values() if not c.is_dir),
-                          key=lambda n: n.name)
-            entries = [c.entry for c in kids]
-            self._files = (entries, {e.id: i for i, e in enumerate(entries)})
+            nodes = [c for c in self.sorted_children() if not c.is_dir]
+            self._files = (nodes, [n.entry for n in nodes], {n.ino: i for i, n in enumerate(nodes)})
         return self._files
 
 
+SizeLearner = Callable[..., Awaitable[None]]     # (source, entries, *, whole) -> None
+
+
 class Tree:
-    def __init__(self, sources: Iterable[Source], cache=None, nursery: trio.Nursery | None = None):
+    def __init__(self, sources: Iterable[Source], cache=None, nursery: trio.Nursery | None = None,
+                 learn_sizes: SizeLearner = metadata_sizes, policy: AccessPolicy | None = None):
         self.cache = cache
         self.nursery = nursery          # runs the later size chunks of a folder
+        self.learn_sizes = learn_sizes  # the reader's: metadata, else ranged GETs
+        self.policy = policy or AccessPolicy()
         self.inodes: dict[int, Node] = {}
         self._next_ino = ROOT_INODE
         self.root = self._new_node(None, "", Entry("", Kind.DIR, ref=None, mtime=time.time()), None)
@@ -126,9 +153,8 @@ class Tree:
         self.on_changed = lambda node: None       # fs.py: drop the kernel's cache of it
         self._listing: dict[int, trio.Event] = {}
         self._sizing: dict[int, _SizeChunk] = {}      # inode -> the chunk learning its size
-        # folders a copy went through -> whether their look-ahead was decided (T5)
-        self._copied: dict[int, bool] = {}
-        self._parked: dict[int, list[_SizeChunk]] = {}  # folder inode -> chunks waiting for the copy
+        self._looked_ahead: set[int] = set()      # folders whose next folder was prepared (T5)
+        self._ahead: dict[int, int] = {}          # folder inode -> position learnt up to (T4)
         self.listings = 0
 
     def _new_node(self, parent: Node | None, name: str, entry: Entry, source: Source | None) -> Node:
@@ -196,17 +222,17 @@ class Tree:
         old = node.children or {}
         safe = names.unique_names([(e.name, e.id or e.name) for e in entries])
         new: dict[str, Node] = {}
-        for name, entry in zip(safe, entries):
+        for name, entry in sorted(zip(safe, entries), key=lambda pair: pair[0]):
             if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
                 entry.size = self.cache.known_size(src.cache_key(entry))
             child = old.get(name)
-            if child is not None and child.staged is not None and child.entry.kind is entry.kind:
+            if child is not None and child.local is not None and child.entry.kind is entry.kind:
                 # what we uploaded (or the folder we made) is now listed by the service
                 if entry.size is None and child.entry.size is not None and child.entry.kind is Kind.FILE \
                         and abs((entry.size_hint or 0) - child.entry.size) <= 1024:
                     entry.size = child.entry.size
                 child.entry = entry
-                child.staged = None
+                child.local = child.upload = None
                 if child.is_dir:
                     self.invalidate(child)
                 new[name] = child
@@ -224,7 +250,7 @@ class Tree:
                 child = self._new_node(node, name, entry, src)
             new[name] = child
         for name, child in old.items():
-            if child.staged is not None and name not in new:
+            if child.local is not None and name not in new:
                 new[name] = child          # not on the service yet: keep showing it
                 continue
             if new.get(name) is not child:
@@ -233,11 +259,13 @@ class Tree:
                     self._drop(child)
         node.children = new
         node.children_changed()
+        self._ahead.pop(node.ino, None)
 
-    def add_local(self, parent: Node, name: str, entry: Entry, staged) -> Node:
-        """A file being written, or a folder made by mkdir, before the service has it."""
+    def add_local(self, parent: Node, name: str, entry: Entry, local: Local, upload=None) -> Node:
+        """A file being written, or a folder made by mkdir, before the service has it (T6)."""
         node = self._new_node(parent, name, entry, parent.source)
-        node.staged = staged
+        node.local = local
+        node.upload = upload
         if entry.kind is Kind.DIR:
             node.children = {}
             node.listed_at = time.monotonic()
@@ -245,6 +273,18 @@ class Tree:
         parent.children[name] = node
         parent.children_changed()
         return node
+
+    def uploaded(self, node: Node, entry: Entry) -> None:
+        """The file `node` was written into has reached the service: it shows `entry`
+        until a listing has it (T6), and the folders made for it exist there now."""
+        node.entry = entry
+        node.local, node.upload = Local.UPLOADED, None
+        parent = node.parent
+        while parent is not None and parent.local is Local.MADE_DIR:
+            parent.local = None
+            parent = parent.parent
+        if node.parent is not None:
+            self.invalidate(node.parent)
 
     def remove(self, node: Node) -> None:
         """Take a node out of its folder (deleted, or a staged file discarded)."""
@@ -274,58 +314,73 @@ class Tree:
         if node.lookups <= 0 and node.parent is None:
             self._drop(node)
 
-    # -- exact sizes
+    # -- exact sizes (T4)
     async def ensure_size(self, node: Node) -> None:
-        """Resolve the exact size of `node`, and then those of its unresolved
-        siblings (T4).
-
-        The siblings are resolved concurrently, in chunks of SIZE_CHUNK in folder
-        order, by a background task; a caller waits only for the chunk holding its
-        file, and runs that chunk itself if it has not started yet. So `cp -r` copies
-        the first files while the sizes of the later ones are still being learnt."""
+        """Learn the exact size of `node` (alone, unless a chunk holding it is under way
+        or planned: then that chunk's)."""
         if node.size_known or node.is_dir:
             return
         chunk = self._sizing.get(node.ino)
-        if chunk is None and not node.size_failed:
-            batch = [node] + [c for c in self._unsized(node.parent) if c is not node]
-            size = SIZE_CHUNK if self.nursery is not None else len(batch)
-            chunks = self._chunked(batch, size)
-            await self._resolve_chunk(chunks[0])
-            if len(chunks) > 1:
-                self.nursery.start_soon(self._resolve_in_order, chunks[1:])
-        elif chunk is not None:
-            self._resume_parked(node.parent)    # a size of a prepared folder asked for (T5)
-            if chunk.started:
-                await chunk.done.wait()
-            else:
-                await self._resolve_chunk(chunk)
+        if chunk is None:
+            if node.size_failed:
+                raise SourceError(f"{node.source.name}: cannot learn the size of {node.path()}")
+            chunk = self._chunked([node], 1)[0]
+        if chunk.started:
+            await chunk.done.wait()
+        else:
+            await self._resolve_chunk(chunk)
         if not node.size_known:
             raise SourceError(f"{node.source.name}: cannot learn the size of {node.path()}")
 
+    def learn_ahead(self, node: Node) -> None:
+        """The access pattern asks for the sizes of `node`'s folder (T4): keep the
+        unknown ones learnt a chunk ahead of `node` in readdir order, in the
+        background. The first chunk is small (AHEAD_FIRST): whether a chunk's small
+        files come whole is decided when it starts, and the pattern may just be
+        showing itself (the second stat of a cp -r comes before its second open)."""
+        folder = node.parent
+        if folder is None or self.nursery is None:
+            return
+        nodes, _, position = folder.files()
+        pos = position.get(node.ino)
+        if pos is None:
+            return
+        planned = max(pos, self._ahead.get(folder.ino, pos))
+        if planned - pos > SIZE_CHUNK // 2 or planned >= len(nodes):
+            return
+        size = AHEAD_FIRST if planned == pos else SIZE_CHUNK
+        batch = [c for c in nodes[planned:planned + size]
+                 if not c.size_known and not c.size_failed and c.ino not in self._sizing]
+        if len(self._ahead) >= 16384:
+            self._ahead.clear()
+        self._ahead[folder.ino] = planned + size
+        if batch:
+            self.nursery.start_soon(self._resolve_in_order, self._chunked(batch, len(batch)))
+
     # -- a copy going through folders (T5)
     def copy_progress(self, node: Node) -> None:
-        """`node` was just opened; if a copy is under way (the reader saw its folder's
-        files opened in order), learn the parked sizes of its folder, and near the end
-        of a folder the copy came into from the one before, prepare the next folder, so
-        the copy waits for neither."""
+        """`node` was just opened. Near the end of a folder being copied, by a copy that
+        came into it from the folder before, prepare the next folder, so the copy does
+        not wait for its listing and first sizes."""
         folder = node.parent
-        if folder is None or self.nursery is None or node.source is None \
-                or not node.source.copying():
+        if folder is None or self.nursery is None or folder.ino in self._looked_ahead \
+                or folder.parent is None or folder.parent.ino == ROOT_INODE \
+                or not self.policy.came_from_before(folder.ino):
             return
-        self._resume_parked(folder)
-        if self._copied.get(folder.ino) or folder.parent is None or folder.parent.ino == ROOT_INODE:
-            return
-        if len(self._copied) >= 4096:
-            self._copied.clear()
-        files, position = folder.files()
-        index = position.get(node.entry.id)
-        self._copied[folder.ino] = near_end = \
-            index is not None and index >= len(files) - LOOK_AHEAD_FILES
-        if not near_end:
-            return
-        came_from = self._sibling(folder, before=True)
-        if came_from is not None and came_from.ino in self._copied:
+        nodes, _, position = folder.files()
+        index = position.get(node.ino)
+        if index is not None and index >= len(nodes) - LOOK_AHEAD_FILES:
+            if len(self._looked_ahead) >= 4096:
+                self._looked_ahead.clear()
+            self._looked_ahead.add(folder.ino)
             self.nursery.start_soon(self._look_ahead, folder)
+
+    def folder_before(self, folder: Node) -> int | None:
+        """The inode of the folder just before `folder` in name order (for the policy)."""
+        if folder.parent is None or folder.parent.ino == ROOT_INODE:
+            return None
+        before = self._sibling(folder, before=True)
+        return before.ino if before is not None else None
 
     @staticmethod
     def _sibling(folder: Node, before: bool) -> Node | None:
@@ -344,36 +399,17 @@ class Tree:
         except Exception as exc:        # a guess: the copy lists it itself if it comes
             log.debug("looking ahead into %s: %s", nxt.path(), exc)
             return
-        batch = sorted(self._unsized(nxt), key=lambda n: n.name)
-        if not batch:
-            return
-        first, budget = 0, LOOK_AHEAD_BYTES
-        while first < min(len(batch), SIZE_CHUNK) and (first == 0 or budget > 0):
-            budget -= batch[first].entry.size_hint or 0
-            first += 1
-        chunks = self._chunked(batch[:first], first) + self._chunked(batch[first:], SIZE_CHUNK)
-        if len(chunks) > 1:
-            self._park(nxt.ino, chunks[1:])
-        await self._resolve_chunk(chunks[0])
-
-    def _resume_parked(self, folder: Node | None) -> None:
-        parked = self._parked.pop(folder.ino, None) if folder is not None and self._parked else None
-        if parked and self.nursery is not None:
-            self.nursery.start_soon(self._resolve_in_order, parked)
-
-    def _park(self, folder_ino: int, chunks: list[_SizeChunk]) -> None:
-        while len(self._parked) >= MAX_PARKED:      # a copy that never came: forget its oldest
-            for ch in self._parked.pop(next(iter(self._parked))):
-                if not ch.started:
-                    for c in ch.nodes:
-                        if self._sizing.get(c.ino) is ch:
-                            del self._sizing[c.ino]
-        self._parked[folder_ino] = chunks
-
-    def _unsized(self, folder: Node | None) -> list[Node]:
-        """The files of `folder` whose size is neither known nor being learnt."""
-        return [c for c in (folder.children.values() if folder is not None and folder.children else [])
-                if not c.is_dir and not c.size_known and not c.size_failed and c.ino not in self._sizing]
+        batch, budget = [], LOOK_AHEAD_BYTES
+        for c in nxt.files()[0]:
+            if len(batch) >= SIZE_CHUNK or (batch and budget <= 0):
+                break
+            if not c.size_known and not c.size_failed and c.ino not in self._sizing:
+                batch.append(c)
+                budget -= c.entry.size_hint or 0
+        if batch:
+            chunk = self._chunked(batch, len(batch))[0]
+            chunk.for_copy = True
+            await self._resolve_chunk(chunk)
 
     def _chunked(self, nodes: list[Node], size: int) -> list[_SizeChunk]:
         """`nodes` in chunks of `size`, each registered as the one learning their sizes."""
@@ -391,11 +427,13 @@ class Tree:
     async def _resolve_chunk(self, chunk: _SizeChunk) -> None:
         chunk.started = True
         nodes = chunk.nodes
+        folder = nodes[0].parent
+        whole = chunk.for_copy or (folder is not None and self.policy.copying(folder.ino))
         try:
-            await nodes[0].source.resolve_sizes([c.entry for c in nodes])
+            await self.learn_sizes(nodes[0].source, [c.entry for c in nodes], whole=whole)
         except Exception as exc:        # runs in the background too: never end the mount
             log.error("%s: learning sizes in %s: %s", nodes[0].source.name,
-                      nodes[0].parent.path() if nodes[0].parent else "/", exc)
+                      folder.path() if folder else "/", exc)
         finally:
             learnt = []
             for c in nodes:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from recfs.config import COMMON_SOURCE_KEYS, TUNING_KEYS
+from recfs.config import COMMON_SOURCE_KEYS, KINDS, TUNING_KEYS, source_keys
 from recfs.emulators.alvaria import AlvariaEmulator, source_table
 from recfs.emulators.base import Fault, PatternBlob
-from recfs.sources.alvaria import CONFIG_KEYS as ALVARIA_KEYS
 from tests.faults import SOURCE, Mount, config_for, read_or_errno
 
 pytestmark = pytest.mark.e2e
@@ -232,7 +231,9 @@ def test_the_cache_directory_is_private(emu, tmp_path):
 
 
 def test_tls_verification_cannot_be_switched_off():
-    keys = set(COMMON_SOURCE_KEYS) | set(ALVARIA_KEYS) | set(TUNING_KEYS)
+    keys = set(COMMON_SOURCE_KEYS) | set(TUNING_KEYS)
+    for kind in KINDS:
+        keys |= set(source_keys(kind))
     for key in keys:
         assert not any(word in key.lower() for word in ("verify", "insecure", "tls", "ssl")), key
     assert "ca_bundle" in COMMON_SOURCE_KEYS

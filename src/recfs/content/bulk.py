@@ -1,40 +1,39 @@
-"""Bulk zip jobs, independent of any provider.
+"""Bulk zip jobs: the one engine for every provider that has them (8x8, OCE).
 
-Some services (8x8 Cloud Storage, Oracle Content Management) hand out many files at
-once as an asynchronous export: start a job for a list of ids, poll it, download a
-zip. This module holds everything about that path that is not the API itself:
+Some services hand out many files at once as an asynchronous export: start a job
+for a list of files, poll it, download a zip. A provider declares that capability
+(`sources.base.BulkJobs`: its limits and its API calls); everything else is here,
+the same for every provider:
 
-- `BulkBatcher` coalesces requests. The first request for a group (a folder) opens
-  a batch that stays open for a short window; every request arriving in that window
-  joins it, and the provider's prefetch candidates fill what room is left. A batch
-  is bounded by a file count and a byte total; one job runs per batch. Each waiter
-  gets its own file's outcome, so a failure reaches only the files it concerns.
-- `run_job` drives one job with the provider's `BulkBackend` (start, poll,
-  download callables): polls with backoff, streams the zip into the cache's staging
-  directory, and extracts the members.
-- `extract_verified` matches zip members to the files asked for by the member name
-  the provider expects. Member names are compared, never used as paths: every
-  extracted member goes to a temporary file named by us, so a hostile name
-  (`../../x`, absolute paths) cannot write anywhere (no zip slip). Two files may
-  share a member name; they are told apart by size, then MD5, and left to ranged
-  reads when even that cannot tell them apart. Each member is checked against the
-  expected size (and MD5 when the service gives a real one) before the cache
-  adopts it with `cache.store_file`.
-- `download_to_file` streams an HTTP body to disk with retries, resuming with a
-  Range request when the server allows it.
+- `BulkEngine` decides when a read uses a job: while the access policy says the
+  folder is being copied, or always (`mode = "always"`), or when the file is in a
+  job already (waiting is then cheaper than a second download). A job holds the
+  file asked for and the uncached files after it in name order; a copy gets
+  `parallel_jobs` jobs at once, and the next one each time a job somebody waited for
+  ends (read-ahead by one job).
+- `BulkBatcher` coalesces requests: the first request for a group opens a batch that
+  stays open for a short window; every request in that window joins it, and
+  read-ahead candidates fill what room is left. Each waiter gets its own file's
+  outcome.
+- `run_job` drives one job: start, poll with backoff, download the zip through the
+  HTTP toolkit (retried, resumed), extract and verify, store in the cache, and end
+  the job on the service (cancel or delete) whatever happened.
+- `extract_verified` matches members to files by name (the exact name, else a
+  member whose path ends in it, the shallowest first), never using a member's name
+  as a path; each member is checked against the expected size (and MD5 when the
+  service gives a real one) before the cache takes it.
 
-Outcomes are `FileResult`s: stored in the cache, failed (the reader gets EIO with
-the message), or "fall back" (the caller should serve the file by ranged reads).
+Outcomes are `FileResult`s: stored, failed (EIO with the message: the member does not
+match what the listing says), or "fall back" (read the file with ranged GETs: a job
+that failed, timed out or left the file out costs time, never an error).
 """
 from __future__ import annotations
 
-import enum
 import hashlib
 import inspect
 import logging
 import os
 import tempfile
-import time
 import unicodedata
 import uuid
 import zipfile
@@ -43,27 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Hashable, Iterable
 
-import httpx
 import trio
 
-from ..http import RETRY_STATUSES, TRANSPORT_ERRORS, HttpError, TokenAuth, describe_error_body, \
-    parse_content_range, retry_after, safe_url
+from ..http import HttpError
+from ..sources.base import BulkFile, BulkJobs, Entry, JobState, JobStatus, Source, SourceError
 
 log = logging.getLogger("recfs.bulk")
 
 COPY_CHUNK = 1 << 20
-
-
-# --------------------------------------------------------------------------- values
-
-@dataclass(frozen=True)
-class BulkFile:
-    """One file wanted from a bulk job."""
-    key: str                    # the cache key; also what merges duplicate requests
-    size: int                   # exact size the member must have
-    member_name: str            # the name the service gives it inside the zip
-    md5: str | None = None      # lower-case hex, only when the service's checksum is a real MD5
-    ref: Hashable = None        # the provider's handle (e.g. the object id)
 
 
 @dataclass(frozen=True)
@@ -84,184 +70,16 @@ def fallback(message: str) -> FileResult:
     return FileResult(False, True, message)
 
 
-class JobState(enum.Enum):
-    WAITING = "waiting"         # not finished yet: poll again
-    DONE = "done"               # the zip holds every file
-    PARTIAL = "partial"         # the zip exists but may lack some files
-    FAILED = "failed"           # no usable zip
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    state: JobState
-    word: str = ""              # the service's own status word, for messages
-
-
-@dataclass
-class BulkBackend:
-    """What a provider supplies to run one job.
-
-    start(files) -> (handle, first status); poll(handle) -> status;
-    download(handle, dest) writes the zip to `dest`; cancel(handle) is best effort.
-    """
-    start: Callable[[list[BulkFile]], Awaitable[tuple[Any, JobStatus]]]
-    poll: Callable[[Any], Awaitable[JobStatus]]
-    download: Callable[[Any, Path], Awaitable[None]]
-    cancel: Callable[[Any], Awaitable[None]] | None = None
-    label: str = "bulk"
-
-
-@dataclass
-class PollPolicy:
-    """Seconds between status polls: `first`, then times `factor`, at most `max`.
-    A job still unfinished after `timeout` seconds is given up (its files fall back)."""
-    first: float = 15.0
-    factor: float = 1.5
-    max: float = 30.0
-    timeout: float = 3600.0
-
-    def delays(self) -> Iterable[float]:
-        delay = self.first
-        while True:
-            yield delay
-            delay = min(self.max, delay * self.factor)
-
-
 async def maybe_await(value):
     if inspect.isawaitable(value):
         return await value
     return value
 
 
-# --------------------------------------------------------------------------- download
-
-async def download_to_file(http, url: str, dest: Path, *, auth: TokenAuth | None = None,
-                           headers: dict[str, str] | None = None, name: str = "download") -> int:
-    """Stream the body of GET `url` into `dest`; return the byte count.
-
-    Retries transport errors and 429/5xx with the Http layer's policy, re-authenticates
-    once on 401, and resumes with a Range request when the server advertised
-    `Accept-Ranges: bytes` (else starts over). A body shorter than its Content-Length
-    is an error, never a silently short file.
-    """
-    policy = http.retry
-    started = time.monotonic()
-    attempt = 0
-    reauthed = False
-    written = 0
-    resumable = False
-    while True:
-        h = {"Accept": "*/*"}
-        h.update(headers or {})
-        used: dict[str, str] = {}
-        if auth is not None:
-            used = await auth.headers()
-            h.update(used)
-        if written and resumable:
-            h["Range"] = f"bytes={written}-"
-        problem = ""
-        resp_for_retry: httpx.Response | None = None
-        http.requests += 1
-        try:
-            async with http.client.stream("GET", url, headers=h) as resp:
-                if resp.status_code == 401 and auth is not None and not reauthed:
-                    reauthed = True
-                    await resp.aread()
-                    await auth.invalidate(used)
-                    continue
-                if resp.status_code in RETRY_STATUSES:
-                    await resp.aread()
-                    problem, resp_for_retry = f"HTTP {resp.status_code}", resp
-                elif resp.status_code in (200, 206):
-                    if resp.status_code == 206:
-                        first, _, _ = parse_content_range(resp.headers.get("content-range"))
-                        if first != written:
-                            written, resumable = 0, False
-                            problem = "resume answered the wrong range"
-                            raise _Retry()
-                    else:
-                        written = 0     # a fresh body: start the file over
-                    resumable = resp.headers.get("accept-ranges", "").lower() == "bytes" or \
-                        resp.status_code == 206
-                    expected = None
-                    if "content-encoding" not in resp.headers and resp.headers.get("content-length"):
-                        expected = written + int(resp.headers["content-length"])
-                    written = await _write_body(http, resp, dest, written)
-                    if expected is None or written >= expected:
-                        return written
-                    problem = f"body ended at byte {written} of {expected}"
-                else:
-                    await resp.aread()
-                    http.errors += 1
-                    raise HttpError(f"{name}: HTTP {resp.status_code} from {safe_url(url)}"
-                                    f"{describe_error_body(resp)}", resp.status_code, resp.text[:2000])
-        except _Retry:
-            pass
-        except _BrokenBody as exc:
-            written, problem = exc.written, "connection broken mid-body"
-        except TRANSPORT_ERRORS as exc:
-            problem = type(exc).__name__
-        if attempt + 1 >= policy.attempts:
-            http.errors += 1
-            raise HttpError(f"{name}: {problem} downloading {safe_url(url)}; giving up")
-        delay = policy.backoff(attempt)
-        if resp_for_retry is not None:
-            asked = retry_after(resp_for_retry)
-            if asked is not None:
-                delay = max(delay, min(asked, policy.max_delay * 3))
-        if time.monotonic() - started + delay > policy.budget:
-            http.errors += 1
-            raise HttpError(f"{name}: {problem} downloading {safe_url(url)}; giving up")
-        http.retries += 1
-        log.debug("%s: %s; retrying in %.2fs", name, problem, delay)
-        await trio.sleep(delay)
-        attempt += 1
-
-
-class _Retry(Exception):
-    pass
-
-
-class _BrokenBody(Exception):
-    def __init__(self, written: int):
-        self.written = written
-
-
-async def _write_body(http, resp: httpx.Response, dest: Path, offset: int) -> int:
-    """Append the body to `dest` at `offset` (truncating what was after it)."""
-    mode = "r+b" if offset and dest.exists() else "wb"
-    f = await trio.open_file(dest, mode)
-    written = offset
-    try:
-        if offset:
-            await f.seek(offset)
-            await f.truncate()
-        buf = bytearray()
-        try:
-            async for chunk in resp.aiter_bytes():
-                http.bytes_received += len(chunk)
-                buf += chunk
-                if len(buf) >= COPY_CHUNK:
-                    await f.write(bytes(buf))
-                    written += len(buf)
-                    buf.clear()
-        except TRANSPORT_ERRORS:
-            if buf:
-                await f.write(bytes(buf))
-                written += len(buf)
-            raise _BrokenBody(written)
-        if buf:
-            await f.write(bytes(buf))
-            written += len(buf)
-    finally:
-        await f.aclose()
-    return written
-
-
 # --------------------------------------------------------------------------- extraction
 
 def _normalise(name: str) -> str:
-    return unicodedata.normalize("NFC", name)
+    return unicodedata.normalize("NFC", name).replace("\\", "/")
 
 
 def member_name(info: zipfile.ZipInfo) -> str:
@@ -339,15 +157,31 @@ def extract_verified(zip_path: Path, files: list[BulkFile], staging: Path,
         for f in files:
             wanted[_normalise(f.member_name)].append(f)
         for name, group in wanted.items():
-            _extract_group(zf, members.get(name, []), group, staging, results, missing_message)
+            _extract_group(zf, _candidates(members, name, group), group, staging, results,
+                           missing_message)
     return results
+
+
+def _candidates(members: dict[str, list[zipfile.ZipInfo]], name: str,
+                group: list[BulkFile]) -> list[zipfile.ZipInfo]:
+    """The members that may be the file called `name`: those of exactly that name; else
+    those whose path ends in it (zips that put the files under a folder), the
+    shallowest of the ones with a size asked for."""
+    if members.get(name):
+        return members[name]
+    nested = [(n.count("/"), info) for n, infos in members.items() if n.endswith("/" + name)
+              for info in infos]
+    sizes = {f.size for f in group}
+    fitting = [x for x in nested if x[1].file_size in sizes] or nested
+    depth = min((d for d, _ in fitting), default=0)
+    return [info for d, info in fitting if d == depth]
 
 
 def _extract_group(zf: zipfile.ZipFile, candidates: list[zipfile.ZipInfo], group: list[BulkFile],
                    staging: Path, results: dict, missing_message: str) -> None:
     if not candidates:
         for f in group:
-            results[f.key] = (None, failed(missing_message))
+            results[f.key] = (None, fallback(missing_message))
         return
     limit = max(f.size for f in group)
     extracted: list[_Extracted] = []
@@ -397,13 +231,18 @@ def _assign(f: BulkFile, extracted: list[_Extracted], used: set[int]) -> tuple[P
 
 # --------------------------------------------------------------------------- one job
 
-async def run_job(backend: BulkBackend, files: list[BulkFile], *, cache, policy: PollPolicy,
-                  cancelled: trio.Event | None = None) -> dict[str, FileResult]:
-    """Run one bulk job for `files` to its end and put the verified members in `cache`.
+def poll_delays(first: float, longest: float, factor: float = 1.5) -> Iterable[float]:
+    delay = first
+    while True:
+        yield delay
+        delay = min(longest, delay * factor)
 
-    Never raises for a job that went wrong: every file gets a FileResult.
-    """
-    label = backend.label
+
+async def run_job(bulk: BulkJobs, group: Hashable, files: list[BulkFile], *, http,
+                  cache) -> dict[str, FileResult]:
+    """Run one job for `files` to its end and put the verified members in `cache`.
+    Never raises for a job that went wrong: every file gets a FileResult."""
+    label = bulk.label
     results: dict[str, FileResult] = {}
 
     def all_files(result: FileResult) -> dict[str, FileResult]:
@@ -412,38 +251,62 @@ async def run_job(backend: BulkBackend, files: list[BulkFile], *, cache, policy:
         return results
 
     try:
-        handle, status = await backend.start(files)
-    except (HttpError, OSError, ValueError, KeyError, TypeError) as exc:
-        return all_files(failed(f"{label}: could not start a bulk job: {exc}"))
-    total = sum(f.size for f in files)
-    log.info("%s: job %s started for %d files (%d bytes)", label, handle, len(files), total)
-    deadline = trio.current_time() + policy.timeout
-    delays = iter(policy.delays())
-    while status.state is JobState.WAITING:
-        if trio.current_time() >= deadline:
-            await _cancel(backend, handle)
-            return all_files(fallback(f"{label}: job {handle} did not finish within "
-                                      f"{policy.timeout:.0f}s"))
-        await trio.sleep(min(next(delays), max(0.0, deadline - trio.current_time())))
-        try:
-            status = await backend.poll(handle)
-        except (HttpError, ValueError, KeyError, TypeError) as exc:
-            return all_files(failed(f"{label}: job {handle}: status check failed: {exc}"))
-    if status.state is JobState.FAILED:
-        log.warning("%s: job %s ended %s", label, handle, status.word)
-        return all_files(failed(f"{label}: job {handle} ended {status.word}"))
+        handle, status = await bulk.start(group, files)
+    except (HttpError, SourceError, ValueError, KeyError, TypeError, OSError) as exc:
+        log.warning("%s: could not start a bulk job: %s", label, exc)
+        return all_files(fallback(f"{label}: could not start a bulk job: {exc}"))
+    log.info("%s: job %s started for %d files (%d bytes)", label, handle,
+             len(files), sum(f.size for f in files))
+    finished = False
+    try:
+        deadline = trio.current_time() + bulk.timeout
+        delays = iter(poll_delays(bulk.poll_first, bulk.poll_max))
+        while status.state is JobState.WAITING:
+            if trio.current_time() >= deadline:
+                return all_files(fallback(f"{label}: job {handle} did not finish within "
+                                          f"{bulk.timeout:.0f}s"))
+            await trio.sleep(min(next(delays), max(0.0, deadline - trio.current_time())))
+            try:
+                status = await bulk.poll(group, handle)
+            except (HttpError, SourceError, ValueError, KeyError, TypeError) as exc:
+                return all_files(fallback(f"{label}: job {handle}: status check failed: {exc}"))
+        finished = True
+        if status.state is JobState.FAILED:
+            log.warning("%s: job %s ended %s", label, handle, status.word)
+            return all_files(fallback(f"{label}: job {handle} ended {status.word}"))
+        for f in files:
+            if f.ref in status.left_out:
+                results[f.key] = fallback(f"{label}: job {handle} left it out: {status.left_out[f.ref]}")
+        wanted = [f for f in files if f.key not in results]
+        await _download_and_store(bulk, group, handle, status, wanted, results, http=http, cache=cache)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(15):
+            try:
+                await bulk.end(group, handle, finished)
+            except Exception as exc:    # best effort: the job expires on its own
+                log.debug("%s: ending job %s: %s", label, handle, exc)
+    bad = [k for k, r in results.items() if not r.ok]
+    if bad:
+        log.warning("%s: job %s (%s): %d of %d files not served by it", label, handle,
+                    status.word, len(bad), len(files))
+    return all_files(fallback(f"{label}: job {handle}: no result"))
 
+
+async def _download_and_store(bulk: BulkJobs, group, handle, status: JobStatus,
+                              files: list[BulkFile], results: dict[str, FileResult], *,
+                              http, cache) -> None:
+    label = bulk.label
     staging = Path(cache.staging_dir)
-    staging.mkdir(parents=True, exist_ok=True)
     zip_path = staging / f"bulk-{uuid.uuid4().hex}.zip"
     temps: dict[str, tuple[Path | None, FileResult]] = {}
     try:
         try:
-            await backend.download(handle, zip_path)
-        except (HttpError, OSError) as exc:
-            return all_files(failed(f"{label}: job {handle}: zip download failed: {exc}"))
-        missing = (f"{label}: job {handle} ended {status.word} without this file"
-                   if status.state is JobState.PARTIAL else f"{label}: job {handle}: not in the zip")
+            await http.download(bulk.package(group, handle), zip_path, name=f"{label} zip")
+        except (HttpError, SourceError, OSError) as exc:
+            for f in files:
+                results[f.key] = fallback(f"{label}: job {handle}: zip download failed: {exc}")
+            return
+        missing = f"{label}: job {handle} ended {status.word} without this file"
         temps = await trio.to_thread.run_sync(extract_verified, zip_path, files, staging, missing)
         by_key = {f.key: f for f in files}
         for key, (path, result) in temps.items():
@@ -456,27 +319,12 @@ async def run_job(backend: BulkBackend, files: list[BulkFile], *, cache, policy:
                 await maybe_await(cache.store_file(key, by_key[key].size, path))
                 results[key] = STORED
             except Exception as exc:   # the cache refusing (quota, disk) fails this file only
-                results[key] = failed(f"{label}: the cache could not keep the file: {exc}")
+                results[key] = fallback(f"{label}: the cache could not keep the file: {exc}")
     finally:
         zip_path.unlink(missing_ok=True)
         for path, _ in temps.values():
             if path is not None:
                 path.unlink(missing_ok=True)
-    bad = [k for k, r in results.items() if not r.ok]
-    if bad:
-        log.warning("%s: job %s (%s): %d of %d files not served", label, handle, status.word,
-                    len(bad), len(files))
-    return all_files(failed(f"{label}: job {handle}: no result"))
-
-
-async def _cancel(backend: BulkBackend, handle) -> None:
-    if backend.cancel is None:
-        return
-    with trio.move_on_after(10):
-        try:
-            await backend.cancel(handle)
-        except Exception as exc:  # best effort: the job expires on its own
-            log.debug("%s: cancelling job %s failed: %s", backend.label, handle, exc)
 
 
 # --------------------------------------------------------------------------- batcher
@@ -556,6 +404,7 @@ class BulkBatcher:
         self._slots: dict[str, _Slot] = {}
         self._open: dict[Hashable, _Batch] = {}
         self._scopes: set[trio.CancelScope] = set()
+        self._idle = trio.Event()           # set when no background task runs
         self._closed = False
         self.jobs_started = 0
 
@@ -694,10 +543,13 @@ class BulkBatcher:
             log.exception("bulk background task failed")
         finally:
             self._scopes.discard(scope)
+            if not self._scopes:
+                self._idle.set()
 
     async def aclose(self) -> None:
         """Stop the batcher: abandon open batches and running jobs (their waiters
-        get a fall-back result)."""
+        get a fall-back result), and wait, briefly, until each job has been ended on
+        the service (cancelled or deleted)."""
         self._closed = True
         for batch in list(self._open.values()):
             batch.closed = True
@@ -709,3 +561,136 @@ class BulkBatcher:
         for slot in list(self._slots.values()):
             slot.resolve(fallback("shutting down"))
         self._slots.clear()
+        if self._scopes:
+            self._idle = trio.Event()
+            with trio.move_on_after(20):
+                await self._idle.wait()
+
+
+# --------------------------------------------------------------------------- the engine
+
+class BulkEngine:
+    """Runs one source's bulk jobs (its `bulk` capability) for the reader."""
+
+    def __init__(self, source: Source, http, cache):
+        self.source = source
+        self.bulk: BulkJobs = source.bulk
+        self.http = http
+        self.cache = cache
+        bulk = self.bulk
+        self.batcher = BulkBatcher(self._run, window=bulk.batch_window, max_files=bulk.max_files,
+                                   max_bytes=bulk.max_bytes, max_jobs=bulk.parallel_jobs,
+                                   on_done=self._job_done)
+        # the files of folders being copied, in name order, for read-ahead (bounded)
+        self._folders: dict[Hashable, list[Entry]] = {}
+
+    def _file(self, entry: Entry) -> BulkFile:
+        name, md5, ref = self.bulk.member(entry)
+        return BulkFile(self.source.cache_key(entry), entry.size or 0, name, md5, ref)
+
+    def _usable(self, entry: Entry) -> bool:
+        return not entry.is_dir and bool(entry.size) and entry.size <= self.bulk.max_bytes
+
+    async def fetch(self, entry: Entry, files: list[Entry], copying: bool) -> bool:
+        """Put `entry` into the cache by a job when that is the way to read it; True when
+        the cache holds it now, False to read it with ranged GETs. Raises SourceError
+        when a job delivered something that does not match the listing."""
+        if self.bulk.mode == "never" or not self._usable(entry):
+            return False
+        file = self._file(entry)
+        if self.cache.has_whole(file.key, file.size):
+            return True
+        group = self.bulk.group(entry)
+        ticket = self.batcher.in_flight(file.key)
+        if ticket is None:
+            if self.bulk.mode == "auto" and not copying:
+                return False
+            self._remember(group, files)
+            following = self._following(entry, files, self.bulk.max_files - 1,
+                                        self.bulk.max_bytes - file.size)
+            ticket = self.batcher.request(group, file, following)
+            if self.bulk.readahead and following:
+                self._more_jobs(group, files, following[-1], self.bulk.parallel_jobs - 1)
+        result = await ticket.wait(self.bulk.max_wait)
+        if result.ok:
+            return True
+        if result.fallback:
+            log.info("%s: %s: reading it directly: %s", self.source.name, entry.name, result.message)
+            return False
+        raise SourceError(result.message)
+
+    async def prefetch(self, entries: list[Entry]) -> int:
+        """Run jobs for the uncached files among `entries` and wait for them; return how
+        many files the jobs did not deliver (the caller reads those directly)."""
+        if self.bulk.mode == "never":
+            return 0
+        groups: dict[Hashable, list[BulkFile]] = defaultdict(list)
+        for entry in entries:
+            if self._usable(entry):
+                file = self._file(entry)
+                if not self.cache.has_whole(file.key, file.size):
+                    groups[self.bulk.group(entry)].append(file)
+        tickets = [t for group, files in groups.items() for t in self.batcher.prefetch(group, files)]
+        left = 0
+        for ticket in tickets:
+            left += not (await ticket.wait()).ok
+        return left
+
+    def _remember(self, group: Hashable, files: list[Entry]) -> None:
+        self._folders.pop(group, None)
+        self._folders[group] = files
+        while len(self._folders) > 64:
+            del self._folders[next(iter(self._folders))]
+
+    def _following(self, after: Entry, files: list[Entry], room_files: int,
+                   room_bytes: int) -> list[BulkFile]:
+        """Uncached files after `after` in name order, as many as fit the room."""
+        index = next((i for i, e in enumerate(files) if e.id == after.id), len(files))
+        out: list[BulkFile] = []
+        group = self.bulk.group(after)
+        for entry in files[index + 1:]:
+            if len(out) >= room_files or room_bytes <= 0:
+                break
+            if not self._usable(entry) or self.bulk.group(entry) != group:
+                continue
+            file = self._file(entry)
+            if file.size > room_bytes or self.batcher.in_flight(file.key) \
+                    or self.cache.has_whole(file.key, file.size):
+                continue
+            out.append(file)
+            room_bytes -= file.size
+        return out
+
+    def _more_jobs(self, group: Hashable, files: list[Entry], after: BulkFile, jobs: int) -> None:
+        """A copy of the folder is going on: start the jobs for the files after the
+        first job's at once, so their waits overlap (jobs take seconds to minutes)."""
+        for _ in range(jobs):
+            entry = next((e for e in files if not e.is_dir and self.source.cache_key(e) == after.key), None)
+            if entry is None:
+                return
+            batch = self._following(entry, files, self.bulk.max_files, self.bulk.max_bytes)
+            if not batch:
+                return
+            self.batcher.prefetch(group, batch)
+            after = batch[-1]
+
+    async def _job_done(self, group: Hashable, files: list[BulkFile], results: dict[str, FileResult],
+                        waited: bool) -> None:
+        """Read ahead: a job somebody waited for means a copy is going on; start the
+        next batch of the folder now so the copy does not stall on it."""
+        if not (waited and self.bulk.readahead) or not any(r.ok for r in results.values()):
+            return
+        folder = self._folders.get(group) or []
+        keys = {f.key for f in files}
+        last = max((i for i, e in enumerate(folder)
+                    if not e.is_dir and self.source.cache_key(e) in keys), default=None)
+        if last is not None:
+            batch = self._following(folder[last], folder, self.bulk.max_files, self.bulk.max_bytes)
+            if batch:
+                self.batcher.prefetch(group, batch)
+
+    async def _run(self, group: Hashable, files: list[BulkFile]) -> dict[str, FileResult]:
+        return await run_job(self.bulk, group, files, http=self.http, cache=self.cache)
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()

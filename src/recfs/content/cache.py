@@ -22,8 +22,9 @@ Invariants (what makes the cache crash-safe; the tests check each):
      while a reader holds the entry (pinned).
  I4. Bytes enter the cache only through `CacheEntry.write` followed by `mark` for
      whole chunks, `store_file` for a complete file that its producer verified, or
-     `adopt` for a complete file a size probe wrote into staging/ (its entry starts
-     dirty, so its bits reach the index only after the flusher's fdatasync: I2).
+     `adopt` for the start of a file that a size probe wrote into staging/ (only its
+     whole chunks count; its entry starts dirty, so its bits reach the index only
+     after the flusher's fdatasync: I2).
  I5. Evicting needs no sync: an entry whose bits never reached the index is deleted
      like any other (row first, if it has an old one: I3). Entries already recorded
      go first, least recently used first; the ones not yet recorded (the newest
@@ -368,18 +369,22 @@ class Cache:
     def staged(self, prefix: str) -> StagedFile:
         return StagedFile(self.staging_path(prefix))
 
-    def adopt(self, key: str, size: int, path: Path) -> bool:
-        """Move a complete file of `size` bytes, written but not yet synced, in as the
-        content of `key`, unless the cache already knows `key` (then the file is
-        dropped: what the cache holds stays as it is)."""
-        if key in self.entries or self.db.execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone():
+    def adopt(self, key: str, size: int, path: Path, length: int | None = None) -> bool:
+        """Move a file holding the first `length` bytes (default: all `size`) of `key`,
+        written but not yet synced, in as its content: the whole chunks it holds count
+        as present. Unless the cache already knows `key`, or the file holds no whole
+        chunk: then it is dropped, and what the cache holds stays as it is."""
+        length = size if length is None else min(length, size)
+        last = (size + CHUNK - 1) // CHUNK - 1 if length >= size else length // CHUNK - 1
+        if (last < 0 and size > 0) or key in self.entries or \
+                self.db.execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone():
             _unlink(path)
             return False
         dest = self.data_path(key)
         _in_data_dir(dest, lambda: os.replace(path, dest))
         e = self._new_entry(key, size)      # no row, no entry: checked above
-        if e.nchunks:
-            e.mark(0, e.nchunks - 1)
+        if last >= 0:
+            e.mark(0, last)
         return True
 
     # -- exact sizes learnt by ranged probes (Alvaria, Kazoo), remembered across mounts

@@ -17,23 +17,48 @@ socket into the cache file, so memory use does not grow with file or window size
 
 Single flight: a chunk being fetched has one `_Fetch`; every reader that needs it
 waits on that fetch instead of starting another.
+
+Access patterns are the access policy's (policy.py): when it says a folder is being
+copied, the first read of a file of a source with bulk jobs goes to the bulk engine,
+and otherwise the next few small files of the folder are fetched ahead, whole.
+
+The reader also learns the sizes a listing lacks (`learn_sizes`): from the provider's
+metadata where it has them, else from the content: a ranged GET whose answer states
+the total. During a copy a small file is asked for whole (WHOLE_PROBE), so its size
+and its bytes come in one request; otherwise one byte.
 """
 from __future__ import annotations
 
 import errno
 import logging
 from dataclasses import dataclass, field
+from typing import Hashable
 
 import trio
 
-from ..http import HttpError, SizeChangedError
+from ..http import Http, HttpError, SizeChangedError
 from ..sources.base import Entry, Source, SourceError
+from .bulk import BulkEngine
 from .cache import CHUNK, Cache, CacheEntry
+from .policy import AccessPolicy
 
 log = logging.getLogger("recfs.read")
 
 SEEK_TOLERANCE = 512 * 1024
 SLOW_LINK = 100e6           # bytes/s per connection below which requests get smaller
+WHOLE_PROBE = 4 << 20       # during a copy a size probe asks for this much: small files come whole
+
+
+@dataclass(slots=True)
+class Folder:
+    """An opened file's folder."""
+    key: Hashable                   # the folder's identity (its inode), as the policy knows it
+    files: list[Entry]              # its files in readdir order
+    index: int | None               # the opened file's position among them
+
+
+def _ignore(offset: int, data) -> None:
+    """The sink of a one-byte size probe: the byte is not kept."""
 
 
 class ReadError(Exception):
@@ -54,11 +79,13 @@ class _Fetch:
 class _FileState:
     """Shared by all open handles of one object@version."""
 
-    def __init__(self, source: Source, entry: Entry, ce: CacheEntry, siblings: list[Entry]):
+    def __init__(self, source: Source, entry: Entry, ce: CacheEntry, folder: Folder | None,
+                 label: str):
         self.source = source
         self.entry = entry
         self.ce = ce
-        self.siblings = siblings
+        self.folder = folder
+        self.label = label          # what log lines call the file (its path in the mount)
         self.inflight: dict[int, _Fetch] = {}
         self.handles = 0
         self.whole_lock = trio.Lock()
@@ -85,12 +112,15 @@ class ReadStats:
 
 
 class Reader:
-    def __init__(self, cache: Cache, nursery: trio.Nursery, *, max_connections: int = 24,
+    def __init__(self, cache: Cache, nursery: trio.Nursery, http: Http,
+                 policy: AccessPolicy | None = None, *, max_connections: int = 24,
                  first_window: int = 1 << 20, max_window: int = 64 << 20,
                  max_request: int = 8 << 20, small_file: int = 4 << 20,
                  sibling_prefetch: int = 8):
         self.cache = cache
         self.nursery = nursery
+        self.http = http
+        self.policy = policy or AccessPolicy()
         self.limiter = trio.CapacityLimiter(max_connections)
         self.first_window = first_window
         self.max_window = max_window
@@ -100,20 +130,40 @@ class Reader:
         self.stats = ReadStats()
         self.sibling_prefetch = sibling_prefetch
         self.sibling_limiter = trio.CapacityLimiter(max(1, sibling_prefetch))
-        self._last_open: dict[int, int] = {}       # folder's file list -> last opened index
         self._prefetching: set[str] = set()
+        self._engines: dict[str, BulkEngine] = {}
+        self._probes: dict[str, trio.CapacityLimiter] = {}
+
+    def engine(self, source: Source) -> BulkEngine | None:
+        """The bulk engine of a source that declares bulk jobs."""
+        if source.bulk is None:
+            return None
+        engine = self._engines.get(source.name)
+        if engine is None:
+            engine = self._engines[source.name] = BulkEngine(source, self.http, self.cache)
+        return engine
+
+    def engines(self) -> dict[str, BulkEngine]:
+        return dict(self._engines)
+
+    async def aclose(self) -> None:
+        for engine in self._engines.values():
+            await engine.aclose()
 
     # -- handles
-    def open(self, source: Source, entry: Entry, siblings: list[Entry] | None = None,
-             index: int | None = None) -> Handle:
+    def open(self, source: Source, entry: Entry, folder: Folder | None = None, *,
+             copy: bool = False, label: str | None = None) -> Handle:
+        """`copy`: the access policy saw this open continue a copy of the folder;
+        `label`: what log lines call the file."""
         assert entry.size is not None, "files are opened with an exact size"
-        if siblings and index is not None:
-            self._follow_copy(source, siblings, index)
+        if copy and folder is not None and folder.index is not None and source.bulk is None:
+            self._prefetch_following(source, folder)
         key = source.cache_key(entry)
         state = self.states.get(key)
         if state is None:
             ce = self.cache.pin(key, entry.size)
-            state = self.states[key] = _FileState(source, entry, ce, siblings or [])
+            state = self.states[key] = _FileState(source, entry, ce, folder,
+                                                  label or f"{source.name}: {entry.name}")
         state.handles += 1
         h = Handle(state, self.first_window)
         if entry.size > self.small_file and not state.ce.complete:
@@ -121,29 +171,19 @@ class Reader:
             self._ensure(state, entry.size - CHUNK, entry.size)
         return h
 
-    def _follow_copy(self, source: Source, siblings: list[Entry], index: int) -> None:
-        """Files of one folder opened one after another in name order are a copy
-        (cp -r, rsync): fetch the next few small ones whole, in parallel, so the copy
-        finds them in the cache instead of waiting for one request per file. Sources
-        with bulk jobs have their own coalescing and are left to it."""
-        key = id(siblings)
-        previous = self._last_open.get(key)
-        self._last_open[key] = index
-        if len(self._last_open) > 256:
-            self._last_open = {key: index}
-        if previous is None or index != previous + 1:
-            return
-        source.copy_seen = trio.current_time()
-        if type(source).fetch_whole is not Source.fetch_whole:
-            return
-        for entry in siblings[index + 1:index + 1 + self.sibling_prefetch]:
+    def _prefetch_following(self, source: Source, folder: Folder) -> None:
+        """A copy is going through the folder: fetch the next few small files whole, in
+        parallel, so the copy finds them in the cache instead of waiting for one
+        request per file. (Sources with bulk jobs get jobs instead.)"""
+        following = folder.files[folder.index + 1:folder.index + 1 + self.sibling_prefetch]
+        for entry in following:
             if entry.size is None or not 0 < entry.size <= self.small_file:
                 continue
-            key2 = source.cache_key(entry)
-            if key2 in self.states or key2 in self._prefetching or self.cache.has_whole(key2, entry.size):
+            key = source.cache_key(entry)
+            if key in self.states or key in self._prefetching or self.cache.has_whole(key, entry.size):
                 continue
-            self._prefetching.add(key2)
-            self.nursery.start_soon(self._prefetch_sibling, source, entry, key2)
+            self._prefetching.add(key)
+            self.nursery.start_soon(self._prefetch_sibling, source, entry, key)
 
     async def _prefetch_sibling(self, source: Source, entry: Entry, key: str) -> None:
         try:
@@ -205,12 +245,17 @@ class Reader:
             if state.whole_tried:
                 return
             state.whole_tried = True
+            engine = self.engine(state.source)
+            if engine is None:
+                return
+            folder = state.folder
             try:
-                await state.source.fetch_whole(state.entry, state.siblings)
+                await engine.fetch(state.entry, folder.files if folder else [],
+                                   folder is not None and self.policy.copying(folder.key))
             except Exception as exc:
                 self.stats.failures += 1
                 msg = describe(exc)
-                log.error("%s: %s: %s", state.source.name, state.entry.name, msg)
+                log.error("%s: %s", state.label, _without(msg, state.label))
                 state.whole_error = ReadError(msg, getattr(exc, "errno", errno.EIO), is_stale(exc))
                 raise state.whole_error from None
             if state.ce.complete:
@@ -289,7 +334,7 @@ class Reader:
                 self.stats.fetches += 1
                 began = trio.current_time()
                 try:
-                    await state.source.fetch_range(state.entry, start, end, sink)
+                    await self._get(state.source, state.entry, start, end, sink, state.label)
                 finally:
                     self._mark_written(ce, fetch, start, written, end, generation)
                 if end - start >= 1 << 20:
@@ -301,8 +346,8 @@ class Reader:
         except Exception as exc:
             fetch.error = exc
             self.stats.failures += 1
-            log.error("%s: %s: bytes %d-%d: %s", state.source.name, state.entry.name,
-                      start, end - 1, describe(exc))
+            log.error("%s: bytes %d-%d: %s", state.label, start, end - 1,
+                      _without(describe(exc), state.label))
         finally:
             for i in range(fetch.first, fetch.last + 1):
                 if state.inflight.get(i) is fetch:
@@ -335,6 +380,87 @@ class Reader:
                     raise ReadError(describe(exc), getattr(exc, "errno", errno.EIO),
                                     is_stale(exc))
 
+    async def _get(self, source: Source, entry: Entry, start: int, end: int, sink,
+                   label: str) -> None:
+        try:
+            await self.http.get_range(source.target(entry), start, end, sink, total=entry.size,
+                                      name=label)
+        except HttpError as exc:
+            raise source.content_error(entry, exc) from None
+
+    # -- sizes a listing lacks
+    async def learn_sizes(self, source: Source, entries: list[Entry], *, whole: bool) -> None:
+        """Set `size` on every entry whose size is None: the provider's metadata first,
+        then a ranged GET whose answer states the total: one byte, or, with `whole` (a
+        copy is under way), the first WHOLE_PROBE bytes of a file whose hint is no
+        bigger, which then goes into the cache. The GETs go out together
+        (`Http.get_heads`); one that failed is made again on its own, with retries.
+        An entry that cannot be sized keeps None."""
+        await source.sizes([e for e in entries if e.size is None])
+        todo = [e for e in entries if e.size is None]
+        if not todo:
+            return
+        limiter = self._probes.get(source.name)
+        if limiter is None:
+            limiter = self._probes[source.name] = trio.CapacityLimiter(source.size_probes)
+        ends = [WHOLE_PROBE if whole and 0 < e.size_hint <= WHOLE_PROBE else 1 for e in todo]
+        targets: list[tuple[str, dict[str, str]] | None] = [None] * len(todo)
+
+        async def resolve(i: int) -> None:
+            try:
+                targets[i] = await source.target(todo[i])(False)
+            except (HttpError, SourceError) as exc:     # its own probe tells
+                log.debug("%s: %s: %s", source.name, todo[i].name, exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(todo)):
+                nursery.start_soon(resolve, i)
+        asked = [i for i, t in enumerate(targets) if t is not None]
+        sinks = [self.cache.staged("probe-") if ends[i] > 1 else None for i in asked]
+        try:
+            self.cache.reserve(sum(min(todo[i].size_hint, ends[i]) for i in asked if ends[i] > 1))
+            sizes = await self.http.get_heads(
+                [(*targets[i], sink.write if sink else _ignore, ends[i]) for i, sink in zip(asked, sinks)],
+                name=f"{source.name}: size probe", limiter=limiter)
+        except BaseException:
+            for sink in sinks:
+                if sink:
+                    sink.discard()
+            raise
+        for i, sink, size in zip(asked, sinks, sizes):
+            if sink:
+                self._keep_probed(source, todo[i], sink, size, ends[i])
+            todo[i].size = size
+        async with trio.open_nursery() as nursery:
+            for entry, end in zip(todo, ends):
+                if entry.size is None:
+                    nursery.start_soon(self._probe_one, source, entry, end, limiter)
+
+    def _keep_probed(self, source: Source, entry: Entry, staged, size: int | None, end: int) -> None:
+        """What a whole-file probe brought goes into the cache (its whole chunks)."""
+        staged.close()
+        if not size or not self.cache.adopt(source.cache_key(entry), size, staged.path, min(size, end)):
+            staged.discard()
+
+    async def _probe_one(self, source: Source, entry: Entry, end: int,
+                         limiter: trio.CapacityLimiter) -> None:
+        staged = self.cache.staged("probe-") if end > 1 else None
+        size = None
+        async with limiter:
+            try:
+                size = await self.http.get_range(source.target(entry), 0, end,
+                                                 staged.write if staged else _ignore, total=None,
+                                                 name=f"{source.name}: size of {entry.name}")
+            except HttpError as exc:
+                log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name,
+                            describe(source.content_error(entry, exc)))
+            except SourceError as exc:
+                log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name, exc)
+            finally:
+                if staged:
+                    self._keep_probed(source, entry, staged, size, end)
+        entry.size = size
+
     async def prefetch(self, source: Source, entry: Entry) -> None:
         """Fetch a whole file into the cache (for `recfs prefetch`)."""
         h = self.open(source, entry)
@@ -350,6 +476,11 @@ class Reader:
 def is_stale(exc: Exception) -> bool:
     """The object changed or vanished on the server: its folder must be listed again."""
     return isinstance(exc, SizeChangedError) or bool(getattr(exc, "stale", False))
+
+
+def _without(message: str, label: str) -> str:
+    """A message without the file's name in front (the log line names it already)."""
+    return message[len(label) + 2:] if message.startswith(label + ": ") else message
 
 
 def describe(exc: Exception) -> str:

@@ -15,6 +15,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -29,6 +30,11 @@ import trio
 log = logging.getLogger("recfs.uploads")
 
 
+class UploadState(enum.Enum):
+    WRITING = "writing"     # being written: never sent in this state (U4)
+    WAITING = "waiting"     # closed, complete: to be sent (again, after a failure)
+
+
 @dataclass
 class Staged:
     id: str
@@ -39,13 +45,16 @@ class Staged:
     created: float = field(default_factory=time.time)
     attempts: int = 0
     last_error: str = ""
-    closed: bool = False          # close() was called: the content is complete
-    dirty: bool = False           # written since the last upload try (not persisted)
+    state: UploadState = UploadState.WRITING
 
     def record(self) -> dict:
-        d = asdict(self)
-        d.pop("dirty")
-        return d
+        return {**asdict(self), "state": self.state.value}
+
+    @classmethod
+    def from_record(cls, data: dict) -> "Staged":
+        closed = data.pop("closed", None)       # records written before the state existed
+        state = data.pop("state", None) or ("waiting" if closed else "writing")
+        return cls(**data, state=UploadState(state))
 
 
 class Uploads:
@@ -61,11 +70,10 @@ class Uploads:
         self.failed = 0
         for rec in sorted(self.dir.glob("*.json")):
             try:
-                data = json.loads(rec.read_text())
-                st = Staged(**data)
+                st = Staged.from_record(json.loads(rec.read_text()))
                 if (self.dir / f"{st.id}.data").exists():
                     self.pending[st.id] = st
-            except (ValueError, TypeError, OSError) as exc:
+            except (ValueError, TypeError, KeyError, OSError) as exc:
                 log.warning("uploads: ignoring an unreadable record %s: %s", rec.name, exc)
 
     def data_path(self, st: Staged) -> Path:
@@ -93,6 +101,13 @@ class Uploads:
             except FileNotFoundError:
                 pass
 
+    def writing(self, st: Staged) -> None:
+        """`st` is being written (again): it is not sent until it is closed (U4), not
+        even by a retry after a crash."""
+        if st.state is not UploadState.WRITING:
+            st.state = UploadState.WRITING
+            self._save(st)
+
     def status(self) -> list[dict]:
         return [{"source": st.source, "folder": str(st.dir_ref), "name": st.name, "size": st.size,
                  "attempts": st.attempts, "last_error": st.last_error}
@@ -107,8 +122,7 @@ class Uploads:
             path = self.data_path(st)
             st.size = os.path.getsize(path)
             st.attempts += 1
-            st.closed = True
-            st.dirty = False
+            st.state = UploadState.WAITING
             self._save(st)
             source = self.sources.get(st.source)
             try:
@@ -132,7 +146,7 @@ class Uploads:
     def retry_soon(self, nursery: trio.Nursery, exclude: str | None = None) -> None:
         """Start retrying the pending uploads in the background, unless that runs
         already: a close() must not wait for other files' retries."""
-        if not self._retrying and any(st.id != exclude and st.closed and not st.dirty
+        if not self._retrying and any(st.id != exclude and st.state is UploadState.WAITING
                                       for st in self.pending.values()):
             nursery.start_soon(self.retry_all, exclude)
 
@@ -147,7 +161,7 @@ class Uploads:
 
     async def _retry_all(self, exclude: str | None) -> None:
         for st in list(self.pending.values()):
-            if st.id == exclude or st.dirty or not st.closed:
+            if st.id == exclude or st.state is not UploadState.WAITING:
                 continue              # still being written (or cut short by a crash)
             try:
                 await self.upload(st)
@@ -157,7 +171,7 @@ class Uploads:
     async def run_retries(self) -> None:
         """At mount and then every `retry_interval` seconds (U3)."""
         for st in self.pending.values():
-            if not st.closed:
+            if st.state is UploadState.WRITING:
                 log.warning("upload of %s%s was never closed (the daemon stopped while it was "
                             "written); it stays in %s and is not sent", st.dir_ref, st.name, self.dir)
         while True:

@@ -221,6 +221,7 @@ class Fault:
     after_bytes: int = 0
     seconds: float = 0.0
     probability: float = 1.0
+    skip: int = 0                # matching requests let through before it hits
 
     def matches(self, route: str) -> bool:
         return self.route == "*" or self.route == route
@@ -247,6 +248,9 @@ class Faults:
         with self._lock:
             for fault in self._faults:
                 if fault.times != 0 and fault.matches(route):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     if fault.probability < 1.0 and self._rng.random() >= fault.probability:
                         continue
                     if fault.times > 0:

@@ -31,37 +31,16 @@ Reading: per object or by bulk zip
 ----------------------------------
 Per-object content (`GET /objects/{id}/content`, or a presigned URL with
 `presign = true`) serves ranged reads: random access such as ffprobe, and any file
-read on its own. It never waits on a zip job.
-
-Bulk zip jobs serve folder copies. `fetch_whole` (the first uncached read of a file)
-uses a job when:
-- `bulk = "always"`; or
-- `bulk = "auto"` (the default) and the folder is "hot": another file of the same
-  folder had its first read within `hot_window` seconds, or a job for the folder ran
-  recently; or
-- the file is already part of a job in flight (then waiting is cheaper than a second
-  download).
-Otherwise it returns False and the reader fetches ranges per object. So `cp -r` of a
-day folder reads its first file per object and the rest through jobs, while probing
-one file never waits on a job.
-
-A job request for a file joins a batch for its folder that stays open for
-`batch_window` seconds; the following siblings in listing order (names sorted, the
-order of `ls`, `cp -r` and `rsync`) that are not cached fill the rest, bounded by
-`bulk_max_files` (50) ids and `bulk_max_bytes` (2 GB). When a job somebody waited
-for ends, the next batch of following siblings is started at once (read-ahead by one
-job), so a sequential copy rarely waits. A reader waits at most `bulk_max_wait`
-seconds; after that it falls back to per-object reads while the job goes on filling
-the cache. `recfs prefetch` of a day folder runs jobs for all its files.
-
-Jobs are polled with backoff from `poll_interval` to `poll_max_interval` (8x8 suggest
-15-30 s). `DONE` zips are used whole; `PARTIAL_DONE` zips for the files they hold;
-`FAILED`, `CANCELLED` and any unknown status fail the job's files. Members are
-matched by objectName (two objects may share one; they are told apart by size and
-MD5), verified (size, and MD5 when the checksum is 32 hex digits) and only then
-adopted by the cache. A file a job failed gives EIO to its reader, and (the reader
-sees to it) to every read until it is opened again; nothing is cached for it, so
-the next open tries again.
+read on its own. Bulk zip jobs (the `bulk` capability; content/bulk.py decides when
+and runs them) serve folder copies: `bulk = "auto"` (the default) uses them while a
+folder is being copied, `"always"` for every first read, `"never"` not at all. A job
+holds at most `bulk_max_files` ids and `bulk_max_bytes` bytes, in one region; it is
+polled with backoff from `poll_interval` to `poll_max_interval` (8x8 suggest 15-30 s).
+`DONE` zips are used whole; `PARTIAL_DONE` zips for the files they hold; `FAILED`,
+`CANCELLED` and any unknown status leave the job's files to per-object reads. Members
+are matched by objectName (two objects may share one; they are told apart by size and
+MD5) and verified (size, and MD5 when the checksum is 32 hex digits) before the cache
+takes them. A job abandoned before its end is cancelled.
 
 Deletes (only with `allow_delete = true`)
 -----------------------------------------
@@ -89,11 +68,10 @@ from typing import Any, Awaitable, Callable, Hashable
 
 import trio
 
-from ..config import Key, Secret
-from ..content.bulk import (BulkBackend, BulkBatcher, BulkFile, FileResult, JobState, JobStatus,
-                            PollPolicy, maybe_await, download_to_file, run_job)
-from ..http import ForbiddenError, HttpError, OAuthClientCredentials, safe_url
-from .base import Entry, Kind, Listing, Source, SourceContext, SourceError
+from ..config import Secret, SourceOptions, option
+from ..http import (ForbiddenError, HttpError, Leases, OAuthClientCredentials, Target, auth_target,
+                    safe_url)
+from .base import BulkFile, BulkJobs, Entry, JobState, JobStatus, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.8x8")
 
@@ -108,6 +86,7 @@ JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"
 DELETE_WINDOW = 0.0              # seconds a delete waits for others to join (0: one turn)
 DELETE_MAX_IDS = 100             # ids per DELETE /bulk (the API names no limit)
 DELETE_MAX_IN_FLIGHT = 4         # DELETE /bulk requests out at once per region
+PRESIGNED_LIFETIME = 600.0       # seconds, when a presigned URL does not say
 
 
 def _positive(v):
@@ -134,49 +113,42 @@ def _check_filter(text: str) -> str | None:
     return None
 
 
-CONFIG_KEYS = {
-    "api_url": Key("url", required=True,
-                   doc="CSS base URL without region, e.g. https://api.8x8.com/storage"),
-    "token_url": Key("url", default=DEFAULT_TOKEN_URL, doc="OAuth token endpoint"),
-    "client_id": Key("secret", required=True, doc="API key (client id)"),
-    "client_secret": Key("secret", required=True, doc="API secret"),
-    "regions": Key("list[str]", doc="regions to show; default: ask GET /regions"),
-    "filter": Key("str", check=_check_filter,
-                  doc="FIQL ANDed to every search, e.g. type==callrecording"),
-    "bulk": Key("str", default="auto",
-                check=lambda v: None if v in ("auto", "always", "never") else
-                "expected \"auto\", \"always\" or \"never\"",
-                doc="when whole-file reads use bulk zip jobs"),
-    "hot_window": Key("float", default=30.0, check=_not_negative,
-                      doc="seconds: first reads of two files of one folder this close make it use jobs"),
-    "batch_window": Key("float", default=0.5, check=_not_negative,
-                        doc="seconds a bulk batch collects requests before its job starts"),
-    "bulk_max_files": Key("int", default=50, check=lambda v: None if 1 <= v <= 1000 else
-                          "expected 1 to 1000", doc="object ids per bulk job"),
-    "bulk_max_bytes": Key("size", default=2 * 1000**3, check=_positive, doc="bytes per bulk job"),
-    "bulk_max_wait": Key("float", default=90.0, check=_positive,
-                         doc="seconds a read waits for a job before reading per object"),
-    "bulk_timeout": Key("float", default=3600.0, check=_positive,
-                        doc="seconds after which an unfinished job is given up"),
-    "bulk_parallel_jobs": Key("int", default=4, check=lambda v: None if v >= 1 else "must be 1 or more",
-                              doc="jobs started at once when a folder is being copied"),
-    "bulk_readahead": Key("bool", default=True,
-                          doc="start the next job of a folder when one somebody waited for ends"),
-    "poll_interval": Key("float", default=15.0, check=_positive, doc="first job status poll delay"),
-    "poll_max_interval": Key("float", default=30.0, check=_positive, doc="longest poll delay"),
-    "presign": Key("bool", default=False,
-                   doc="read content through presigned URLs (?presignUrl=true)"),
-}
+@dataclass(kw_only=True)
+class Options(SourceOptions):
+    api_url: str = option("url", required=True,
+                          doc="CSS base URL without region, e.g. https://api.8x8.com/storage")
+    token_url: str = option("url", DEFAULT_TOKEN_URL, doc="OAuth token endpoint")
+    client_id: Any = option("secret", required=True, doc="API key (client id)")
+    client_secret: Any = option("secret", required=True, doc="API secret")
+    regions: list[str] | None = option("list[str]", doc="regions to show; default: ask GET /regions")
+    filter: str | None = option("str", check=_check_filter,
+                                doc="FIQL ANDed to every search, e.g. type==callrecording")
+    bulk: str = option("str", "auto", check=lambda v: None if v in ("auto", "always", "never") else
+                       "expected \"auto\", \"always\" or \"never\"",
+                       doc="when whole-file reads use bulk zip jobs: auto (folder copies), always, never")
+    hot_window: float | None = option("float", doc="no longer used: recfs recognises a folder copy by "
+                                                   "its opens (accepted so that older configs load)")
+    batch_window: float = option("float", 0.5, check=_not_negative,
+                                 doc="seconds a bulk batch collects requests before its job starts")
+    bulk_max_files: int = option("int", 50, check=lambda v: None if 1 <= v <= 1000 else "expected 1 to 1000",
+                                 doc="object ids per bulk job")
+    bulk_max_bytes: int = option("size", 2 * 1000**3, check=_positive, doc="bytes per bulk job")
+    bulk_max_wait: float = option("float", 90.0, check=_positive,
+                                  doc="seconds a read waits for a job before reading per object")
+    bulk_timeout: float = option("float", 3600.0, check=_positive,
+                                 doc="seconds after which an unfinished job is given up")
+    bulk_parallel_jobs: int = option("int", 4, check=lambda v: None if v >= 1 else "must be 1 or more",
+                                     doc="jobs started at once when a folder is being copied")
+    bulk_readahead: bool = option("bool", True,
+                                  doc="start the next job of a folder when one somebody waited for ends")
+    poll_interval: float = option("float", 15.0, check=_positive, doc="first job status poll delay")
+    poll_max_interval: float = option("float", 30.0, check=_positive, doc="longest poll delay")
+    presign: bool = option("bool", False, doc="read content through presigned URLs (?presignUrl=true)")
 
-
-def check_options(opts: dict) -> str | None:
-    if opts["poll_max_interval"] < opts["poll_interval"]:
-        return "poll_max_interval: must not be less than poll_interval"
-    return None
-
-
-def create(name: str, options: dict[str, Any], ctx: SourceContext) -> "EightByEightSource":
-    return EightByEightSource(name, options, ctx)
+    def problem(self) -> str | None:
+        if self.poll_max_interval < self.poll_interval:
+            return "poll_max_interval: must not be less than poll_interval"
+        return None
 
 
 # --------------------------------------------------------------------------- refs
@@ -392,40 +364,31 @@ class DeleteCoalescer:
 class EightByEightSource(Source):
     kind = "8x8"
 
-    def __init__(self, name: str, options: dict[str, Any], ctx: SourceContext):
-        super().__init__(name, options, ctx)
-        self.http = ctx.http
-        self.api_url = options["api_url"].rstrip("/")
+    def __init__(self, name: str, options: Options, http):
+        super().__init__(name, options, http)
+        self.api_url = options.api_url.rstrip("/")
         self.auth = OAuthClientCredentials(
-            self.http, options.get("token_url") or DEFAULT_TOKEN_URL,
-            _reveal(options["client_id"]), _reveal(options["client_secret"]),
-            what=f"{name}: 8x8 token")
-        self.regions: list[str] | None = options.get("regions")
-        user_filter = (options.get("filter") or "").strip()
+            http, options.token_url or DEFAULT_TOKEN_URL,
+            _reveal(options.client_id), _reveal(options.client_secret), what=f"{name}: 8x8 token")
+        self.regions: list[str] | None = options.regions
+        user_filter = (options.filter or "").strip()
         self._states_named = "objectstate" in user_filter.lower()
         self._base: list[str] = [] if self._states_named else ["objectState==AVAILABLE"]
         if user_filter:
             self._base.append(_grouped(user_filter))
-        self.bulk_mode = options.get("bulk") or "auto"
-        self.hot_window = float(_opt(options, "hot_window"))
-        self.max_wait = float(_opt(options, "bulk_max_wait"))
-        self.readahead = bool(_opt(options, "bulk_readahead"))
-        self.parallel_jobs = int(_opt(options, "bulk_parallel_jobs"))
-        self.presign = bool(_opt(options, "presign"))
-        self.poll_policy = PollPolicy(first=float(_opt(options, "poll_interval")),
-                                      max=float(_opt(options, "poll_max_interval")),
-                                      timeout=float(_opt(options, "bulk_timeout")))
-        self._explicit_ttl = options.get("listing_ttl") is not None
-        self.batcher = BulkBatcher(self._run_job, window=float(_opt(options, "batch_window")),
-                                   max_files=int(_opt(options, "bulk_max_files")),
-                                   max_bytes=int(_opt(options, "bulk_max_bytes")),
-                                   on_done=self._job_done)
-        self._first_reads: dict[DirRef, dict[str, float]] = {}
-        self._hot_until: dict[DirRef, float] = {}
-        self._siblings: dict[DirRef, list[Entry]] = {}
-        self._leases: dict[str, tuple[str, float]] = {}
+        self.presign = options.presign
+        self._explicit_ttl = options.listing_ttl is not None
+        self.bulk = BulkJobs(
+            label=f"{name}: 8x8 bulk", group=lambda e: e.ref.folder, member=self._member,
+            start=self._job_start, poll=self._job_poll, package=self._job_package, end=self._job_end,
+            mode=options.bulk, max_files=options.bulk_max_files, max_bytes=options.bulk_max_bytes,
+            batch_window=options.batch_window, parallel_jobs=options.bulk_parallel_jobs,
+            readahead=options.bulk_readahead, max_wait=options.bulk_max_wait,
+            poll_first=options.poll_interval, poll_max=options.poll_max_interval,
+            timeout=options.bulk_timeout)
+        self.leases = Leases(self._ask_presigned, default_lifetime=PRESIGNED_LIFETIME,
+                             headers={"Accept": "*/*"})
         self._firsts: dict[tuple[str, str, int], tuple[float, float]] = {}
-        self._lease_locks: dict[str, trio.Lock] = {}
         self.deleter = DeleteCoalescer(self._send_deletes)
         # (region, id) deleted through this mount: hidden even where the configured
         # filter shows REVOKED objects, and from listings that were in flight
@@ -444,9 +407,6 @@ class EightByEightSource(Source):
                               f"'storage' product (Cloud Storage API) in the Admin Console") from None
         except HttpError as exc:
             raise SourceError(f"{self.name}: 8x8 Cloud Storage unreachable: {exc}") from None
-
-    async def aclose(self) -> None:
-        await self.batcher.aclose()
 
     def root_ref(self) -> Hashable:
         return DirRef("root")
@@ -654,17 +614,7 @@ class EightByEightSource(Source):
             entry = self._file_entry(obj, ref, lo.timestamp())
             if entry is not None:
                 entries.append(entry)
-        # name order is the order ls, cp -r and rsync read in, which prefetch follows
-        entries.sort(key=lambda e: (e.name, e.mtime, e.id))
-        self._remember_siblings(ref, entries)
         return Listing(entries, ttl=self._ttl(hi, now))
-
-    def _remember_siblings(self, folder: DirRef, entries: list[Entry]) -> None:
-        """The files of recently used folders, in listing order, for read-ahead."""
-        self._siblings.pop(folder, None)
-        self._siblings[folder] = entries
-        while len(self._siblings) > 64:
-            del self._siblings[next(iter(self._siblings))]
 
     def _file_entry(self, obj: dict, folder: DirRef, day_start: float) -> Entry | None:
         oid = obj.get("id")
@@ -695,7 +645,7 @@ class EightByEightSource(Source):
                      version=checksum or str(obj.get("updatedTime") or obj.get("createdTime") or ""),
                      xattrs=xattrs)
 
-    async def resolve_sizes(self, entries: list[Entry]) -> None:
+    async def sizes(self, entries: list[Entry]) -> None:
         limiter = trio.CapacityLimiter(32)
 
         async def one(entry: Entry) -> None:
@@ -714,217 +664,57 @@ class EightByEightSource(Source):
                     nursery.start_soon(one, entry)
 
     # -- per-object content
-    async def fetch_range(self, entry: Entry, start: int, end: int, sink) -> None:
+    def target(self, entry: Entry) -> Target:
         ref: FileRef = entry.ref
-        used: dict[str, str] = {}
+        if self.presign:
+            return self.leases.target(f"{ref.region}/{ref.id}")
+        return auth_target(self.auth, self._url(ref.region, f"objects/{ref.id}/content"), {"Accept": "*/*"})
 
-        async def url_for(renew: bool):
-            nonlocal used
-            if self.presign:
-                return await self._presigned(ref, renew), {"Accept": "*/*"}
-            if renew:                   # a 401 or 403: the token, not the URL, went stale
-                await self.auth.invalidate(used)
-            used = await self.auth.headers()
-            return self._url(ref.region, f"objects/{ref.id}/content"), {**used, "Accept": "*/*"}
+    async def _ask_presigned(self, key: str) -> str:
+        region, oid = key.split("/", 1)
+        resp = await self.http.request(
+            "GET", self._url(region, f"objects/{oid}/content"), auth=self.auth,
+            name=f"{self.name}: 8x8 presign", params={"presignUrl": "true"},
+            headers=JSON_HEADERS, expect=(200, 301, 302, 303, 307))
+        if resp.is_redirect and resp.headers.get("location"):
+            return resp.headers["location"]
+        url = parse_presigned(resp.text)
+        if not url:
+            raise SourceError(f"{self.name}: 8x8 gave no presigned URL for object {oid}")
+        return url
 
-        await self.http.get_range(url_for, start, end, sink, total=entry.size,
-                                  name=f"{self.name}: 8x8 content of {ref.object_name}")
-
-    async def _presigned(self, ref: FileRef, renew: bool) -> str:
-        lease = self._leases.get(ref.id)
-        if lease and not renew and lease[1] > time.time() + 60:
-            return lease[0]
-        lock = self._lease_locks.setdefault(ref.id, trio.Lock())
-        async with lock:
-            lease = self._leases.get(ref.id)
-            if lease and lease[1] > time.time() + 60 and not renew:
-                return lease[0]
-            resp = await self.http.request(
-                "GET", self._url(ref.region, f"objects/{ref.id}/content"), auth=self.auth,
-                name=f"{self.name}: 8x8 presign", params={"presignUrl": "true"},
-                headers=JSON_HEADERS, expect=(200, 301, 302, 303, 307))
-            if resp.is_redirect and resp.headers.get("location"):
-                url = resp.headers["location"]
-            else:
-                url = parse_presigned(resp.text)
-            if not url:
-                raise SourceError(f"{self.name}: 8x8 gave no presigned URL for {ref.object_name}")
-            self._leases[ref.id] = (url, time.time() + presigned_lifetime(url))
-            return url
-
-    # -- bulk
-    def _bulk_file(self, entry: Entry) -> BulkFile:
+    # -- bulk jobs (the engine in content/bulk.py decides when)
+    @staticmethod
+    def _member(entry: Entry) -> tuple[str, str | None, tuple[str, str]]:
         ref: FileRef = entry.ref
-        return BulkFile(key=self.cache_key(entry), size=entry.size or 0, member_name=ref.object_name,
-                        md5=ref.md5, ref=(ref.region, ref.id))
+        return ref.object_name, ref.md5, (ref.region, ref.id)
 
-    async def _cached(self, entry: Entry) -> bool:
-        cache = self.ctx.cache
-        if cache is None or entry.size is None:
-            return False
-        return bool(await maybe_await(cache.has_whole(self.cache_key(entry), entry.size)))
+    async def _job_start(self, folder: DirRef, files: list[BulkFile]) -> tuple[str, JobStatus]:
+        resp = await self.http.request(
+            "POST", self._url(folder.region, "bulk/download/start"), name=f"{self.name}: 8x8 bulk start",
+            auth=self.auth, headers=JSON_HEADERS, json=[f.ref[1] for f in files],
+            idempotent=False, expect=(200, 201, 202))
+        body = _one(resp.json())
+        zip_name = body.get("zipName")
+        if not zip_name:
+            raise ValueError("the start answer has no zipName")
+        return str(zip_name), status_of(str(body.get("status") or "NOT_STARTED"))
 
-    def _folder_hot(self, folder: DirRef, oid: str) -> bool:
-        now = trio.current_time()
-        reads = self._first_reads.setdefault(folder, {})
-        for other, when in list(reads.items()):
-            if now - when > self.hot_window:
-                del reads[other]
-        hot = any(other != oid for other in reads) or self._hot_until.get(folder, 0) > now
-        reads[oid] = now
-        if len(self._first_reads) > 256:
-            for key in [k for k, v in self._first_reads.items() if not v]:
-                del self._first_reads[key]
-            for key in [k for k, until in self._hot_until.items() if until <= now]:
-                del self._hot_until[key]
-        if hot:
-            self._hot_until[folder] = now + self.hot_window
-        return hot
+    def _job_url(self, folder: DirRef, what: str, zip_name: str) -> str:
+        return self._url(folder.region, f"bulk/download/{what}{urllib.parse.quote(zip_name, safe='')}")
 
-    async def _following(self, entry: Entry, siblings: list[Entry], *,
-                         with_entry: bool = True) -> list[BulkFile]:
-        """Uncached files after `entry` in listing order, as many as one job can take
-        (besides `entry` itself when `with_entry`)."""
-        index = next((i for i, s in enumerate(siblings) if s.id == entry.id), -1)
-        out: list[BulkFile] = []
-        room_files = self.batcher.max_files - (1 if with_entry else 0)
-        room_bytes = self.batcher.max_bytes - ((entry.size or 0) if with_entry else 0)
-        for sib in siblings[index + 1:]:
-            if len(out) >= room_files or room_bytes <= 0:
-                break
-            if sib.is_dir or not isinstance(sib.ref, FileRef) or not sib.size:
-                continue
-            file = self._bulk_file(sib)
-            if file.size > room_bytes or self.batcher.in_flight(file.key) or await self._cached(sib):
-                continue
-            out.append(file)
-            room_bytes -= file.size
-        return out
+    async def _job_poll(self, folder: DirRef, zip_name: str) -> JobStatus:
+        body = await self._get_json(self._job_url(folder, "status/", zip_name), f"{self.name}: 8x8 bulk status")
+        return status_of(str(_one(body).get("status") or ""))
 
-    async def fetch_whole(self, entry: Entry, siblings: list[Entry]) -> bool:
-        if self.bulk_mode == "never" or not isinstance(entry.ref, FileRef) or not entry.size:
-            return False
-        file = self._bulk_file(entry)
-        if not self.batcher.fits(file) or self.ctx.cache is None:
-            return False
-        if await self._cached(entry):
-            return True
-        folder = entry.ref.folder
-        if siblings:
-            self._remember_siblings(folder, siblings)
-        ticket = self.batcher.in_flight(file.key)
-        if ticket is None:
-            if self.bulk_mode == "auto" and not self._folder_hot(folder, entry.id):
-                return False
-            self._hot_until[folder] = trio.current_time() + self.hot_window
-            siblings = siblings or self._siblings.get(folder, [])
-            following = await self._following(entry, siblings)
-            ticket = self.batcher.request(folder, file, following)
-            if self.readahead and following:
-                await self._more_jobs(folder, siblings, following[-1], self.parallel_jobs - 1)
-        return self._outcome(entry, await ticket.wait(self.max_wait))
+    def _job_package(self, folder: DirRef, zip_name: str) -> Target:
+        return auth_target(self.auth, self._job_url(folder, "", zip_name), {"Accept": "*/*"})
 
-    async def _more_jobs(self, folder: DirRef, siblings: list[Entry], after: BulkFile,
-                         jobs: int) -> None:
-        """A copy of the folder is going on: start the jobs for the files after the
-        first job's at once, so their waits overlap instead of following each other
-        (8x8 jobs take seconds to minutes). Later ones start as these end."""
-        for _ in range(jobs):
-            index = next((i for i, s in enumerate(siblings)
-                          if isinstance(s.ref, FileRef) and self.cache_key(s) == after.key), None)
-            if index is None:
-                return
-            batch = await self._following(siblings[index], siblings, with_entry=False)
-            if not batch:
-                return
-            self.batcher.prefetch(folder, batch)
-            after = batch[-1]
-
-    def _outcome(self, entry: Entry, result: FileResult) -> bool:
-        if result.ok:
-            return True
-        if result.fallback:
-            log.info("%s: %s: reading per object: %s", self.name, entry.name, result.message)
-            return False
-        raise SourceError(result.message, errno.EIO)
-
-    async def prefetch_dir(self, ref: Hashable, entries: list[Entry]) -> bool:
-        if self.bulk_mode == "never" or self.ctx.cache is None:
-            return False
-        by_folder: dict[DirRef, list[BulkFile]] = {}
-        for entry in entries:
-            if entry.is_dir or not isinstance(entry.ref, FileRef) or not entry.size:
-                continue
-            file = self._bulk_file(entry)
-            if self.batcher.fits(file) and not await self._cached(entry):
-                # jobs are per region, so group by the folder the file was listed in
-                by_folder.setdefault(entry.ref.folder, []).append(file)
-        files = [f for group in by_folder.values() for f in group]
-        if not files:
-            return True
-        tickets = [t for folder, group in by_folder.items() for t in self.batcher.prefetch(folder, group)]
-        results = [await t.wait() for t in tickets]
-        bad = [r for r in results if not r.ok]
-        if bad:
-            raise SourceError(f"{self.name}: {len(bad)} of {len(files)} files could not be "
-                              f"prefetched; first: {bad[0].message}", errno.EIO)
-        return True
-
-    async def _job_done(self, folder: DirRef, files: list[BulkFile], results: dict[str, FileResult],
-                        waited: bool) -> None:
-        """Read ahead: a job somebody waited for means a copy is going on; start the
-        next batch of the folder now so the copy does not stall on it."""
-        if not (waited and self.readahead and self.bulk_mode != "never"):
-            return
-        if not any(r.ok for r in results.values()):
-            return
-        siblings = self._siblings.get(folder) or []
-        keys = {f.key for f in files}
-        last = max((i for i, s in enumerate(siblings)
-                    if isinstance(s.ref, FileRef) and self.cache_key(s) in keys), default=None)
-        if last is None:
-            return
-        batch = await self._following(siblings[last], siblings, with_entry=False)
-        if batch:
-            self._hot_until[folder] = trio.current_time() + self.hot_window
-            self.batcher.prefetch(folder, batch)
-
-    async def _run_job(self, folder: DirRef, files: list[BulkFile]) -> dict[str, FileResult]:
-        return await run_job(self._backend(folder.region), files, cache=self.ctx.cache,
-                             policy=self.poll_policy)
-
-    def _backend(self, region: str) -> BulkBackend:
-        name = self.name
-
-        async def start(files: list[BulkFile]):
-            resp = await self.http.request(
-                "POST", self._url(region, "bulk/download/start"), name=f"{name}: 8x8 bulk start",
-                auth=self.auth, headers=JSON_HEADERS, json=[f.ref[1] for f in files],
-                idempotent=False, expect=(200, 201, 202))
-            body = _one(resp.json())
-            zip_name = body.get("zipName")
-            if not zip_name:
-                raise ValueError("the start answer has no zipName")
-            return str(zip_name), status_of(str(body.get("status") or "NOT_STARTED"))
-
-        async def poll(zip_name: str) -> JobStatus:
-            body = await self._get_json(
-                self._url(region, f"bulk/download/status/{urllib.parse.quote(zip_name, safe='')}"),
-                f"{name}: 8x8 bulk status")
-            return status_of(str(_one(body).get("status") or ""))
-
-        async def download(zip_name: str, dest) -> None:
-            await download_to_file(
-                self.http, self._url(region, f"bulk/download/{urllib.parse.quote(zip_name, safe='')}"),
-                dest, auth=self.auth, name=f"{name}: 8x8 bulk zip")
-
-        async def cancel(zip_name: str) -> None:
-            await self.http.request(
-                "POST", self._url(region, f"bulk/download/cancel/{urllib.parse.quote(zip_name, safe='')}"),
-                name=f"{name}: 8x8 bulk cancel", auth=self.auth, headers=JSON_HEADERS,
-                idempotent=False, expect=None)
-
-        return BulkBackend(start, poll, download, cancel, label="8x8 bulk")
+    async def _job_end(self, folder: DirRef, zip_name: str, finished: bool) -> None:
+        if not finished:
+            await self.http.request("POST", self._job_url(folder, "cancel/", zip_name),
+                                    name=f"{self.name}: 8x8 bulk cancel", auth=self.auth,
+                                    headers=JSON_HEADERS, idempotent=False, expect=None)
 
     # -- deletes (issue 9)
     async def delete(self, entry: Entry) -> None:
@@ -987,13 +777,10 @@ class EightByEightSource(Source):
     def _forget(self, ref: FileRef) -> None:
         self._deleted.add((ref.region, ref.id))
         folder = ref.folder
-        siblings = self._siblings.get(folder)
-        if siblings is not None:
-            self._siblings[folder] = [e for e in siblings if e.id != ref.id]
         # a remembered probe hit may be this object: the walk must ask again
         for key in [k for k in self._firsts if k[:2] == (folder.region, folder.type)]:
             del self._firsts[key]
-        self._leases.pop(ref.id, None)
+        self.leases.drop(f"{ref.region}/{ref.id}")
 
 
 def _grouped(expr: str) -> str:
@@ -1005,11 +792,6 @@ def _grouped(expr: str) -> str:
         if ch == "," and depth == 0:
             return f"({expr})"
     return expr
-
-
-def _opt(options: dict, key: str):
-    value = options.get(key)
-    return CONFIG_KEYS[key].default if value is None else value
 
 
 def parse_presigned(text: str) -> str | None:
@@ -1032,18 +814,4 @@ def parse_presigned(text: str) -> str | None:
     return None
 
 
-def presigned_lifetime(url: str) -> float:
-    """Seconds an S3 presigned URL stays valid (X-Amz-Expires from X-Amz-Date);
-    10 minutes when it does not say."""
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
-    expires = _int(query.get("X-Amz-Expires"))
-    if expires is None:
-        return 600.0
-    signed = query.get("X-Amz-Date")
-    if signed:
-        try:
-            t = dt.datetime.strptime(signed, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
-            return t.timestamp() + expires - time.time()
-        except ValueError:
-            pass
-    return float(expires)
+Source = EightByEightSource

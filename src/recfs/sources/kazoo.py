@@ -18,8 +18,8 @@ How the API shapes the client (apis.md §4):
   window: [day − 1 h, day end + `created_lag_hours`), because a document is stored
   when its call ends, later than its `start`; only documents whose `start` falls in
   the day are shown.
-- Sizes are not in the listing: `resolve_sizes` asks `Range: bytes=0-0` for the
-  files of a folder concurrently and reads the total from `Content-Range`.
+- Sizes are not in the listing: the core learns them from the media (a ranged GET
+  whose answer states the total), with `Accept: audio/mpeg`.
 - The file's extension comes from the listing's `_read_only.content_types` (the
   stored attachment's type, which is exactly the Content-Type the media GET
   answers, e.g. audio/wav although audio/mpeg is asked for), else `content_type`,
@@ -49,9 +49,9 @@ from typing import Any, Callable, Hashable
 
 import trio
 
-from ..config import Key, Secret
-from ..http import CachedToken, ForbiddenError, Http, HttpError, parse_content_range, safe_url
-from .base import WHOLE_PROBE, Entry, Kind, Listing, Source, SourceContext, SourceError
+from ..config import Secret, SourceOptions, option
+from ..http import CachedToken, ForbiddenError, Http, HttpError, Target, auth_target, safe_url
+from .base import Entry, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.kazoo")
 
@@ -126,32 +126,24 @@ def _check_range(lo: float, hi: float) -> Callable[[Any], str | None]:
     return lambda v: None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}"
 
 
-CONFIG_KEYS = {
-    "api_url": Key("url", required=True, check=_check_api_url,
-                   doc="Crossbar API base, ending in /v2"),
-    "api_key": Key("secret", required=True, doc="the account's API key (api_auth)"),
-    "accounts": Key("list[str]", check=_check_accounts,
-                    doc="account ids to show (default: the API key's own account)"),
-    "since": Key("date", doc=f"oldest day shown (default: {DEFAULT_SINCE_DAYS} days before the mount)"),
-    "page_size": Key("int", default=200, check=_check_range(1, 5000),
-                     doc="documents per listing page"),
-    "created_lag_hours": Key("float", default=6.0, check=_check_range(0, 24 * 29),
-                             doc="how long after its start a recording may be stored"),
-    "size_concurrency": Key("int", default=16, check=_check_range(1, 256),
-                            doc="concurrent size probes per folder"),
-    "user_view": Key("bool", default=True, doc="show {account}/users/{owner_id}/…"),
-}
+@dataclass(kw_only=True)
+class Options(SourceOptions):
+    api_url: str = option("url", required=True, check=_check_api_url, doc="Crossbar API base, ending in /v2")
+    api_key: Any = option("secret", required=True, doc="the account's API key (api_auth)")
+    accounts: list[str] | None = option("list[str]", check=_check_accounts,
+                                        doc="account ids to show (default: the API key's own account)")
+    since: dt.date | None = option("date", doc=f"oldest day shown (default: {DEFAULT_SINCE_DAYS} days before the mount)")
+    page_size: int = option("int", 200, check=_check_range(1, 5000), doc="documents per listing page")
+    created_lag_hours: float = option("float", 6.0, check=_check_range(0, 24 * 29),
+                                      doc="how long after its start a recording may be stored")
+    size_concurrency: int = option("int", 16, check=_check_range(1, 256),
+                                   doc="concurrent size probes per folder")
+    user_view: bool = option("bool", True, doc="show {account}/users/{owner_id}/…")
 
-
-def check_options(opts: dict) -> str | None:
-    since = opts.get("since")
-    if since is not None and since > dt.datetime.now(dt.timezone.utc).date():
-        return "since: is in the future"
-    return None
-
-
-def create(name: str, options: dict, ctx: SourceContext) -> "KazooSource":
-    return KazooSource(name, options, ctx)
+    def problem(self) -> str | None:
+        if self.since is not None and self.since > dt.datetime.now(dt.timezone.utc).date():
+            return "since: is in the future"
+        return None
 
 
 # --------------------------------------------------------------------------- client
@@ -263,26 +255,6 @@ class KazooClient:
             seen.add(nxt)
             params = dict(params, start_key=nxt)
 
-    async def probe_size(self, account_id: str, recording_id: str) -> tuple[int | None, str | None]:
-        """(total bytes, Content-Type) of a recording's media; (None, reason) on 404."""
-        url = self.media_url(account_id, recording_id)
-        resp = await self.http.request("GET", url, name=f"{self.what}: media size", auth=self.auth,
-                                       headers={"Accept": "audio/mpeg", "Range": "bytes=0-0"},
-                                       expect=(200, 206, 404), small_answer=True)
-        if resp.status_code == 404:
-            return None, _error_message(resp) or "not found"
-        ctype = resp.headers.get("content-type")
-        if resp.status_code == 206:
-            total = parse_content_range(resp.headers.get("content-range"))[2]
-            if total is not None:
-                return total, ctype
-        length = resp.headers.get("content-length")
-        if resp.status_code == 200 and length is not None:
-            return int(length), ctype
-        if resp.status_code == 200:
-            return len(resp.content), ctype
-        return None, "no Content-Range in a 206 answer"
-
     async def delete_recording(self, account_id: str, recording_id: str) -> bool:
         """Soft-delete a recording (the API's default). True when this request deleted
         it, False when the service says it is already gone (404)."""
@@ -392,26 +364,23 @@ class KazooSource(Source):
     kind = "kazoo"
     listing_ttl = 60.0
 
-    def __init__(self, name: str, options: dict[str, Any], ctx: SourceContext,
+    def __init__(self, name: str, options: Options, http: Http,
                  clock: Callable[[], float] = time.time):
-        super().__init__(name, options, ctx)
+        super().__init__(name, options, http)
         self.clock = clock
         self.created_at = clock()
-        self.client = KazooClient(ctx.http, options["api_url"], options["api_key"],
-                                  page_size=int(options.get("page_size") or 200),
-                                  what=f"kazoo source {name!r}")
-        self.configured_accounts = list(options.get("accounts") or [])
-        since = options.get("since")
+        self.client = KazooClient(http, options.api_url, options.api_key,
+                                  page_size=options.page_size, what=f"kazoo source {name!r}")
+        self.configured_accounts = list(options.accounts or [])
+        since = options.since
         if since is None:
             since = utc_date(clock()) - dt.timedelta(days=DEFAULT_SINCE_DAYS)
         self.since = day_start(since)
-        lag = options.get("created_lag_hours")
-        self.lag = int(3600 * (6.0 if lag is None else float(lag)))
-        self.user_view = options.get("user_view", True) is not False
-        self._limiter = trio.CapacityLimiter(int(options.get("size_concurrency") or 16))
+        self.lag = int(3600 * options.created_lag_hours)
+        self.user_view = options.user_view
+        self.size_probes = options.size_concurrency
         self._windows: dict[str, dict[tuple[int, int], WindowSummary]] = defaultdict(dict)
         self._index_locks: dict[str, trio.Lock] = defaultdict(trio.Lock)
-        self._sizes: dict[tuple[str, str], int] = {}
         self._accounts: list[str] | None = None
         # (account, recording id) deleted through this mount: a listing that was in
         # flight while the delete ran must not bring them back
@@ -583,82 +552,20 @@ class KazooSource(Source):
         except (TypeError, ValueError):
             hint = 0
         return Entry(name=name, kind=Kind.FILE, ref=("rec", account, rid), mtime=float(start),
-                     size=self._sizes.get((rid, version)), size_hint=hint, id=rid,
-                     version=version, xattrs=xattrs)
+                     size=None, size_hint=hint, id=rid, version=version, xattrs=xattrs)
 
-    # -- sizes and bytes
+    # -- bytes (sizes are not in the listing: the core learns them from the media)
 
-    async def resolve_sizes(self, entries: list[Entry]) -> None:
-        async def probe(entry: Entry) -> None:
-            _, account, rid = entry.ref
-            async with self._limiter:
-                size = detail = None
-                if self._comes_whole(entry):
-                    size = await self.probe_whole(entry, self._media(account, rid),
-                                                  f"{self.name}: recording {rid}")
-                if size is None:
-                    try:
-                        size, detail = await self.client.probe_size(account, rid)
-                    except HttpError as exc:
-                        log.warning("%s: cannot learn the size of recording %s: %s", self.name, rid, exc)
-                        return
-            if size is None:
-                log.warning("%s: recording %s of account %s has no media (%s); not shown",
-                            self.name, rid, account, detail)
-                return
-            shown = entry.xattrs.get("kazoo.content_type")
-            answered = (detail or "").split(";")[0].strip().lower()
-            if answered and shown and answered != shown:
-                log.info("%s: recording %s is served as %s although its listing said %s; "
-                         "its name keeps the listing's extension", self.name, rid, answered, shown)
-            entry.size = size
-
-        pending = [e for e in entries if e.size is None and e.kind is Kind.FILE]
-        # during a copy the short ones come whole, a chunk's GETs together; the rest,
-        # and any of those that failed, one probe each
-        await self.probe_many([e for e in pending if self._comes_whole(e)],
-                              lambda e: self._media(e.ref[1], e.ref[2])(False), self._limiter, whole=True)
-        async with trio.open_nursery() as nursery:
-            for entry in pending:
-                if entry.size is None:
-                    nursery.start_soon(probe, entry)
-        for entry in pending:                   # learnt either way: kept for the next listing
-            if entry.size is not None:
-                self._sizes[(entry.ref[2], entry.version)] = entry.size
-
-    @staticmethod
-    def _comes_whole(entry: Entry) -> bool:
-        """During a copy a short recording comes whole with its size. Its size is
-        guessed from the duration at 128 kbit/s, so only MP3s well under the limit: a
-        larger file would cost WHOLE_PROBE bytes fetched for nothing."""
-        return 0 < entry.size_hint <= WHOLE_PROBE // 2 \
-            and entry.xattrs.get("kazoo.content_type") == "audio/mpeg"
-
-    def _media(self, account: str, rid: str):
-        """The recording's media URL and headers, as `Http.get_range` asks for them; a
-        renewal (after a 401) drops the token that was used."""
-        url = self.client.media_url(account, rid)
-        used: dict[str, str] = {}
-
-        async def url_for(renew: bool) -> tuple[str, dict[str, str]]:
-            if renew:
-                await self.auth.invalidate(used)
-            used.clear()
-            used.update(await self.auth.headers())
-            return url, {"Accept": "audio/mpeg", **used}
-        return url_for
-
-    async def fetch_range(self, entry: Entry, start: int, end: int, sink) -> None:
+    def target(self, entry: Entry) -> Target:
         _, account, rid = entry.ref
-        try:
-            await self.ctx.http.get_range(self._media(account, rid), start, end, sink, total=entry.size,
-                                          name=f"{self.name}: recording {rid}")
-        except HttpError as exc:
-            if exc.status == 404:
-                log.error("%s: recording %s of account %s has no media (404 bad_identifier); "
-                          "reads fail with EIO", self.name, rid, account)
-                raise SourceError(f"{self.name}: recording {rid} has no media", errno.EIO) from None
-            raise
+        return auth_target(self.auth, self.client.media_url(account, rid), {"Accept": "audio/mpeg"})
+
+    def content_error(self, entry: Entry, exc: HttpError) -> Exception:
+        if exc.status == 404:
+            _, account, rid = entry.ref
+            return SourceError(f"{self.name}: recording {rid} of account {account} has no media "
+                               f"(404 bad_identifier)", errno.EIO)
+        return exc
 
     # -- deletes (issue 9)
 
@@ -693,4 +600,6 @@ class KazooSource(Source):
         self._deleted.add((account, rid))
         for summary in self._windows.get(account, {}).values():
             summary.forget(rid)
-        self._sizes.pop((rid, version), None)
+
+
+Source = KazooSource

@@ -1,0 +1,284 @@
+"""The core every front-end drives: the namespace (tree.py), the reader and its cache,
+the access policy, staged uploads and the control operations, over the sources.
+
+Plain trio code, no pyfuse3. A front-end (the FUSE adapter in fs.py) translates its
+calls into these and their errors into its own terms: `CoreError` carries the errno
+of a refusal (EROFS, ENOENT, ...); anything else from below is a failure to report
+(SourceError, HttpError and ReadError carry an errno; the rest is EIO).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .config import Tuning
+from .content.cache import Cache
+from .content.policy import AccessPolicy
+from .content.reader import Folder, Handle, Reader, ReadError
+from .content.uploads import Staged, Uploads
+from .control import Control
+from .http import Http
+from .sources.base import Entry, Kind, Source
+from .tree import Local, Node, Tree
+
+log = logging.getLogger("recfs.core")
+
+
+class CoreError(Exception):
+    """A refusal: the operation does not apply here (errno says which)."""
+
+    def __init__(self, errno_: int, message: str = ""):
+        super().__init__(message or os.strerror(errno_))
+        self.errno = errno_
+
+
+@dataclass(slots=True)
+class Writing:
+    """An open file being written into an upload folder (a staged upload)."""
+    node: Node
+    fd: int
+    staged: Staged
+
+
+class Core:
+    def __init__(self, sources: list[Source], cache: Cache, http: Http, nursery: trio.Nursery,
+                 tuning: Tuning | None = None, uploads_dir: Path | None = None):
+        t = tuning or Tuning()
+        self.sources = sources
+        self.cache = cache
+        self.http = http
+        self.nursery = nursery
+        self.policy = AccessPolicy()
+        self.reader = Reader(cache, nursery, http, self.policy, max_connections=t.max_connections,
+                             first_window=t.first_window, max_window=t.max_window,
+                             max_request=t.max_request, small_file=t.small_file,
+                             sibling_prefetch=t.sibling_prefetch)
+        self.tree = Tree(sources, cache, nursery, self.reader.learn_sizes, self.policy)
+        self.uploads = Uploads(uploads_dir or Path(cache.dir) / "uploads",
+                               {s.name: s for s in sources})
+        self.control = Control(self)
+
+    @property
+    def on_changed(self):
+        """Called with a node whose object changed: front-ends drop what they cached."""
+        return self.tree.on_changed
+
+    @on_changed.setter
+    def on_changed(self, callback) -> None:
+        self.tree.on_changed = callback
+
+    async def aclose(self) -> None:
+        await self.reader.aclose()
+        for src in self.sources:
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                try:
+                    await src.aclose()
+                except Exception as exc:
+                    log.warning("source %s: closing: %s", src.name, exc)
+
+    # -- the namespace
+    def node(self, ino: int) -> Node | None:
+        return self.tree.get(ino)
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        if not parent.is_dir:
+            raise CoreError(errno.ENOTDIR)
+        return await self.tree.lookup(parent, name)
+
+    async def children(self, folder: Node) -> list[Node]:
+        if not folder.is_dir:
+            raise CoreError(errno.ENOTDIR)
+        if folder is self.tree.root:
+            return folder.sorted_children()
+        return await self.tree.children(folder)
+
+    async def stat(self, node: Node, *, relist: bool = False) -> Node:
+        """`node` with its exact size where it can be learnt. `relist`: the caller's
+        copy of the attributes expired, so answer from a listing no older than the
+        folder's TTL (one listing per TTL at most)."""
+        parent = node.parent
+        if relist and parent is not None and parent is not self.tree.root \
+                and not self.tree.fresh(parent) and parent.children is not None and node.local is None:
+            try:
+                await self.tree.refresh(parent)
+            except Exception as exc:
+                log.warning("listing %s: %s (answering from the last listing)", parent.path(), exc)
+        if node.is_dir:
+            return node
+        if parent is not None and self.policy.statted(parent.ino, parent.files()[2].get(node.ino)):
+            self.tree.learn_ahead(node)     # ls -l and the like: the folder's sizes too
+        if not node.size_known and not node.size_failed:
+            try:
+                await self.tree.ensure_size(node)
+            except Exception as exc:
+                log.error("%s: %s", node.path(), exc)
+        return node
+
+    async def resolve(self, path: str) -> Node | None:
+        """The node at a path under the root ('' or '/': the root)."""
+        node = self.tree.root
+        for part in [p for p in path.strip("/").split("/") if p]:
+            if not node.is_dir:
+                return None
+            node = await self.tree.lookup(node, part) if node is not self.tree.root \
+                else node.children.get(part)
+            if node is None:
+                return None
+        return node
+
+    def writable(self, folder: Node) -> bool:
+        """Whether files can be created in `folder` (its service takes uploads there)."""
+        return folder.is_dir and folder.source is not None and folder.source.upload_dir(folder.entry.ref)
+
+    # -- reading
+    async def open(self, node: Node) -> Handle | Writing:
+        """Open a file for reading (a file being uploaded: as it is written so far)."""
+        if node.is_dir:
+            raise CoreError(errno.EISDIR)
+        if node.local is Local.WRITING:
+            return self.open_written(node, truncate=False)
+        folder = node.parent
+        view, copy = None, False
+        if folder is not None and folder.children is not None:
+            _, entries, position = folder.files()
+            view = Folder(folder.ino, entries, position.get(node.ino))
+            copy = self.policy.opened(folder.ino, view.index, lambda: self.tree.folder_before(folder))
+            if copy:
+                self.tree.learn_ahead(node)
+        await self.tree.ensure_size(node)
+        handle = self.reader.open(node.source, node.entry, view, copy=copy,
+                                  label=node.path())
+        self.tree.copy_progress(node)
+        return handle
+
+    async def read(self, node: Node, handle: Handle | Writing, offset: int, length: int) -> bytes:
+        if isinstance(handle, Writing):
+            return os.pread(handle.fd, length, offset)
+        try:
+            return await self.reader.read(handle, offset, length)
+        except ReadError as exc:
+            if exc.stale:
+                # the object changed or vanished: list its folder again, and let the
+                # front-ends drop what they cached of it
+                if node.parent is not None:
+                    self.tree.invalidate(node.parent)
+                self.tree.on_changed(node)
+            raise
+
+    def release(self, handle: Handle | Writing) -> None:
+        if isinstance(handle, Writing):
+            os.close(handle.fd)
+        else:
+            self.reader.release(handle)
+
+    # -- writing: new files in upload folders, deletes where the source allows them
+    def _upload_folder(self, folder: Node) -> Node:
+        if not self.writable(folder):
+            raise CoreError(errno.EROFS)
+        return folder
+
+    async def create(self, folder: Node, name: str, *, exclusive: bool = False) -> Writing:
+        """A new file in an upload folder, staged until it is closed (uploads.py)."""
+        self._upload_folder(folder)
+        existing = await self.tree.lookup(folder, name)
+        if existing is not None and existing.local is not Local.WRITING:
+            raise CoreError(errno.EEXIST if exclusive else errno.EROFS)
+        if existing is not None:
+            self.uploads.discard(existing.upload)
+            self.tree.remove(existing)
+        staged = self.uploads.create(folder.source.name, folder.entry.ref, name)
+        entry = Entry(name, Kind.FILE, ref=None, mtime=time.time(), size=0, id=f"staged:{staged.id}")
+        node = self.tree.add_local(folder, name, entry, Local.WRITING, staged)
+        return self.open_written(node, truncate=False)
+
+    def open_written(self, node: Node, *, truncate: bool) -> Writing:
+        if node.local is not Local.WRITING:
+            raise CoreError(errno.EROFS)
+        fd = os.open(self.uploads.data_path(node.upload), os.O_RDWR)
+        if truncate:
+            self.truncate(node, 0)
+        return Writing(node, fd, node.upload)
+
+    def write(self, handle: Handle | Writing, offset: int, data: bytes) -> int:
+        if not isinstance(handle, Writing):
+            raise CoreError(errno.EROFS)
+        n = os.pwrite(handle.fd, data, offset)
+        self.uploads.writing(handle.staged)
+        entry = handle.node.entry
+        entry.size = max(entry.size or 0, offset + n)
+        entry.mtime = time.time()
+        return n
+
+    def truncate(self, node: Node, size: int) -> None:
+        if node.local is not Local.WRITING:
+            raise CoreError(errno.EROFS)
+        os.truncate(self.uploads.data_path(node.upload), size)
+        node.entry.size = size
+        self.uploads.writing(node.upload)
+
+    async def close_written(self, handle: Handle | Writing) -> None:
+        """close() of a written file: upload it now, so close reports whether it
+        landed (U1-U4 in uploads.py). Raises when it did not; it stays staged."""
+        if not isinstance(handle, Writing):
+            return
+        staged = handle.staged
+        if staged.id not in self.uploads.pending or handle.node.local is not Local.WRITING:
+            return                      # already sent
+        try:
+            await self.uploads.upload(staged)
+        finally:
+            # U3: a close is also the moment to send what failed before
+            self.uploads.retry_soon(self.nursery, exclude=staged.id)
+        node = handle.node
+        if node.parent is not None:
+            src = node.source
+            ref = src.child_ref(node.parent.entry.ref, node.name, Kind.FILE)
+            self.tree.uploaded(node, Entry(node.name, Kind.FILE, ref=ref, mtime=node.entry.mtime,
+                                           size=staged.size, id=str(ref),
+                                           version=f"uploaded:{staged.id}"))
+
+    async def mkdir(self, folder: Node, name: str) -> Node:
+        self._upload_folder(folder)
+        if await self.tree.lookup(folder, name) is not None:
+            raise CoreError(errno.EEXIST)
+        ref = folder.source.child_ref(folder.entry.ref, name, Kind.DIR)
+        return self.tree.add_local(folder, name, Entry(name, Kind.DIR, ref=ref, mtime=time.time(),
+                                                       id=str(ref)), Local.MADE_DIR)
+
+    async def unlink(self, folder: Node, name: str) -> None:
+        node = await self.tree.lookup(folder, name) if folder.is_dir else None
+        if node is None:
+            raise CoreError(errno.ENOENT)
+        if node.is_dir:
+            raise CoreError(errno.EISDIR)
+        if node.local is Local.WRITING:         # never sent: just forget it
+            self.uploads.discard(node.upload)
+            self.tree.remove(node)
+            return
+        if node.source is None or not node.source.allow_delete:
+            raise CoreError(errno.EROFS)
+        await node.source.delete(node.entry)
+        log.info("deleted %s", node.path())
+        self.tree.remove(node)
+
+    async def rmdir(self, folder: Node, name: str) -> None:
+        node = await self.tree.lookup(folder, name) if folder.is_dir else None
+        if node is None:
+            raise CoreError(errno.ENOENT)
+        if node.local is Local.MADE_DIR and not node.children:
+            self.tree.remove(node)
+            return
+        raise CoreError(errno.EROFS)
+
+    async def run(self) -> None:
+        """The core's background work, for as long as it is mounted."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.cache.run_flusher)
+            nursery.start_soon(self.uploads.run_retries)
