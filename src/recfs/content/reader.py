@@ -37,7 +37,7 @@ from typing import Hashable
 import trio
 
 from ..http import Http, HttpError, SizeChangedError
-from ..sources.base import Entry, Source, SourceError
+from ..sources.base import Entry, Source, SourceError, Stream
 from .bulk import BulkEngine
 from .cache import CHUNK, Cache, CacheEntry
 from .policy import AccessPolicy
@@ -383,10 +383,18 @@ class Reader:
     async def _get(self, source: Source, entry: Entry, start: int, end: int, sink,
                    label: str) -> None:
         try:
-            await self.http.get_range(source.target(entry), start, end, sink, total=entry.size,
-                                      name=label)
+            await self._get_range(source.target(entry), start, end, sink, entry.size, label)
         except HttpError as exc:
             raise source.content_error(entry, exc) from None
+
+    async def _get_range(self, target, start: int, end: int, sink, total: int | None,
+                         label: str) -> int | None:
+        if not isinstance(target, Stream):
+            return await self.http.get_range(target, start, end, sink, total=total, name=label)
+        size = await target.get(start, end, sink)
+        if total is not None and size != total:
+            raise SizeChangedError(f"{label}: the object is now {size} bytes, not {total}", size)
+        return size
 
     # -- sizes a listing lacks
     async def learn_sizes(self, source: Source, entries: list[Entry], *, whole: bool) -> None:
@@ -408,7 +416,9 @@ class Reader:
 
         async def resolve(i: int) -> None:
             try:
-                targets[i] = await source.target(todo[i])(False)
+                target = source.target(todo[i])
+                if not isinstance(target, Stream):      # streams are probed one by one
+                    targets[i] = await target(False)
             except (HttpError, SourceError) as exc:     # its own probe tells
                 log.debug("%s: %s: %s", source.name, todo[i].name, exc)
 
@@ -448,9 +458,9 @@ class Reader:
         size = None
         async with limiter:
             try:
-                size = await self.http.get_range(source.target(entry), 0, end,
-                                                 staged.write if staged else _ignore, total=None,
-                                                 name=f"{source.name}: size of {entry.name}")
+                size = await self._get_range(source.target(entry), 0, end,
+                                             staged.write if staged else _ignore, None,
+                                             f"{source.name}: size of {entry.name}")
             except HttpError as exc:
                 log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name,
                             describe(source.content_error(entry, exc)))

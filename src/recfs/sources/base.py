@@ -7,8 +7,9 @@ nothing of the cache or of access patterns. It answers storage verbs:
 - `sizes(entries)`: exact sizes where the API states them apart from the listing
   (metadata only; sizes that only the content can tell, the core learns itself with
   ranged GETs of `target`);
-- `target(entry)`: where a file's bytes are, as a URL with the headers to send and a
-  way to renew them (`http.Target`);
+- `target(entry)`: where a file's bytes are: a URL with the headers to send and a
+  way to renew them (`http.Target`), or a `Stream` where the provider hands the
+  bytes over itself;
 - optional capabilities, declared: `bulk` (zip jobs of many files, run by
   `content/bulk.py`), `upload_dir`/`upload` (a folder that takes new files),
   `delete` (behind the `allow_delete` key).
@@ -82,6 +83,15 @@ class SourceError(Exception):
         super().__init__(message)
         self.errno = errno_ if errno_ is not None else errno.EIO
         self.stale = stale
+
+
+class Stream:
+    """A target that is no URL: the provider delivers the bytes itself."""
+
+    async def get(self, start: int, end: int, sink) -> int:
+        """Deliver bytes [start, min(end, size)) to `sink(offset, data)` in order, without
+        gaps; return the file's size. Raise SourceError (or HttpError) on failure."""
+        raise NotImplementedError
 
 
 # -- the bulk capability: zip jobs of many files (content/bulk.py runs them)
@@ -171,8 +181,8 @@ class Source:
         the listing (metadata only). What is still None afterwards the core learns
         from the content (ranged GETs of `target`)."""
 
-    def target(self, entry: Entry) -> "Target":
-        """Where the file's bytes are: `target(renew) -> (url, headers)`."""
+    def target(self, entry: Entry) -> "Target | Stream":
+        """Where the file's bytes are: `target(renew) -> (url, headers)`, or a Stream."""
         raise NotImplementedError
 
     def content_error(self, entry: Entry, exc: HttpError) -> Exception:
