@@ -30,6 +30,17 @@ from .tree import Local, Node, Tree
 log = logging.getLogger("recfs.core")
 
 
+async def close_sources(sources: list[Source]) -> None:
+    """Stop the sources' background work (shielded: this runs while unmounting)."""
+    for src in sources:
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            try:
+                await src.aclose()
+            except Exception as exc:
+                log.warning("source %s: closing: %s", src.name, exc)
+
+
 class CoreError(Exception):
     """A refusal: the operation does not apply here (errno says which)."""
 
@@ -75,13 +86,7 @@ class Core:
 
     async def aclose(self) -> None:
         await self.reader.aclose()
-        for src in self.sources:
-            with trio.move_on_after(5) as scope:
-                scope.shield = True
-                try:
-                    await src.aclose()
-                except Exception as exc:
-                    log.warning("source %s: closing: %s", src.name, exc)
+        await close_sources(self.sources)
 
     # -- the namespace
     def node(self, ino: int) -> Node | None:

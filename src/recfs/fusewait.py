@@ -4,8 +4,7 @@ Before it reads each request, pyfuse3's session loop takes a `trio.Lock` and the
 waits for the FUSE device with `trio.lowlevel.wait_readable`. Each is a trip through
 trio's scheduler (`Lock.acquire` always yields; the wait arms epoll, sleeps and is
 woken), and together they cost the one thread that answers every FUSE request about
-as much as the rest of a metadata request (figures: docs/BENCHMARKS.md, seventh
-round). A program that stats or opens files one after another (`ls -l`, `find`,
+as much as the rest of a metadata request. A program that stats or opens files one after another (`ls -l`, `find`,
 `rsync`, `cp -r`) has usually sent its next request by the time the last one is
 answered, so most waits need no sleep at all.
 

@@ -37,7 +37,6 @@ log = logging.getLogger("recfs.http")
 
 # httpcore reads HTTP/1.1 bodies 64 KiB at a time; each read costs the same Python
 # overhead whatever its size, so big ranged bodies go much faster in 1 MiB reads
-# (measured with scripts/bench B1)
 try:
     import httpcore._async.http11 as _h11
     _h11.AsyncHTTP11Connection.READ_NUM_BYTES = max(_h11.AsyncHTTP11Connection.READ_NUM_BYTES, 1 << 20)
@@ -295,7 +294,7 @@ class Http:
         naming `name`, the status and the URL without its query. `small_answer` marks
         a GET whose answer is small (a signed URL, a one-byte probe): with
         threaded_content it goes through rangeget too, so that it costs the trio
-        thread a thread hop instead of an httpx exchange (B5 makes 4,000 of them).
+        thread a thread hop instead of an httpx exchange (a copy makes thousands).
         """
         threaded = small_answer and self.ranges is not None and method == "GET" \
             and json is None and data is None and content is None
@@ -622,7 +621,7 @@ class Http:
     async def _small_get(self, url: str, headers: dict[str, str], params: Any) -> httpx.Response | None:
         """A small GET through rangeget; None when httpx has to read it."""
         if params:
-            # what httpx would send, without building an httpx.Request (B5 makes 4,000)
+            # what httpx would send, without building an httpx.Request
             url += ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
         out = await self._in_thread(url, headers, 0, _not_content, _no_sink)
         if out is None or out.truncated:

@@ -16,7 +16,7 @@ import trio
 from . import fusewait
 from .config import Config, source_module
 from .content.cache import Cache
-from .core import Core
+from .core import Core, close_sources
 from .fs import Operations
 from .http import Http, HttpError, RetryPolicy
 from .sources.base import SourceError
@@ -152,17 +152,8 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
             sd_notify("STOPPING=1")
             nursery.cancel_scope.cancel()
     finally:
-        if core is not None:
-            with trio.CancelScope(shield=True):
-                await core.aclose()
-        else:
-            for src in sources:
-                with trio.move_on_after(5) as scope:
-                    scope.shield = True
-                    try:
-                        await src.aclose()
-                    except Exception as exc:
-                        log.warning("source %s: closing: %s", src.name, exc)
+        with trio.CancelScope(shield=True):
+            await (core.aclose() if core is not None else close_sources(sources))
         with trio.CancelScope(shield=True):
             await http.aclose()
         fusewait.uninstall(pyfuse3)

@@ -1,9 +1,9 @@
 """Ranged GETs whose bodies are received in worker threads, straight into the cache.
 
 Why this exists: httpx parses bodies on the trio thread, which also answers every
-FUSE request. Measured here (scripts/bench B1), that one thread tops out at about
-0.3 GB/s for a cold read, while a worker thread that `recv_into`s a reused buffer and
-`pwrite`s it, both of which release the GIL, moves about 2 GB/s. So content GETs
+FUSE request, and that one thread then caps a cold read; a worker thread that
+`recv_into`s a reused buffer and `pwrite`s it, both of which release the GIL, moves
+several times more (docs/BENCHMARKS.md). So content GETs
 (the one request type that carries megabytes) use this small HTTP/1.1 client, and
 so do the many small GETs of size probing (signed URLs, one-byte probes: a thread
 hop costs the trio thread less than an httpx exchange). Everything else (listings,

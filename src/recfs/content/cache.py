@@ -14,10 +14,9 @@ Invariants (what makes the cache crash-safe; the tests check each):
      refetch; it can never leave a bit set for bytes that are not on disk.
      The flusher syncs an entry once it has been dirty for `sync_after` seconds (30 by
      default, the age at which the kernel writes dirty pages back by itself), so a
-     burst of downloads is not forced onto the disk while it runs: syncing each file
-     a second after it arrived made a `cp -r` of 2,000 files write the cache to disk
-     during the copy, and the copy about 5% slower (docs/BENCHMARKS.md). The price is
-     that a crash forgets up to that many seconds of downloads.
+     burst of downloads is not forced onto the disk while it runs (a copy that syncs
+     as it goes writes the cache to disk during the copy, and runs slower). The price
+     is that a crash forgets up to that many seconds of downloads.
  I3. A data file is deleted only after its row is gone from the index, and never
      while a reader holds the entry (pinned).
  I4. Bytes enter the cache only through `CacheEntry.write` followed by `mark` for

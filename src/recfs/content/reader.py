@@ -6,8 +6,8 @@ The request size sent to the server is independent of the kernel's 128 KiB READs
   and keep fetching ahead of the reader, in requests of at most `max_request` so that
   several ranges of one file are in flight at once. Request size trades CPU for
   parallelism: on a fast link big requests win (few writers per cache file, few
-  thread hops: B1 loopback 0.71 GB/s with 2 MiB, 0.95 with 16 MiB), while a link that
-  is slow per connection needs many requests in flight (B1 WAN). So a file whose
+  thread hops), while a link that is slow per connection needs many requests in
+  flight. So a file whose
   requests arrive slower than SLOW_LINK per connection switches to requests of
   `max_request / 8`;
 - a random read (a seek, as ffprobe and sox do) fetches only the chunks it touches;
