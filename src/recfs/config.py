@@ -65,13 +65,14 @@ class Key:
     default: Any = None
     check: Callable[[Any], str | None] | None = None   # returns a problem, or None
     doc: str = ""
+    retired: bool = False            # accepted so that older configs load; a warning says it does nothing
 
 
 def option(type_: str, default: Any = None, *, doc: str, required: bool = False,
-           check: Callable[[Any], str | None] | None = None) -> Any:
+           check: Callable[[Any], str | None] | None = None, retired: bool = False) -> Any:
     """A field of an options dataclass that is also a config key: its type, default,
     check and the line of documentation the configuration reference prints."""
-    key = Key(type_, required=required, default=default, check=check, doc=doc)
+    key = Key(type_, required=required, default=default, check=check, doc=doc, retired=retired)
     if required:
         return field(metadata={"key": key})
     return field(default=default, metadata={"key": key})
@@ -308,6 +309,11 @@ def source_keys(kind: str) -> dict[str, Key]:
     return {k: v for k, v in keys_of(source_module(kind).Options).items() if k not in COMMON_SOURCE_KEYS}
 
 
+def _retired(table: dict, schema: dict[str, Key], where: str) -> list[str]:
+    return [f"{where}.{name}: no longer used ({key.doc})" for name, key in schema.items()
+            if key.retired and name in table]
+
+
 def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
     known_top = {"cache", "sources", "tuning"}
     for k in data:
@@ -328,6 +334,7 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
     if not isinstance(sources_tab, list) or not sources_tab:
         raise ConfigError("sources: at least one [[sources]] table is required")
     sources: list[SourceConfig] = []
+    warnings: list[str] = []
     seen: set[str] = set()
     for i, tab in enumerate(sources_tab):
         where = f"sources[{i}]"
@@ -341,6 +348,7 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
                               f"{', '.join(KINDS)})")
         options_cls = source_module(kind).Options
         opts = options_cls(**_apply_schema(tab, keys_of(options_cls), where, config_dir))
+        warnings += _retired(tab, keys_of(options_cls), where)
         name = opts.name
         if not _NAME_RE.match(name) or name in (".", ".."):
             raise ConfigError(f"{where}.name: {name!r} is not a usable folder name")
@@ -351,8 +359,8 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
         if problem:
             raise ConfigError(f"{where}.{problem}")
         sources.append(SourceConfig(name=name, kind=kind, options=opts))
-    return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"], cache["sync_after"]), sources=sources,
-                  tuning=tuning)
+    return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"], cache["sync_after"]),
+                  sources=sources, tuning=tuning, warnings=warnings)
 
 
 def load_config(path: str | Path) -> Config:

@@ -126,7 +126,7 @@ class Options(SourceOptions):
     bulk: str = option("str", "auto", check=lambda v: None if v in ("auto", "always", "never") else
                        "expected \"auto\", \"always\" or \"never\"",
                        doc="when whole-file reads use bulk zip jobs: auto (folder copies), always, never")
-    hot_window: float | None = option("float", doc="no longer used: recfs recognises a folder copy by "
+    hot_window: float | None = option("float", retired=True, doc="recfs recognises a folder copy by "
                                                    "its opens (accepted so that older configs load)")
     batch_window: float = option("float", 0.5, check=_not_negative,
                                  doc="seconds a bulk batch collects requests before its job starts")

@@ -88,7 +88,7 @@ class Options(SourceOptions):
                                 doc="seconds a bulk download job may take before it is abandoned")
     job_wait: float = option("float", 60.0, check=_positive,
                              doc="seconds a read waits for a running folder job before reading directly")
-    copy_window: float | None = option("float", doc="no longer used: recfs recognises a folder copy by its "
+    copy_window: float | None = option("float", retired=True, doc="recfs recognises a folder copy by its "
                                                     "opens (accepted so that older configs load)")
 
     def problem(self) -> str | None:
