@@ -1,5 +1,6 @@
 """The Kazoo client against scripted HTTP answers (respx): windows, Gregorian
-seconds, the 31-day limit, cursor paging, re-authentication mid-crawl, 429."""
+seconds, the 31-day limit, cursor paging, re-authentication mid-crawl, 429 on the
+media GET that learns a recording's size."""
 from __future__ import annotations
 
 import base64
@@ -10,10 +11,12 @@ import httpx
 import pytest
 import respx
 
+from recfs.content.cache import Cache
+from recfs.content.reader import Reader
 from recfs.http import Http, HttpError, RetryPolicy
-from recfs.sources.base import SourceContext
+from recfs.sources import kazoo
 from recfs.sources.kazoo import (GREGORIAN_OFFSET, MAX_WINDOW, SERVICE_MAX_RANGE, KazooClient,
-                                 KazooSource, file_name, gregorian_to_unix, jwt_lifetime,
+                                 KazooSource, Options, file_name, gregorian_to_unix, jwt_lifetime,
                                  media_type_of, month_windows, unix_to_gregorian)
 
 API = "https://kazoo.test:8000/v2"
@@ -75,11 +78,15 @@ class FakeKazoo:
         return httpx.Response(200, json={"data": [], "page_size": 0, "status": "success"})
 
 
-def source(http: Http, now: int, **options) -> KazooSource:
+def options(**extra) -> Options:
     opts = {"api_url": API, "api_key": KEY, "page_size": 50, "created_lag_hours": 6.0,
             "size_concurrency": 4, "user_view": True}
-    opts.update(options)
-    return KazooSource("kz", opts, SourceContext(http=http, cache=None), clock=lambda: now)
+    opts.update(extra)
+    return Options(name="kz", kind="kazoo", **opts)
+
+
+def source(http: Http, now: int, **extra) -> KazooSource:
+    return kazoo.Source("kz", options(**extra), http, clock=lambda: now)
 
 
 @pytest.fixture
@@ -218,10 +225,7 @@ async def test_history_pass_walks_month_windows_once(respx_mock, http):
         return httpx.Response(200, json={"data": hits, "page_size": len(hits)})
     fake.page = page
     now = [utc(2024, 4, 10, 12)]
-    src = KazooSource("kz", {"api_url": API, "api_key": KEY, "since": dt.date(2024, 1, 15),
-                             "page_size": 50, "created_lag_hours": 6.0, "size_concurrency": 4,
-                             "user_view": True},
-                      SourceContext(http=http, cache=None), clock=lambda: now[0])
+    src = kazoo.Source("kz", options(since=dt.date(2024, 1, 15)), http, clock=lambda: now[0])
     root = await src.list_dir(src.root_ref())
     assert [e.name for e in root.entries] == [ACCOUNT]
     acct = await src.list_dir(root.entries[0].ref)
@@ -270,14 +274,28 @@ async def test_day_folder_is_one_window_keeping_calls_started_that_day(respx_moc
 
 
 @respx.mock(assert_all_called=False)
-async def test_429_without_retry_after_is_retried(respx_mock, http):
-    FakeKazoo(respx_mock)
-    media = respx_mock.get(f"{API}/accounts/{ACCOUNT}/recordings/202401-{'8' * 32}").mock(
+async def test_429_without_retry_after_is_retried(respx_mock, http, tmp_path, nursery):
+    """A recording's size is learnt from its media URL (a one-byte ranged GET with
+    Accept: audio/mpeg); the service's 429s, which carry no Retry-After, are retried."""
+    fake = FakeKazoo(respx_mock)
+    rid = f"202401-{'8' * 32}"
+    media = respx_mock.get(f"{API}/accounts/{ACCOUNT}/recordings/{rid}").mock(
         side_effect=[httpx.Response(429, json={"error": "429", "message": "too_many_requests"})] * 3
         + [httpx.Response(206, headers={"Content-Range": "bytes 0-0/12345"}, content=b"x")])
-    client = KazooClient(http, API, KEY)
-    assert await client.probe_size(ACCOUNT, f"202401-{'8' * 32}") == (12345, None)
+    fake.page = lambda request, frm, to: httpx.Response(
+        200, json={"data": [doc(rid, utc(2024, 1, 10, 9))], "page_size": 1})
+    src = source(http, utc(2024, 2, 1))
+    (entry,) = (await src.list_dir(("day", ACCOUNT, None, 2024, 1, 10))).entries
+    assert entry.size is None
+    cache = Cache(tmp_path, max_size=1 << 30)
+    try:
+        await Reader(cache, nursery, http).learn_sizes(src, [entry], whole=False)
+    finally:
+        cache.close()
+    assert entry.size == 12345
     assert media.call_count == 4
     assert http.retries == 3
-    assert media.calls[0].request.headers["range"] == "bytes=0-0"
-    assert media.calls[0].request.headers["accept"] == "audio/mpeg"
+    for call in media.calls:
+        assert call.request.headers["range"] == "bytes=0-0"
+        assert call.request.headers["accept"] == "audio/mpeg"
+        assert call.request.headers["x-auth-token"] in fake.valid

@@ -15,8 +15,9 @@ import respx
 from recfs.config import parse_config
 from recfs.emulators.kazoo import KazooEmulator, source_table
 from recfs.http import Http, RetryPolicy
-from recfs.sources.base import Entry, Kind, SourceContext, SourceError
-from recfs.sources.kazoo import KazooSource, create
+from recfs.sources import kazoo
+from recfs.sources.base import Entry, Kind, SourceError
+from recfs.sources.kazoo import KazooSource, Options
 
 API = "https://kazoo.test:8000/v2"
 ACCOUNT = "a" * 32
@@ -71,7 +72,7 @@ def scripted_source(http: Http, **options) -> KazooSource:
     opts = {"api_url": API, "api_key": KEY, "accounts": [ACCOUNT], "since": dt.date(2024, 1, 1),
             "allow_delete": True}
     opts.update(options)
-    return KazooSource("kz", opts, SourceContext(http=http, cache=None))
+    return kazoo.Source("kz", Options(name="kz", kind="kazoo", **opts), http)
 
 
 def recording_entry(rid: str = RID, account: str = ACCOUNT) -> Entry:
@@ -188,7 +189,7 @@ def emulated_source(emu: KazooEmulator, http: Http, **overrides) -> KazooSource:
     table = source_table(emu, "kz")
     table.update({"allow_delete": True, **overrides})
     options = parse_config({"sources": [table]}).sources[0].options
-    return create("kz", options, SourceContext(http=http, cache=None))
+    return kazoo.Source("kz", options, http)
 
 
 async def child(src, ref, name):

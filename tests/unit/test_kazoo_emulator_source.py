@@ -1,5 +1,7 @@
 """The Kazoo source driven directly (no mount) against the real Kazoo emulator, and
-the emulator's own fidelity to the API rules the source relies on."""
+the emulator's own fidelity to the API rules the source relies on. Sizes are learnt as
+the tree has them learnt (`Reader.learn_sizes`), bytes read as the reader reads them
+(`Http.get_range` of the source's target)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,10 +13,13 @@ import pytest
 import trio
 
 from recfs.config import parse_config
+from recfs.content.cache import Cache
+from recfs.content.reader import WHOLE_PROBE, Reader, ReadError
 from recfs.emulators.kazoo import KazooEmulator, demo, from_gregorian, source_table
-from recfs.http import Http, RetryPolicy
-from recfs.sources.base import Entry, SourceContext, SourceError
-from recfs.sources.kazoo import create, month_windows
+from recfs.http import Http, HttpError, RetryPolicy
+from recfs.sources import kazoo
+from recfs.sources.base import Entry, SourceError
+from recfs.sources.kazoo import month_windows
 
 SEED = 7
 
@@ -32,12 +37,19 @@ async def http():
     await client.aclose()
 
 
+@pytest.fixture
+def cache(tmp_path):
+    c = Cache(tmp_path / "cache", max_size=1 << 30)
+    yield c
+    c.close()
+
+
 def make_source(emu: KazooEmulator, http: Http, **overrides):
     table = source_table(emu, "kz")
     table.update(overrides)
     table = {k: v for k, v in table.items() if v is not None}
     options = parse_config({"sources": [table]}).sources[0].options
-    return create("kz", options, SourceContext(http=http, cache=None))
+    return kazoo.Source("kz", options, http)
 
 
 def expected_name(rec) -> str:
@@ -60,17 +72,27 @@ def expected_paths(emu: KazooEmulator) -> tuple[dict[str, object], dict[str, obj
     return accounts, users
 
 
-async def walk(src, ref=None, prefix="") -> dict[str, Entry]:
-    """Every file below `ref`, by path; sizes resolved folder by folder as the tree does."""
+async def walk(src, reader: Reader, ref=None, prefix="") -> dict[str, Entry]:
+    """Every file below `ref`, by path; sizes learnt folder by folder as the tree has
+    them learnt: a size the cache remembers for the file's key is taken from there
+    (tree.py), the others come from `learn_sizes` and are remembered."""
     listing = await src.list_dir(ref if ref is not None else src.root_ref())
     files = [e for e in listing.entries if not e.is_dir]
+    for e in files:
+        e.size = reader.cache.known_size(src.cache_key(e))
     if files:
-        await src.resolve_sizes(files)
+        await reader.learn_sizes(src, files, whole=False)
+        reader.cache.remember_sizes([(src.cache_key(e), e.size) for e in files if e.size is not None])
     out = {f"{prefix}{e.name}": e for e in files}
     for e in listing.entries:
         if e.is_dir:
-            out.update(await walk(src, e.ref, f"{prefix}{e.name}/"))
+            out.update(await walk(src, reader, e.ref, f"{prefix}{e.name}/"))
     return out
+
+
+async def read_range(src, entry: Entry, start: int, end: int, sink) -> None:
+    await src.http.get_range(src.target(entry), start, end, sink, total=entry.size,
+                             name=f"{src.name}: {entry.name}")
 
 
 async def read_all(src, entry: Entry, step: int = 20000) -> bytes:
@@ -80,16 +102,16 @@ async def read_all(src, entry: Entry, step: int = 20000) -> bytes:
 
         def sink(offset, data):
             buf[offset:offset + len(data)] = data
-        await src.fetch_range(entry, start, end, sink)
+        await read_range(src, entry, start, end, sink)
     return bytes(buf)
 
 
 # ---------------------------------------------------------------- the source
 
-async def test_tree_of_two_accounts_and_the_user_view(emu, http):
+async def test_tree_of_two_accounts_and_the_user_view(emu, http, cache, nursery):
     src = make_source(emu, http)
     await src.start()
-    files = await walk(src)
+    files = await walk(src, Reader(cache, nursery, http))
     want_accounts, want_users = expected_paths(emu)
     assert sorted({p.split("/")[0] for p in files}) == sorted(emu.demo_accounts)
     assert {p for p in files if "/users/" not in p} == set(want_accounts)
@@ -117,19 +139,25 @@ async def test_tree_of_two_accounts_and_the_user_view(emu, http):
                and from_gregorian(int(q["created_from"])) % 86400 == 0
                and int(q["created_to"]) > int(q["created_from"])]
     assert len(history) == windows * 2
-    # every file's size was probed once, however many views show it
+    # every file's size was probed once, however many views show it: both views give a
+    # recording the same cache key, under which its size is remembered
     assert emu.count("media") == len({e.id for e in files.values()})
+    keys: dict[str, set[str]] = {}
+    for entry in files.values():
+        keys.setdefault(entry.id, set()).add(src.cache_key(entry))
+    assert all(len(k) == 1 for k in keys.values())
+    assert any("/users/" in p for p in files)
 
 
-async def test_bytes_and_exact_sizes(emu, http):
+async def test_bytes_and_exact_sizes(emu, http, cache, nursery):
     src = make_source(emu, http)
-    files = await walk(src)
+    files = await walk(src, Reader(cache, nursery, http))
     for path, entry in files.items():
         rec = emu.recordings[entry.id]
         assert await read_all(src, entry) == rec.blob.all_bytes(), path
     entry = next(iter(files.values()))
     got = bytearray()
-    await src.fetch_range(entry, 100, 150, lambda off, data: got.extend(data))
+    await read_range(src, entry, 100, 150, lambda off, data: got.extend(data))
     assert bytes(got) == emu.recordings[entry.id].blob.read(100, 50)
 
 
@@ -159,31 +187,31 @@ async def test_token_expiry_mid_crawl_resumes_with_the_same_cursor(emu, http):
         [e.name for e in (await fresh.list_dir(("acct", account))).entries]
 
 
-async def test_token_expiry_mid_read_reauthenticates(emu, http):
+async def test_token_expiry_mid_read_reauthenticates(emu, http, cache, nursery):
     src = make_source(emu, http)
-    files = await walk(src)
+    files = await walk(src, Reader(cache, nursery, http))
     entry = max(files.values(), key=lambda e: e.size)
     blob = emu.recordings[entry.id].blob
     got = bytearray(entry.size)
 
     def sink(offset, data):
         got[offset:offset + len(data)] = data
-    await src.fetch_range(entry, 0, 1000, sink)
+    await read_range(src, entry, 0, 1000, sink)
     auths = emu.count("api_auth")
     emu.advance(emu.token_lifetime + 1)
-    await src.fetch_range(entry, 1000, entry.size, sink)
+    await read_range(src, entry, 1000, entry.size, sink)
     assert bytes(got) == blob.all_bytes()
     assert emu.count("unauthorized") == 1 and emu.count("api_auth") == auths + 1
 
 
-async def test_a_429_storm_is_survived():
+async def test_a_429_storm_is_survived(cache, nursery):
     # a small bucket, emptied before the first request: every burst overdraws it
     with demo(SEED, bucket_tokens=5, fill_rate=100) as emu:
         client = Http(retry=RetryPolicy(attempts=12, base_delay=0.05, max_delay=0.5, budget=60))
         try:
             src = make_source(emu, client)
             emu.drain_bucket()
-            files = await walk(src)
+            files = await walk(src, Reader(cache, nursery, client))
             want_accounts, want_users = expected_paths(emu)
             assert set(files) == set(want_accounts) | set(want_users)
             results = {}
@@ -203,8 +231,10 @@ async def test_a_429_storm_is_survived():
             await client.aclose()
 
 
-async def test_media_missing_after_listing_is_hidden_and_reads_fail_with_eio(emu, http, caplog):
+async def test_media_missing_after_listing_is_hidden_and_reads_fail_with_eio(emu, http, cache,
+                                                                             nursery, caplog):
     src = make_source(emu, http)
+    reader = Reader(cache, nursery, http)
     account = emu.demo_accounts[1]
     want, _ = expected_paths(emu)
     path = next(p for p in sorted(want) if p.startswith(account))
@@ -213,54 +243,69 @@ async def test_media_missing_after_listing_is_hidden_and_reads_fail_with_eio(emu
     entry = next(e for e in listing.entries if e.id == want[path].id)
     emu.recordings[entry.id].blob = None
     caplog.set_level(logging.INFO, logger="recfs")
-    await src.resolve_sizes([entry])
+    await reader.learn_sizes(src, [entry], whole=False)
     assert entry.size is None
     assert any(entry.id in r.getMessage() and "no media" in r.getMessage() for r in caplog.records)
+    # the media GET's 404 is the source's "no media" failure, with EIO
+    with pytest.raises(HttpError) as http_err:
+        await read_range(src, entry, 0, 10, lambda off, data: None)
+    assert http_err.value.status == 404
+    failure = src.content_error(entry, http_err.value)
+    assert isinstance(failure, SourceError) and failure.errno == errno.EIO
+    assert entry.id in str(failure) and "no media" in str(failure)
+    # and a read through the reader fails with EIO and a log line naming the recording
     entry.size = 10
-    with pytest.raises(SourceError) as err:
-        await src.fetch_range(entry, 0, 10, lambda off, data: None)
+    caplog.clear()
+    h = reader.open(src, entry)
+    try:
+        with pytest.raises(ReadError) as err:
+            await reader.read(h, 0, 10)
+    finally:
+        reader.release(h)
     assert err.value.errno == errno.EIO
     assert any(r.levelno == logging.ERROR and entry.id in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("threaded", [False, True])
-async def test_during_a_copy_short_mp3s_come_whole_with_their_size(emu, tmp_path, caplog, threaded):
-    """Threaded (as mounted), the MP3s' GETs go out together (Http.get_heads); without
-    rangeget, one by one."""
-    from recfs.content.cache import Cache
+async def test_during_a_copy_short_recordings_come_whole_with_their_size(emu, cache, nursery,
+                                                                         caplog, threaded):
+    """During a copy a recording whose size hint (its duration at 128 kbit/s) is at most
+    WHOLE_PROBE is asked for whole: its size and bytes come in one GET. Threaded (as
+    mounted), the GETs go out together (Http.get_heads); without rangeget, one by one."""
     http = Http(retry=RetryPolicy(attempts=15, base_delay=0.05, max_delay=0.4, budget=30),
                 threaded_content=threaded)
     src = make_source(emu, http)
-    src.ctx.cache = cache = Cache(tmp_path, max_size=1 << 30)
+    reader = Reader(cache, nursery, http)
     want, _ = expected_paths(emu)
     days = sorted({tuple(int(x) for x in p.split("/")[1:4]) + (p.split("/")[0],) for p in want})
+    # every day folder's recordings, learnt together
+    files = []
     for y, m, d, account in days:
-        files = [e for e in (await src.list_dir(("day", account, None, y, m, d))).entries if not e.is_dir]
-        mp3 = [e for e in files if e.xattrs["kazoo.content_type"] == "audio/mpeg"]
-        if len(mp3) >= 2:
-            break
-    assert len(mp3) >= 2 and all(0 < e.size_hint <= (2 << 20) for e in mp3)
-    gone = mp3[-1]
+        files += [e for e in (await src.list_dir(("day", account, None, y, m, d))).entries if not e.is_dir]
+    small = [e for e in files if 0 < e.size_hint <= WHOLE_PROBE]
+    assert len(small) >= 2 and len(small) < len(files)     # some too long to be asked whole
+    assert all(emu.recordings[e.id].blob.size <= WHOLE_PROBE for e in files)
+    gone = small[-1]
     emu.recordings[gone.id].blob = None          # detached after listing: 404 to both GETs
     caplog.set_level(logging.INFO, logger="recfs")
-    src.copy_seen = trio.current_time()
     emu.reset_stats()
-    await src.resolve_sizes(files)
+    await reader.learn_sizes(src, files, whole=True)
     for entry in files:
         if entry is gone:
             continue
         blob = emu.recordings[entry.id].blob
         assert entry.size == blob.size
-        # MP3s came whole; others (WAV: no size to guess from the duration) were probed
-        assert cache.has_whole(src.cache_key(entry), entry.size) == (entry in mp3)
-        if entry in mp3:
+        # the short ones came whole; a longer one (by its hint) was probed for one byte,
+        # so none of it is cached although it is small
+        assert cache.has_whole(src.cache_key(entry), entry.size) == (entry in small)
+        if entry in small:
             assert cache.entry(src.cache_key(entry), entry.size).read(0, entry.size) == blob.all_bytes()
     assert gone.size is None and not cache.has_whole(src.cache_key(gone), 1)
     assert any(gone.id in r.getMessage() and "no media" in r.getMessage() for r in caplog.records)
-    # one GET per recording, and the usual probe after it for the one that failed
-    # (together, a failed GET is first made again on its own: it may have been a reset)
-    assert emu.count("media") == len(files) + (2 if threaded else 1)
-    assert http.batched_requests == (len(mp3) if threaded else 0)
+    # one GET per recording, and one more, on its own, for the one that failed (a
+    # failure among GETs made together may have been a reset)
+    assert emu.count("media") == len(files) + 1
+    assert http.batched_requests == (len(files) if threaded else 0)
     assert list(cache.staging_dir.iterdir()) == []
     await http.aclose()
 
