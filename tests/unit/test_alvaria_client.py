@@ -203,10 +203,6 @@ async def test_during_a_copy_small_files_come_whole_with_their_size(token_route,
     assert list(cache.staging_dir.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "suspected regression in Reader.learn_sizes: when a whole-file probe fails, the "
-    "fallback (_probe_one) asks for the same WHOLE_PROBE bytes again instead of one "
-    "byte, so a file that cannot come whole is left without a size (hidden)"))
 async def test_during_a_copy_a_file_that_fails_whole_is_sized_by_a_one_byte_probe(
         token_route, cache, nursery):
     mock, _ = token_route

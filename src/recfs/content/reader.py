@@ -454,22 +454,26 @@ class Reader:
 
     async def _probe_one(self, source: Source, entry: Entry, end: int,
                          limiter: trio.CapacityLimiter) -> None:
-        staged = self.cache.staged("probe-") if end > 1 else None
-        size = None
+        """One size probe with retries: whole (`end` > 1) first if asked, then one byte."""
         async with limiter:
-            try:
-                size = await self._get_range(source.target(entry), 0, end,
-                                             staged.write if staged else _ignore, None,
-                                             f"{source.name}: size of {entry.name}")
-            except HttpError as exc:
-                log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name,
-                            describe(source.content_error(entry, exc)))
-            except SourceError as exc:
-                log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name, exc)
-            finally:
-                if staged:
-                    self._keep_probed(source, entry, staged, size, end)
-        entry.size = size
+            for length in ((end, 1) if end > 1 else (1,)):
+                staged = self.cache.staged("probe-") if length > 1 else None
+                size = None
+                try:
+                    size = await self._get_range(source.target(entry), 0, length,
+                                                 staged.write if staged else _ignore, None,
+                                                 f"{source.name}: size of {entry.name}")
+                except HttpError as exc:
+                    log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name,
+                                describe(source.content_error(entry, exc)))
+                except SourceError as exc:
+                    log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name, exc)
+                finally:
+                    if staged:
+                        self._keep_probed(source, entry, staged, size, length)
+                if size is not None:
+                    entry.size = size
+                    return
 
     async def prefetch(self, source: Source, entry: Entry) -> None:
         """Fetch a whole file into the cache (for `recfs prefetch`)."""
