@@ -13,10 +13,11 @@ import pytest
 import respx
 
 from recfs.config import parse_config
+from recfs.content.bulk import BulkEngine
 from recfs.content.cache import Cache
 from recfs.http import Http, RetryPolicy
 from recfs.sources import eightbyeight as e8
-from recfs.sources.base import Kind, SourceContext, SourceError
+from recfs.sources.base import Kind, SourceError
 from recfs.sources.eightbyeight import DirRef
 
 API = "https://api.8x8.test/storage"
@@ -50,7 +51,7 @@ def make_source(tmp_path, **extra):
     opts = parse_config({"sources": [table]}).sources[0].options
     http = Http(retry=RetryPolicy(base_delay=0.001))
     cache = Cache(tmp_path / "cache", max_size=1 << 30)
-    return e8.create("e", opts, SourceContext(http=http, cache=cache)), http, cache
+    return e8.Source("e", opts, http), http, cache
 
 
 class TokenService:
@@ -317,7 +318,7 @@ async def test_fetch_range_uses_the_content_endpoint_with_range(tmp_path, router
     src, http, _ = make_source(tmp_path)
     entry = (await src.list_dir(DAY)).entries[0]
     got = bytearray()
-    await src.fetch_range(entry, 100, 600, lambda off, b: got.extend(b))
+    await http.get_range(src.target(entry), 100, 600, lambda off, b: got.extend(b), total=entry.size)
     await http.aclose()
     assert bytes(got) == data[100:600]
     assert seen[0].headers["range"] == "bytes=100-599"
@@ -339,10 +340,14 @@ async def test_presigned_urls_in_every_plausible_shape(tmp_path, router, shape):
     src, http, _ = make_source(tmp_path, presign=True)
     entry = (await src.list_dir(DAY)).entries[0]
     got = bytearray()
-    await src.fetch_range(entry, 0, len(data), lambda off, b: got.extend(b))
+    await http.get_range(src.target(entry), 0, len(data), lambda off, b: got.extend(b),
+                         total=entry.size)
+    await http.get_range(src.target(entry), 0, 10, lambda off, b: got.extend(b), total=entry.size)
     await http.aclose()
-    assert bytes(got) == data
+    assert bytes(got) == data + data[:10]
     assert "authorization" not in s3.calls[0].request.headers
+    # the URL is kept for its lifetime (X-Amz-Expires): the second read asks for none
+    assert src.leases.asked == 1 and s3.call_count == 2
 
 
 # ------------------------------------------------------------------ bulk statuses
@@ -378,6 +383,16 @@ def script_bulk(router, first, statuses, members, as_array=False):
     return start, status, download
 
 
+async def fetch_first(src, http, cache, entries, copying=False) -> bool:
+    """The first file of `entries` through the bulk engine, as the reader asks for it;
+    `copying`: the access policy says the folder is being copied."""
+    engine = BulkEngine(src, http, cache)
+    try:
+        return await engine.fetch(entries[0], entries, copying)
+    finally:
+        await engine.aclose()
+
+
 @pytest.mark.parametrize("first,statuses,as_array", [
     ("NOT_STARTED", ["NOT_STARTED", "IN_PROGRESS", "DONE"], False),
     ("NOT_STARTED", ["IN_PROGRESS", "DONE"], True),
@@ -388,7 +403,7 @@ async def test_bulk_done(tmp_path, bulk_day, first, statuses, as_array):
                                           [("a.mp3", A_DATA), ("b.mp3", B_DATA)], as_array)
     src, http, cache = make_source(tmp_path, bulk="always")
     entries = (await src.list_dir(DAY)).entries
-    assert await src.fetch_whole(entries[0], entries) is True
+    assert await fetch_first(src, http, cache, entries) is True
     await http.aclose()
     assert json.loads(start.calls[0].request.content) == ["id-0001", "id-0002"]
     assert status.call_count == len(statuses) and download.call_count == 1
@@ -397,29 +412,42 @@ async def test_bulk_done(tmp_path, bulk_day, first, statuses, as_array):
 
 
 @pytest.mark.parametrize("final", ["FAILED", "CANCELLED", "ERROR", ""])
-async def test_bulk_failed_states_fail_the_files_without_a_download(tmp_path, bulk_day, final):
+async def test_bulk_failed_states_leave_the_files_to_per_object_reads_without_a_download(
+        tmp_path, bulk_day, caplog, final):
     _, status, download = script_bulk(bulk_day, "NOT_STARTED", ["IN_PROGRESS", final],
                                       [("a.mp3", A_DATA)])
     src, http, cache = make_source(tmp_path, bulk="always")
     entries = (await src.list_dir(DAY)).entries
-    with pytest.raises(SourceError) as exc:
-        await src.fetch_whole(entries[0], entries)
+    with caplog.at_level("INFO", logger="recfs.bulk"):
+        assert await fetch_first(src, http, cache, entries) is False    # read per object
     await http.aclose()
-    assert exc.value.errno == 5 and (final or "(no status)") in str(exc.value)
-    assert download.call_count == 0
+    assert f"ended {final or '(no status)'}" in caplog.text
+    assert status.call_count == 2 and download.call_count == 0
     assert not cache.has_whole(src.cache_key(entries[0]), 5000)
 
 
-async def test_bulk_partial_done_fails_only_what_the_zip_lacks(tmp_path, bulk_day):
+async def test_bulk_partial_done_leaves_only_what_the_zip_lacks_to_per_object_reads(
+        tmp_path, bulk_day, caplog):
     script_bulk(bulk_day, "NOT_STARTED", ["PARTIAL_DONE"], [("b.mp3", B_DATA)])
     src, http, cache = make_source(tmp_path, bulk="always")
     entries = (await src.list_dir(DAY)).entries
-    with pytest.raises(SourceError) as exc:
-        await src.fetch_whole(entries[0], entries)
+    with caplog.at_level("INFO", logger="recfs.bulk"):
+        assert await fetch_first(src, http, cache, entries) is False
     await http.aclose()
-    assert "PARTIAL_DONE" in str(exc.value)
+    assert "PARTIAL_DONE without this file" in caplog.text
     assert not cache.has_whole(src.cache_key(entries[0]), 5000)
     assert cache.has_whole(src.cache_key(entries[1]), 7000)
+
+
+async def test_a_job_that_cannot_start_leaves_the_file_to_per_object_reads(tmp_path, bulk_day):
+    start = bulk_day.post(f"{API}/us-east/v3/bulk/download/start").mock(
+        return_value=httpx.Response(400, json={"status": 400, "message": "too many ids"}))
+    src, http, cache = make_source(tmp_path, bulk="always")
+    entries = (await src.list_dir(DAY)).entries
+    assert await fetch_first(src, http, cache, entries) is False
+    await http.aclose()
+    assert start.call_count == 1
+    assert not cache.has_whole(src.cache_key(entries[0]), 5000)
 
 
 async def test_bulk_md5_mismatch_is_not_cached(tmp_path, bulk_day):
@@ -427,18 +455,18 @@ async def test_bulk_md5_mismatch_is_not_cached(tmp_path, bulk_day):
     src, http, cache = make_source(tmp_path, bulk="always")
     entries = (await src.list_dir(DAY)).entries
     with pytest.raises(SourceError) as exc:
-        await src.fetch_whole(entries[0], entries)
+        await fetch_first(src, http, cache, entries)
     await http.aclose()
-    assert "checksum mismatch" in str(exc.value)
+    assert exc.value.errno == 5 and "checksum mismatch" in str(exc.value)
     assert not cache.has_whole(src.cache_key(entries[0]), 5000)
     assert cache.has_whole(src.cache_key(entries[1]), 7000)
 
 
 async def test_a_lone_read_never_waits_on_a_job(tmp_path, bulk_day):
     start, _, _ = script_bulk(bulk_day, "DONE", [], [])
-    src, http, _ = make_source(tmp_path)              # bulk = "auto"
+    src, http, cache = make_source(tmp_path)          # bulk = "auto"
     entries = (await src.list_dir(DAY)).entries
-    assert await src.fetch_whole(entries[0], entries) is False
+    assert await fetch_first(src, http, cache, entries, copying=False) is False
     await http.aclose()
     assert start.call_count == 0
 
@@ -453,7 +481,7 @@ async def test_missing_sizes_are_resolved_from_object_metadata(tmp_path, router)
     src, http, _ = make_source(tmp_path)
     entries = (await src.list_dir(DAY)).entries
     assert [e.size for e in entries] == [None, None]
-    await src.resolve_sizes(entries)
+    await src.sizes(entries)
     await http.aclose()
     assert sorted(e.size for e in entries) == [1001, 1002] and meta.call_count == 2
 
@@ -477,5 +505,6 @@ def test_config_rejects_bad_values():
             parse_config({"sources": [dict(base, **bad)]})
         assert where in str(exc.value)
     opts = parse_config({"sources": [base]}).sources[0].options
-    assert opts["token_url"] == "https://api.8x8.com/oauth/v2/token"
-    assert opts["bulk_max_files"] == 50 and opts["bulk_max_bytes"] == 2 * 1000**3
+    assert opts.token_url == "https://api.8x8.com/oauth/v2/token"
+    assert opts.bulk_max_files == 50 and opts.bulk_max_bytes == 2 * 1000**3
+    assert opts.problem() is None

@@ -17,7 +17,7 @@ from recfs.emulators.base import BytesBlob
 from recfs.emulators.eightbyeight import EightByEight, source_table
 from recfs.http import Http, RetryPolicy
 from recfs.sources import eightbyeight as e8
-from recfs.sources.base import Entry, Kind, SourceContext, SourceError
+from recfs.sources.base import Entry, Kind, SourceError
 from recfs.sources.eightbyeight import DirRef, FileRef
 
 API = "https://api.8x8.test/storage"
@@ -39,7 +39,7 @@ def scripted_source(http: Http, **extra) -> e8.EightByEightSource:
              "allow_delete": True}
     table.update(extra)
     opts = parse_config({"sources": [table]}).sources[0].options
-    return e8.create("e", opts, SourceContext(http=http, cache=None))
+    return e8.Source("e", opts, http)
 
 
 def entry(oid: str, region: str = "us-east") -> Entry:
@@ -276,7 +276,7 @@ class Harness:
         table.update({"allow_delete": True, **opts})
         options = parse_config({"sources": [table]}).sources[0].options
         self.http = Http(retry=RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.01, budget=5))
-        self.src = e8.create("e8", options, SourceContext(http=self.http, cache=None))
+        self.src = e8.Source("e8", options, self.http)
 
     async def ls(self, *path: str) -> dict[str, Entry]:
         ref = self.src.root_ref()

@@ -9,12 +9,14 @@ import pytest
 import trio
 
 from recfs.config import parse_config
+from recfs.content.bulk import BulkEngine
 from recfs.content.cache import Cache
+from recfs.content.policy import AccessPolicy
 from recfs.emulators.base import BytesBlob, PatternBlob
 from recfs.emulators.eightbyeight import EightByEight, demo, source_table
-from recfs.http import Http, RetryPolicy
+from recfs.http import Http, HttpError, RetryPolicy
 from recfs.sources import eightbyeight as e8
-from recfs.sources.base import Entry, SourceContext, SourceError
+from recfs.sources.base import Entry, SourceError
 from recfs.sources.eightbyeight import DirRef
 
 UTC = dt.timezone.utc
@@ -52,11 +54,20 @@ class Harness:
         self.emu = emu
         self.http = Http(retry=RetryPolicy(base_delay=0.001))
         self.cache = Cache(tmp_path / "cache", max_size=1 << 32)
-        self.src = e8.create("e8", options, SourceContext(http=self.http, cache=self.cache))
+        self.src = e8.Source("e8", options, self.http)
+        # the one bulk engine, driven by the source's bulk capability (as the reader does)
+        self.engine = BulkEngine(self.src, self.http, self.cache)
 
     async def close(self):
+        await self.engine.aclose()
         await self.src.aclose()
         await self.http.aclose()
+
+    async def fetch(self, entry: Entry, folder: list[Entry], copying: bool = False) -> bool:
+        """The first read of `entry` as the reader makes it: True when a bulk job put
+        it in the cache, False to read it per object. `copying`: the access policy says
+        the folder is being copied."""
+        return await self.engine.fetch(entry, folder, copying)
 
     async def walk(self, ref=None, path="") -> dict[str, Entry]:
         out = {}
@@ -86,16 +97,22 @@ class Harness:
         def sink(off, data):
             assert off == start + len(got)
             got.extend(data)
-        await self.src.fetch_range(entry, start, end, sink)
+        try:
+            await self.http.get_range(self.src.target(entry), start, end, sink, total=entry.size)
+        except HttpError as exc:
+            raise self.src.content_error(entry, exc) from None
         return bytes(got)
 
     async def copy(self, entries: list[Entry]) -> dict[str, bytes]:
-        """What `cp` does through the reader: the first uncached read tries fetch_whole,
-        then falls back to ranged reads."""
+        """What `cp` does through the reader: it opens the files in order (the access
+        policy sees a copy from the second one on); the first uncached read asks the
+        bulk engine, then falls back to ranged reads."""
+        policy = AccessPolicy()
         out = {}
-        for e in entries:
+        for i, e in enumerate(entries):
+            policy.opened("folder", i)
             data = self.cached(e)
-            if data is None and await self.src.fetch_whole(e, entries):
+            if data is None and await self.fetch(e, entries, policy.copying("folder")):
                 data = self.cached(e)
             if data is None:
                 data = await self.ranged(e)
@@ -219,11 +236,11 @@ async def test_reads_arriving_together_share_one_job(big_day, tmp_path):
         results = {}
 
         async def read(e):
-            results[e.id] = await h.src.fetch_whole(e, entries)
+            results[e.id] = await h.fetch(e, entries)
         async with trio.open_nursery() as n:
             for e in entries:
                 n.start_soon(read, e)
-        assert all(results.values()) and big_day.jobs_started == 1
+        assert all(results.values()) and len(results) == 10 and big_day.jobs_started == 1
         assert all(h.cached(e) == big_day.objects[e.id].blob.all_bytes() for e in entries)
     finally:
         await h.close()
@@ -233,7 +250,7 @@ async def test_jobs_are_bounded_by_count_and_bytes(big_day, tmp_path):
     h = Harness(big_day, tmp_path)
     try:
         entries = await h.day("us-east", "callrecording", 2024, 9, 3)
-        assert await h.src.prefetch_dir(DirRef("day", "us-east", "callrecording", 2024, 9, 3), entries)
+        assert await h.engine.prefetch(entries) == 0          # every file delivered
         assert sorted(len(j.ids) for j in big_day.jobs.values()) == [50, 50, 50, 50]
         assert all(h.cached(e) == big_day.objects[e.id].blob.all_bytes() for e in entries)
     finally:
@@ -242,7 +259,7 @@ async def test_jobs_are_bounded_by_count_and_bytes(big_day, tmp_path):
     h = Harness(big_day, tmp_path / "2", bulk_max_bytes=100_000)
     try:
         entries = await h.day("us-east", "callrecording", 2024, 9, 3)
-        await h.src.prefetch_dir("day", entries[:40])
+        assert await h.engine.prefetch(entries[:40]) == 0
         for job in big_day.jobs.values():
             assert sum(big_day.objects[i].size for i in job.ids) <= 100_000
         assert big_day.jobs_started >= 4
@@ -253,8 +270,8 @@ async def test_jobs_are_bounded_by_count_and_bytes(big_day, tmp_path):
 async def test_duplicate_object_names_in_one_zip(h_demo, demo_emu):
     entries = await h_demo.day("us-east", "callcenterrecording", 2024, 9, 4)
     assert [e.name for e in entries] == ["voicemail-greeting.wav"] * 2
-    h_demo.src.bulk_mode = "always"
-    assert await h_demo.src.fetch_whole(entries[0], entries)
+    h_demo.src.bulk.mode = "always"
+    assert await h_demo.fetch(entries[0], entries)
     assert demo_emu.jobs_started == 1
     for e in entries:
         assert h_demo.cached(e) == demo_emu.objects[e.id].blob.all_bytes()
@@ -266,33 +283,36 @@ async def test_md5_mismatch_gives_eio_and_is_not_cached(big_day, tmp_path):
         entries = (await h.day("us-east", "callrecording", 2024, 9, 3))[:5]
         big_day.corrupt_ids = {entries[0].id}
         with pytest.raises(SourceError) as exc:
-            await h.src.fetch_whole(entries[0], entries)
+            await h.fetch(entries[0], entries)
         assert exc.value.errno == errno.EIO and "checksum mismatch" in str(exc.value)
         assert h.cached(entries[0]) is None
         assert all(h.cached(e) == big_day.objects[e.id].blob.all_bytes() for e in entries[1:])
         # opened again, per-object reads serve the right bytes
-        h.src.bulk_mode = "never"
-        assert await h.src.fetch_whole(entries[0], entries) is False
+        h.src.bulk.mode = "never"
+        assert await h.fetch(entries[0], entries) is False
         assert await h.ranged(entries[0]) == big_day.objects[entries[0].id].blob.all_bytes()
     finally:
         await h.close()
 
 
 @pytest.mark.parametrize("status", ["PARTIAL_DONE", "FAILED", "CANCELLED", "ERROR"])
-async def test_failed_jobs_fail_only_the_missing_files_and_a_later_read_works(big_day, tmp_path, status):
+async def test_failed_jobs_leave_the_missing_files_to_per_object_reads_and_a_later_job_works(
+        big_day, tmp_path, caplog, status):
     h = Harness(big_day, tmp_path, bulk="always", bulk_readahead=False)
     try:
         entries = (await h.day("us-east", "callrecording", 2024, 9, 3))[:4]
         missing = entries[1]
         big_day.plan_job(status, missing={missing.id})
-        with pytest.raises(SourceError) as exc:
-            await h.src.fetch_whole(missing, entries)
-        assert exc.value.errno == errno.EIO and status in str(exc.value)
+        with caplog.at_level("INFO", logger="recfs.bulk"):
+            assert await h.fetch(missing, entries) is False       # read it per object
+        assert f"ended {status}" in caplog.text
         assert h.cached(missing) is None
+        assert await h.ranged(missing) == big_day.objects[missing.id].blob.all_bytes()
         others = [e for e in entries if e is not missing and e.id in big_day.jobs[next(iter(big_day.jobs))].ids]
+        assert others
         for e in others:
             assert (h.cached(e) is not None) == (status == "PARTIAL_DONE")
-        assert await h.src.fetch_whole(missing, entries)          # the next job is DONE
+        assert await h.fetch(missing, entries)          # the next job is DONE
         assert h.cached(missing) == big_day.objects[missing.id].blob.all_bytes()
         assert big_day.jobs_started == 2
     finally:
@@ -304,10 +324,11 @@ async def test_truncated_zip_gives_eio_then_recovers(big_day, tmp_path):
     try:
         entries = (await h.day("us-east", "callrecording", 2024, 9, 3))[:3]
         big_day.plan_job("DONE", truncate=True)
-        with pytest.raises(SourceError):
-            await h.src.fetch_whole(entries[0], entries)
+        with pytest.raises(SourceError) as exc:
+            await h.fetch(entries[0], entries)
+        assert exc.value.errno == errno.EIO
         assert all(h.cached(e) is None for e in entries)
-        assert await h.src.fetch_whole(entries[0], entries)
+        assert await h.fetch(entries[0], entries)
     finally:
         await h.close()
 
@@ -317,10 +338,12 @@ async def test_a_slow_job_lets_the_reader_fall_back(big_day, tmp_path):
     try:
         entries = (await h.day("us-east", "callrecording", 2024, 9, 3))[:3]
         big_day.plan_job("DONE", polls=10_000)
-        assert await h.src.fetch_whole(entries[0], entries) is False
+        assert await h.fetch(entries[0], entries) is False
         assert big_day.jobs_started == 1
     finally:
         await h.close()
+    # the job nobody waits for any more was cancelled on the service
+    assert big_day.count("bulk_cancel") == 1
 
 
 async def test_token_expiry_is_survived(big_day, tmp_path):
@@ -328,7 +351,7 @@ async def test_token_expiry_is_survived(big_day, tmp_path):
     try:
         entries = await h.day("us-east", "callrecording", 2024, 9, 3)
         big_day.expire_tokens()
-        assert await h.src.fetch_whole(entries[0], entries)
+        assert await h.fetch(entries[0], entries)
         big_day.expire_tokens()
         assert len(await h.day("us-east", "callrecording", 2024, 9, 3)) == 200
         assert big_day.count("token") == 3
@@ -339,24 +362,49 @@ async def test_token_expiry_is_survived(big_day, tmp_path):
 async def test_a_failed_file_keeps_failing_until_it_is_opened_again(big_day, tmp_path, nursery):
     """The kernel retries a failed read page by page; through the reader, those
     retries must not quietly succeed by ranged reads where the bulk job failed."""
-    from recfs.content.reader import Reader, ReadError
+    from recfs.content.reader import Folder, Reader, ReadError
     h = Harness(big_day, tmp_path, bulk="always", bulk_readahead=False)
-    reader = Reader(h.cache, nursery)
+    reader = Reader(h.cache, nursery, h.http)
     try:
         entries = (await h.day("us-east", "callrecording", 2024, 9, 3))[:3]
-        big_day.plan_job("FAILED")
-        handle = reader.open(h.src, entries[0], entries)
+        folder = Folder("day", entries, 0)
+        big_day.corrupt_ids = {entries[0].id}
+        handle = reader.open(h.src, entries[0], folder)
         for offset in (0, 4096, 8192):
             with pytest.raises(ReadError) as exc:
                 await reader.read(handle, offset, 4096)
-            assert exc.value.errno == errno.EIO and "FAILED" in str(exc.value)
+            assert exc.value.errno == errno.EIO and "checksum mismatch" in str(exc.value)
         reader.release(handle)
-        h.src.bulk_mode = "never"                    # the next open tries again
-        handle = reader.open(h.src, entries[0], entries)
+        assert big_day.jobs_started == 1 and big_day.count("content") == 0
+        h.src.bulk.mode = "never"                    # the next open tries again
+        handle = reader.open(h.src, entries[0], folder)
         data = await reader.read(handle, 0, entries[0].size)
         assert data == big_day.objects[entries[0].id].blob.all_bytes()
         reader.release(handle)
     finally:
+        await reader.aclose()
+        await h.close()
+
+
+async def test_a_failed_job_is_read_per_object_through_the_reader(big_day, tmp_path, nursery):
+    """A job that ends FAILED costs time, not an error: the reader reads the file per
+    object."""
+    from recfs.content.reader import Folder, Reader
+    h = Harness(big_day, tmp_path, bulk="always", bulk_readahead=False)
+    reader = Reader(h.cache, nursery, h.http)
+    try:
+        entries = (await h.day("us-east", "callrecording", 2024, 9, 3))[:3]
+        big_day.plan_job("FAILED")
+        handle = reader.open(h.src, entries[0], Folder("day", entries, 0))
+        try:
+            data = await reader.read(handle, 0, entries[0].size)
+        finally:
+            reader.release(handle)
+        assert data == big_day.objects[entries[0].id].blob.all_bytes()
+        assert big_day.jobs_started == 1 and big_day.count("bulk_download") == 0
+        assert big_day.count("content") >= 1
+    finally:
+        await reader.aclose()
         await h.close()
 
 
@@ -368,7 +416,7 @@ async def test_job_delays_in_emulator_seconds(big_day, tmp_path):
         result = []
 
         async def read():
-            result.append(await h.src.fetch_whole(entries[0], entries))
+            result.append(await h.fetch(entries[0], entries))
         async with trio.open_nursery() as n:
             n.start_soon(read)
             while big_day.count("bulk_status") < 5:
