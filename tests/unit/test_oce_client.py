@@ -15,9 +15,10 @@ import respx
 
 import recfs.http
 from recfs.config import ConfigError, parse_config
+from recfs.content.bulk import BulkEngine, extract_verified
 from recfs.http import Http, RetryPolicy
 from recfs.sources import oce
-from recfs.sources.base import SourceContext, SourceError
+from recfs.sources.base import BulkFile, SourceError
 
 API = "https://oce.test/documents/api/1.2"
 TOKEN_URL = "https://idcs.test/oauth2/v1/token"
@@ -28,7 +29,7 @@ OAUTH = {"name": "oce", "kind": "oce", "api_url": API, "token_url": TOKEN_URL,
 BASIC = {"name": "oce", "kind": "oce", "api_url": API, "username": "u", "password": "pw"}
 
 
-def options(table: dict) -> dict:
+def options(table: dict) -> oce.Options:
     return parse_config({"cache": {"dir": "/tmp/unused"}, "sources": [table]}).sources[0].options
 
 
@@ -45,9 +46,9 @@ class StandInCache:
         return key in self.files
 
 
-def make_source(table: dict, cache=None) -> oce.OceSource:
+def make_source(table: dict) -> oce.OceSource:
     http = Http(retry=RetryPolicy(base_delay=0.001, max_delay=0.01, budget=5))
-    return oce.create("oce", options(table), SourceContext(http=http, cache=cache))
+    return oce.Source("oce", options(table), http)
 
 
 def item(i: int, **kw) -> dict:
@@ -61,8 +62,8 @@ def item(i: int, **kw) -> dict:
 # ------------------------------------------------------------------ config
 
 def test_config_needs_one_auth_method():
-    assert oce.check_options(options(OAUTH)) is None
-    assert oce.check_options(options(BASIC)) is None
+    assert options(OAUTH).problem() is None
+    assert options(BASIC).problem() is None
     with pytest.raises(ConfigError, match=r"sources\[0\]\.token_url: missing"):
         options({"name": "oce", "kind": "oce", "api_url": API})
     with pytest.raises(ConfigError, match=r"sources\[0\]\.username: use either OAuth"):
@@ -73,7 +74,7 @@ def test_config_needs_one_auth_method():
         options({k: v for k, v in BASIC.items() if k != "password"})
     with pytest.raises(ConfigError, match=r"api_url: must end in /documents/api/1.2"):
         options({**OAUTH, "api_url": "https://oce.test/documents/api"})
-    assert options(OAUTH)["root_folder"] == "self"
+    assert options(OAUTH).root_folder == "self"
     assert "s3cret" not in repr(options(OAUTH))
 
 
@@ -244,6 +245,7 @@ def test_job_status_schema_example_with_booleans_and_links_object():
         "links": {"href": "OCEHost/documents/api/1.2/folders/FE7D/_download/43C4/package",
                   "rel": "enclosure", "method": "GET", "mediaType": "application/zip"},
         "progress": "SUCCEEDED", "type": "folder"})
+    assert isinstance(s, oce.OceJobStatus)
     assert (s.state, s.completed, s.percent, s.filesize, s.error_code) == \
         ("SUCCEEDED", True, 100, 27811, "0")
     assert s.terminal and s.links[0]["rel"] == "enclosure"
@@ -329,9 +331,11 @@ async def test_folder_job_end_to_end_with_drifted_bodies(tmp_path):
     delete = respx.delete(f"{API}/folders/F1/_download/JOB42").mock(
         return_value=httpx.Response(200, json={"errorCode": "0", "type": "folder"}))
     cache = StandInCache(tmp_path)
-    src = make_source({**OAUTH, "job_poll_interval": 0.001}, cache)
+    src = make_source({**OAUTH, "job_poll_interval": 0.001})
     entries = (await src.list_dir("F1")).entries
-    assert await src.prefetch_dir("F1", entries)
+    engine = BulkEngine(src, src.http, cache)
+    assert await engine.prefetch(entries) == 0             # every file delivered
+    await engine.aclose()
     assert json.loads(create.calls[0].request.content) == {"idList": f"{a['id']},{b['id']}"}
     assert status.call_count == 3 and pkg.call_count == 1 and delete.call_count == 1
     assert cache.files == {src.cache_key(entries[0]): b"aaaaa", src.cache_key(entries[1]): b"bbb"}
@@ -340,28 +344,37 @@ async def test_folder_job_end_to_end_with_drifted_bodies(tmp_path):
 
 # ------------------------------------------------------------------ zip members
 
+def wanted(key: str, name: str, size: int) -> BulkFile:
+    """A file asked of a job as OCE asks for it: by its name, without a checksum."""
+    return BulkFile(key=key, size=size, member_name=name, md5=None, ref=key)
+
+
 def test_member_paths_are_never_used_as_paths(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     zpath = tmp_path / "p.zip"
     zpath.write_bytes(zip_of({
-        "../../escape/a.wav": b"AAAA",            # a traversal: matched by base name only
+        "../../escape/a.wav": b"AAAA",            # a traversal: matched by its last part only
         "/abs/b.wav": b"BB",
         "C:\\win\\c.wav": b"CCC",
         "top/sub/d.wav": b"wrong size",          # a namesake in a subfolder, other size
         "top/d.wav": b"DDDDD",
         "top/e.wav": b"EEEEEEEE",                # e is 3 bytes in the listing: refused
     }))
-    wanted = [oce.Wanted("a", "a.wav", 4), oce.Wanted("b", "b.wav", 2),
-              oce.Wanted("c", "c.wav", 3), oce.Wanted("d", "d.wav", 5),
-              oce.Wanted("e", "e.wav", 3), oce.Wanted("f", "f.wav", 1)]
-    done, problems = oce.extract_members(zpath, wanted, out)
+    files = [wanted("a", "a.wav", 4), wanted("b", "b.wav", 2), wanted("c", "c.wav", 3),
+             wanted("d", "d.wav", 5), wanted("e", "e.wav", 3), wanted("f", "f.wav", 1)]
+    results = extract_verified(zpath, files, out, "not in the package")
+    done = {k: p for k, (p, r) in results.items() if r.ok}
+    problems = {k: r for k, (p, r) in results.items() if not r.ok}
     assert {k: p.read_bytes() for k, p in done.items()} == \
         {"a": b"AAAA", "b": b"BB", "c": b"CCC", "d": b"DDDDD"}
     # each member went to a file of our naming in `out`, nowhere else
     assert all(p.parent == out and not p.name.endswith(".wav") for p in done.values())
     assert set(problems) == {"e", "f"}
-    assert "expected 3" in problems["e"] and "not in the package" in problems["f"]
+    assert all(results[k][0] is None for k in problems)
+    # a member of the wrong size is a failure; a file the zip lacks is read directly
+    assert "expected 3" in problems["e"].message and not problems["e"].fallback
+    assert "not in the package" in problems["f"].message and problems["f"].fallback
     assert sorted(out.iterdir()) == sorted(done.values())
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
         ["out", "p.zip"] + [p.name for p in done.values()])
@@ -370,8 +383,9 @@ def test_member_paths_are_never_used_as_paths(tmp_path):
 def test_namesakes_are_told_apart_by_size_and_depth(tmp_path):
     zpath = tmp_path / "p.zip"
     zpath.write_bytes(zip_of({"F/sub/x.wav": b"123", "F/x.wav": b"456"}))
-    done, problems = oce.extract_members(zpath, [oce.Wanted("x", "x.wav", 3)], tmp_path)
-    assert done["x"].read_bytes() == b"456" and not problems
+    results = extract_verified(zpath, [wanted("x", "x.wav", 3)], tmp_path)
+    path, result = results["x"]
+    assert result.ok and path.read_bytes() == b"456"
 
 
 def test_describe_oce_error():

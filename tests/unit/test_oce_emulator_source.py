@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import random
 from pathlib import Path
 
@@ -10,48 +9,22 @@ import pytest
 import trio
 
 from recfs.config import parse_config
+from recfs.content.bulk import BulkEngine
+from recfs.content.cache import Cache
 from recfs.emulators.base import PatternBlob
 from recfs.emulators.oce import OceEmulator, source_table
-from recfs.http import Http, RetryPolicy, SizeChangedError
+from recfs.http import Http, HttpError, RetryPolicy, SizeChangedError
 from recfs.sources import oce
-from recfs.sources.base import SourceContext, SourceError
-
-try:
-    from recfs.content.cache import Cache
-except ImportError:         # the cache is not there yet: a stand-in with the same three calls
-    Cache = None
+from recfs.sources.base import SourceError
 
 
-class StandInCache:
-    def __init__(self, root: Path):
-        self.root = root
-        self.staging_dir = root / "staging"
-        self.staging_dir.mkdir(parents=True)
-        self.files: dict[str, Path] = {}
-
-    def store_file(self, key: str, size: int, path: Path) -> None:
-        assert os.path.getsize(path) == size
-        dest = self.root / f"stored-{len(self.files)}"
-        os.replace(path, dest)
-        self.files[key] = dest
-
-    def has_whole(self, key: str, size: int) -> bool:
-        if size == 0:
-            return True
-        return key in self.files and os.path.getsize(self.files[key]) == size
+def make_cache(tmp_path: Path) -> Cache:
+    return Cache(tmp_path / "cache", max_size=1 << 30)
 
 
-def make_cache(tmp_path: Path):
-    if Cache is not None:
-        return Cache(tmp_path / "cache", max_size=1 << 30)
-    return StandInCache(tmp_path / "cache")
-
-
-def cached_bytes(cache, key: str, size: int) -> bytes | None:
+def cached_bytes(cache: Cache, key: str, size: int) -> bytes | None:
     if not cache.has_whole(key, size):
         return None
-    if isinstance(cache, StandInCache):
-        return cache.files[key].read_bytes()
     return cache.entry(key, size).read(0, size)
 
 
@@ -85,20 +58,34 @@ def emu():
         yield e
 
 
-def build_source(emu: OceEmulator, cache=None, **extra) -> oce.OceSource:
+def build_source(emu: OceEmulator, **extra) -> oce.OceSource:
     table = source_table(emu, "oce", page_size=100, job_poll_interval=0.01, **extra)
     cfg = parse_config({"cache": {"dir": "/tmp/unused"}, "sources": [table]})
     http = Http(retry=RetryPolicy(base_delay=0.01, max_delay=0.05, budget=10))
-    src = oce.create("oce", cfg.sources[0].options, SourceContext(http=http, cache=cache))
-    return src
+    return oce.Source("oce", cfg.sources[0].options, http)
 
 
 @pytest.fixture
-async def source(emu, tmp_path):
-    src = build_source(emu, make_cache(tmp_path))
+async def source(emu):
+    src = build_source(emu)
     yield src
     await src.aclose()
-    await src.ctx.http.aclose()
+    await src.http.aclose()
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = make_cache(tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+async def engine(source, cache):
+    """The one bulk engine, driven by the source's bulk capability (as the reader does)."""
+    e = BulkEngine(source, source.http, cache)
+    yield e
+    await e.aclose()
 
 
 async def walk(src, ref=None, prefix=""):
@@ -113,12 +100,21 @@ async def walk(src, ref=None, prefix=""):
     return out
 
 
+async def read_range(src, entry, start: int, end: int, sink) -> None:
+    """Bytes [start, end) of `entry` per object, as the reader gets them: through the
+    source's target, a failed GET reported as the source describes it."""
+    try:
+        await src.http.get_range(src.target(entry), start, end, sink, total=entry.size)
+    except HttpError as exc:
+        raise src.content_error(entry, exc) from None
+
+
 async def read_all(src, entry) -> bytes:
     buf = bytearray(entry.size)
 
     def sink(pos, data):
         buf[pos:pos + len(data)] = data
-    await src.fetch_range(entry, 0, entry.size, sink)
+    await read_range(src, entry, 0, entry.size, sink)
     return bytes(buf)
 
 
@@ -178,7 +174,7 @@ async def test_random_offset_ranges(emu, source):
         start = rng.randrange(big.size)
         end = min(big.size, start + rng.randrange(1, 200_000))
         got = bytearray()
-        await source.fetch_range(big, start, end, lambda pos, data: got.extend(data))
+        await read_range(source, big, start, end, lambda pos, data: got.extend(data))
         assert bytes(got) == blob.read(start, end - start)
 
 
@@ -194,7 +190,7 @@ async def test_range_past_the_end_is_a_size_change(emu, source):
     entry = next(e for e in (await source.list_dir(emu.ids["day"])).entries if e.name == "call-1.wav")
     entry.size = 5000                        # the listing claims more than the server has
     with pytest.raises(SizeChangedError):
-        await source.fetch_range(entry, 2000, 3000, lambda pos, data: None)
+        await read_range(source, entry, 2000, 3000, lambda pos, data: None)
     assert emu.log[-1][2] == 416
 
 
@@ -212,8 +208,8 @@ async def test_token_refreshed_after_expiry_on_401(emu, source):
     assert emu.tokens_issued == 3
 
 
-async def test_basic_auth(emu, tmp_path):
-    src = build_source(emu, make_cache(tmp_path), basic=True)
+async def test_basic_auth(emu):
+    src = build_source(emu, basic=True)
     try:
         await src.start()
         listing = await src.list_dir("self")
@@ -224,12 +220,12 @@ async def test_basic_auth(emu, tmp_path):
             await src.list_dir("self")
         assert info.value.errno == errno.EACCES
     finally:
-        await src.ctx.http.aclose()
+        await src.http.aclose()
 
 
-async def test_wrong_scope_is_a_clear_error(emu, tmp_path):
+async def test_wrong_scope_is_a_clear_error(emu):
     table_scope = "https://other:443/urn:opc:cec:all"
-    src = build_source(emu, None, scope=table_scope)
+    src = build_source(emu, scope=table_scope)
     try:
         with pytest.raises(SourceError) as info:
             await src.start()
@@ -237,7 +233,7 @@ async def test_wrong_scope_is_a_clear_error(emu, tmp_path):
         assert "invalid_scope" in str(info.value) or "scope" in str(info.value)
         assert emu.client_secret not in str(info.value)
     finally:
-        await src.ctx.http.aclose()
+        await src.http.aclose()
 
 
 # ------------------------------------------------------------------ errors
@@ -252,12 +248,12 @@ async def test_forbidden_and_missing(emu, source):
     assert "errorCode -20" in str(info.value)
     emu.forbidden.add(entry.id)
     with pytest.raises(SourceError) as info:
-        await source.fetch_range(entry, 0, 10, lambda pos, data: None)
+        await read_range(source, entry, 0, 10, lambda pos, data: None)
     assert info.value.errno == errno.EACCES
     emu.forbidden.discard(entry.id)
     emu.remove(entry.id)
     with pytest.raises(SourceError) as info:
-        await source.fetch_range(entry, 0, 10, lambda pos, data: None)
+        await read_range(source, entry, 0, 10, lambda pos, data: None)
     assert info.value.errno == errno.ENOENT
     assert info.value.stale
     assert "errorCode -16" in str(info.value) and "does not exist" in str(info.value)
@@ -273,10 +269,10 @@ async def day_entries(source, emu):
 
 
 @pytest.mark.parametrize("layout", ["flat", "nested"])
-async def test_folder_job_for_a_folder_with_subfolders(emu, source, layout):
+async def test_folder_job_for_a_folder_with_subfolders(emu, source, cache, engine, layout):
     emu.zip_layout = layout
     entries = await day_entries(source, emu)
-    assert await source.prefetch_dir(emu.ids["day"], entries)
+    assert await engine.prefetch(entries) == 0          # every file delivered
     assert emu.count("download_create") == 1
     job = emu.job_history[-1]
     files = [e for e in entries if not e.is_dir]
@@ -285,58 +281,55 @@ async def test_folder_job_for_a_folder_with_subfolders(emu, source, layout):
     assert emu.count("download_status") == emu.job_polls
     assert emu.count("download_delete") == 1 and emu.jobs == {}
     assert emu.count("data") == 0
-    cache = source.ctx.cache
     for e in files:
         assert cached_bytes(cache, source.cache_key(e), e.size) == \
             emu.nodes[e.id].blob.all_bytes(), e.name
     assert list(Path(cache.staging_dir).iterdir()) == []
     # already cached: a second prefetch starts no job
-    assert await source.prefetch_dir(emu.ids["day"], entries)
+    assert await engine.prefetch(entries) == 0
     assert emu.count("download_create") == 1
 
 
-async def test_folder_job_over_hundreds_of_files(emu, source):
+async def test_folder_job_over_hundreds_of_files(emu, source, cache, engine):
     entries = (await source.list_dir(emu.ids["big"])).entries
-    assert await source.prefetch_dir(emu.ids["big"], entries)
+    assert await engine.prefetch(entries) == 0
     assert emu.count("download_create") == 1
-    cache = source.ctx.cache
     for e in entries:
         assert cached_bytes(cache, source.cache_key(e), e.size) == emu.nodes[e.id].blob.all_bytes()
 
 
-async def test_unicode_names_in_the_zip(emu, source):
+async def test_unicode_names_in_the_zip(emu, source, cache, engine):
     tree = await walk(source)
     folder = tree["Recordings/Ünïcode été"]
     entries = (await source.list_dir(folder.ref)).entries
-    assert await source.prefetch_dir(folder.ref, entries)
+    assert await engine.prefetch(entries) == 0
     e = entries[0]
-    assert cached_bytes(source.ctx.cache, source.cache_key(e), e.size) == \
-        emu.nodes[e.id].blob.all_bytes()
+    assert cached_bytes(cache, source.cache_key(e), e.size) == emu.nodes[e.id].blob.all_bytes()
 
 
 @pytest.mark.parametrize("fate", ["FAILED", "BLOCKED", "ABORTED"])
-async def test_a_job_that_does_not_succeed(emu, source, fate):
+async def test_a_job_that_does_not_succeed_leaves_the_files_to_direct_reads(
+        emu, source, cache, engine, caplog, fate):
     emu.job_fates.append(fate)
     entries = await day_entries(source, emu)
-    with pytest.raises(SourceError) as info:
-        await source.prefetch_dir(emu.ids["day"], entries)
-    assert fate in str(info.value)
+    files = [e for e in entries if not e.is_dir and e.size]
+    with caplog.at_level("WARNING", logger="recfs.bulk"):
+        assert await engine.prefetch(entries) == len(files)     # none delivered
+    assert f"ended {fate}" in caplog.text
     assert emu.count("download_package") == 0
     assert emu.count("download_delete") == 1
-    for e in entries:
-        if not e.is_dir and e.size:
-            assert not source.ctx.cache.has_whole(source.cache_key(e), e.size)
+    for e in files:
+        assert not cache.has_whole(source.cache_key(e), e.size)
     # the files still read directly
     e = next(e for e in entries if e.name == "call-3.wav")
     assert await read_all(source, e) == emu.nodes[e.id].blob.all_bytes()
 
 
-async def test_a_job_leaving_items_out(emu, source):
+async def test_a_job_leaving_items_out(emu, source, cache, engine):
     entries = await day_entries(source, emu)
     left_out = next(e for e in entries if e.name == "call-2.wav")
     emu.unavailable.add(left_out.id)
-    assert await source.prefetch_dir(emu.ids["day"], entries)
-    cache = source.ctx.cache
+    assert await engine.prefetch(entries) == 1          # the one the job left out
     for e in entries:
         if e.is_dir:
             continue
@@ -348,85 +341,97 @@ async def test_a_job_leaving_items_out(emu, source):
 
 
 @pytest.mark.parametrize("drift", ["strings", "native"])
-async def test_job_survives_type_drift_a_reset_and_a_401_on_the_package(emu, source, drift):
+async def test_job_survives_type_drift_a_reset_and_a_401_on_the_package(emu, source, cache, engine, drift):
     emu.drift = drift
     entries = await day_entries(source, emu)
     emu.faults.add(kind="status", route="download_package", status=401)
     emu.faults.add(kind="reset", route="download_package", after_bytes=5000)
-    assert await source.prefetch_dir(emu.ids["day"], entries)
+    assert await engine.prefetch(entries) == 0
     assert emu.faults.fired["status"] == 1 and emu.faults.fired["reset"] == 1
     assert emu.tokens_issued == 2                        # the 401 fetched a new token
     assert emu.count("download_package") == 3            # 401, reset mid-body, resumed
     for e in entries:
         if not e.is_dir:
-            assert cached_bytes(source.ctx.cache, source.cache_key(e), e.size) == \
+            assert cached_bytes(cache, source.cache_key(e), e.size) == \
                 emu.nodes[e.id].blob.all_bytes()
 
 
-async def test_fetch_whole_waits_only_for_a_running_job(emu, source):
+async def test_a_read_waits_only_for_a_running_job(emu, source, cache, engine):
     emu.job_polls = 6
     entries = await day_entries(source, emu)
     files = [e for e in entries if not e.is_dir and e.size]
     other = next(e for e in (await source.list_dir(emu.ids["esc"])).entries)
     results = {}
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(source.prefetch_dir, emu.ids["day"], entries)
+        nursery.start_soon(engine.prefetch, entries)
         while emu.count("download_create") == 0:
             await trio.sleep(0.005)
         before = sum(emu.counts.values())
-        assert await source.fetch_whole(other, []) is False          # not in any job
+        # a lone read (no copy under way) of a file in no job: read directly, no request
+        assert await engine.fetch(other, [], False) is False
         assert sum(emu.counts.values()) == before
 
         async def whole(e):
-            results[e.name] = await source.fetch_whole(e, files)
+            results[e.name] = await engine.fetch(e, files, False)
         for e in files:
             nursery.start_soon(whole, e)
     assert results == {e.name: True for e in files}
     assert emu.count("download_create") == 1
-    assert await source.fetch_whole(files[0], files) is False         # the job is over
+    # the job is over: its files come from the cache, and a lone read starts no job
+    assert await engine.fetch(files[0], files, False) is True
+    assert await engine.fetch(other, [], False) is False
+    assert emu.count("download_create") == 1
 
 
-async def test_cancelled_prefetch_deletes_its_job(emu, source):
+async def test_a_job_outlives_a_cancelled_waiter_and_is_deleted_when_the_engine_closes(
+        emu, source, engine):
     emu.job_polls = 10_000
     entries = await day_entries(source, emu)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(source.prefetch_dir, emu.ids["day"], entries)
+        nursery.start_soon(engine.prefetch, entries)
         while emu.count("download_status") < 2:
             await trio.sleep(0.005)
         nursery.cancel_scope.cancel()        # the one waiting for the job goes away
-    assert emu.count("download_create") == 1
+    # the job goes on (it still fills the cache for the next reader) ...
+    polls = emu.count("download_status")
+    while emu.count("download_status") == polls:
+        await trio.sleep(0.005)
+    assert emu.count("download_create") == 1 and emu.count("download_delete") == 0
+    # ... until the engine stops, which deletes it on the service
+    await engine.aclose()
     assert emu.count("download_delete") == 1
     assert emu.job_history[-1].progress == "ABORTED"
 
 
-async def test_aclose_deletes_running_jobs(emu, source):
+async def test_aclose_deletes_running_jobs(emu, source, engine):
     emu.job_polls = 10_000
     entries = await day_entries(source, emu)
-    failure = []
+    files = [e for e in entries if not e.is_dir and e.size]
+    left = []
 
     async def prefetch():
-        try:
-            await source.prefetch_dir(emu.ids["day"], entries)
-        except SourceError as exc:
-            failure.append(exc)
+        left.append(await engine.prefetch(entries))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(prefetch)
         while emu.count("download_status") < 2:
             await trio.sleep(0.005)
-        await source.aclose()
+        await engine.aclose()
     assert emu.count("download_delete") == 1
     assert emu.job_history[-1].progress == "ABORTED"
-    assert failure and "stopped" in str(failure[0])
+    assert left == [len(files)]              # nothing delivered: the files are read directly
 
 
-async def test_ids_outside_the_folder_are_refused_by_the_emulator(emu, source):
+async def test_ids_outside_the_folder_are_refused_by_the_emulator(emu, source, engine):
     entries = await day_entries(source, emu)
     other = (await source.list_dir(emu.ids["esc"])).entries[0]
-    # the source never sends a file of another folder in a folder's job
-    await source.prefetch_dir(emu.ids["day"], entries + [other])
-    assert other.id not in emu.job_history[-1].ids
+    # the source never sends a file of another folder in a folder's job: each folder
+    # gets its own
+    assert await engine.prefetch(entries + [other]) == 0
+    assert sorted(job.folder_id for job in emu.job_history) == sorted([emu.ids["day"], emu.ids["esc"]])
+    for job in emu.job_history:
+        assert (other.id in job.ids) == (job.folder_id == emu.ids["esc"])
     # and the emulator answers such a request as the service does
-    resp = await source.ctx.http.request(
+    resp = await source.http.request(
         "POST", f"{source.api}/folders/{emu.ids['day']}/_download", auth=source.auth,
         json={"idList": f"{entries[0].id},{other.id}"}, expect=None, idempotent=False)
     assert resp.status_code == 400
@@ -434,38 +439,33 @@ async def test_ids_outside_the_folder_are_refused_by_the_emulator(emu, source):
 
 
 async def test_prefetch_through_the_control_layer_then_reads_cost_nothing(emu, tmp_path):
-    """`recfs prefetch` as the mount runs it (Control -> prefetch_dir -> Reader ->
-    fetch_whole), with the real cache, minus the kernel."""
-    from recfs.content.reader import Reader
-    from recfs.control import Control
-    from recfs.tree import Tree
-    if Cache is None:
-        pytest.skip("needs recfs.content.cache")
-    cache = Cache(tmp_path / "cache", max_size=1 << 30)
-    src = build_source(emu, cache)
+    """`recfs prefetch` as the mount runs it (Control -> the bulk engine, then the
+    reader for what is left), with the real cache, minus the kernel."""
+    from recfs.core import Core
+    cache = make_cache(tmp_path)
+    src = build_source(emu)
     try:
         async with trio.open_nursery() as nursery:
-            reader = Reader(cache, nursery)
-            tree = Tree([src], cache)
-            control = Control(tree, reader, cache, src.ctx.http, [src])
-            node = await control.resolve("oce/Recordings/2024-05-01")
+            core = Core([src], cache, src.http, nursery)
+            control = core.control
+            node = await core.resolve("oce/Recordings/2024-05-01")
             await control.prefetch("oce/Recordings/2024-05-01", node)
             job = control.prefetches["oce/Recordings/2024-05-01"]
             assert job["failed"] == 0 and job["done_files"] == 8
             # one job for the folder, one for its subfolder; no ranged GETs
             assert emu.count("download_create") == 2 and emu.count("data") == 0
-            for child in await tree.children(node):
+            for child in await core.children(node):
                 if child.is_dir:
                     continue
-                h = reader.open(src, child.entry)
+                h = await core.open(child)
                 try:
-                    data = await reader.read(h, 0, child.entry.size)
+                    data = await core.read(child, h, 0, child.entry.size)
                 finally:
-                    reader.release(h)
+                    core.release(h)
                 assert data == emu.nodes[child.entry.id].blob.all_bytes()
             assert emu.count("data") == 0
+            await core.aclose()
             nursery.cancel_scope.cancel()
     finally:
-        await src.aclose()
-        await src.ctx.http.aclose()
+        await src.http.aclose()
         cache.close()
