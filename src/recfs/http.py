@@ -120,12 +120,19 @@ class TokenAuth:
     async def invalidate(self, headers_used: dict[str, str]) -> None:
         """The server refused `headers_used` (401): the next `headers()` must differ."""
 
+    def cached(self) -> dict[str, str] | None:
+        """The headers when they are at hand without a request; else None."""
+        return None
+
 
 class StaticHeaders(TokenAuth):
     def __init__(self, headers: dict[str, str]):
         self._headers = headers
 
     async def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    def cached(self) -> dict[str, str] | None:
         return dict(self._headers)
 
 
@@ -174,6 +181,9 @@ class CachedToken(TokenAuth):
     async def invalidate(self, headers_used: dict[str, str]) -> None:
         if self._token is not None and self.render(self._token) == headers_used:
             self._token = None
+
+    def cached(self) -> dict[str, str] | None:
+        return self.render(self._token) if self._fresh() else None
 
 
 class AuthError(HttpError):
@@ -465,19 +475,61 @@ class Http:
         """The first bytes of several files at once (size probes), without retries: for
         each job (url, headers, sink, end), bytes [0, end) into the sink, and the file's
         size when its answer came whole and clean, else None (the caller then takes
-        the usual way, with retries).
-
-        Each job runs in a worker thread started directly, and tells the trio thread
-        when it is over with a bare callback, shared by the jobs that ended meanwhile:
-        no task and no thread hop per GET. A job starts once it holds one of
-        `limiter`'s tokens and a connection token, in that order, and gives them back
-        when it is over. Without threaded content the GETs go through httpx."""
+        the usual way, with retries). Without threaded content they go through httpx."""
         if not jobs:
             return []
         if self.ranges is None:
             return await self._heads_httpx(jobs, name, limiter)
-        outs: list[Any] = [None] * len(jobs)
-        tickets = [rangeget.Ticket() for _ in jobs]
+
+        def get(i: int, ticket: rangeget.Ticket) -> rangeget.Outcome:
+            url, headers, sink, end = jobs[i]
+            h = dict(headers)
+            h["Range"] = f"bytes=0-{end - 1}"
+            h.setdefault("Accept-Encoding", "identity")
+            plan = functools.partial(_content_plan, pos=0, end=end, total=None, name=name)
+            return self.ranges.get(ticket, url, h, 0, plan, sink)
+
+        sizes: list[int | None] = []
+        for (url, _, _, end), out in zip(jobs, await self._together(len(jobs), get, limiter)):
+            size = None
+            if isinstance(out, rangeget.Outcome):
+                if out.problem is None and out.status in (200, 206):
+                    total = _answer_total(out.status, out.headers)
+                    if total is not None and out.pos >= min(out.stop, end, total):
+                        size = total
+                why = out.problem or f"HTTP {out.status}"
+            else:
+                why = f"{type(out).__name__}: {out}"
+            if size is None:
+                log.debug("%s: %s from %s; left to the usual way", name, why, safe_url(url))
+            sizes.append(size)
+        return sizes
+
+    async def get_small_many(self, requests: list[tuple[str, dict[str, str]]], *,
+                             limiter: trio.CapacityLimiter | None = None) -> list[httpx.Response | None]:
+        """Several small GETs at once (signed URLs for a folder), without retries: each
+        answer, or None where it did not come whole (the caller asks that one again the
+        usual way, with retries)."""
+        if self.ranges is None or not requests:
+            return [None] * len(requests)
+
+        def get(i: int, ticket: rangeget.Ticket) -> rangeget.Outcome:
+            url, headers = requests[i]
+            return self.ranges.get(ticket, url, headers, 0, _not_content, _no_sink)
+
+        return [out.response() if isinstance(out, rangeget.Outcome) and out.problem is None
+                and not out.truncated else None
+                for out in await self._together(len(requests), get, limiter)]
+
+    async def _together(self, count: int, get: Callable[[int, rangeget.Ticket], rangeget.Outcome],
+                        limiter: trio.CapacityLimiter | None) -> list[Any]:
+        """Run `get(i, ticket)` for i in range(count), each in a worker thread started
+        directly; the outcome or the exception of each. A job starts once it holds one
+        of `limiter`'s tokens and a connection token, in that order, and gives them
+        back when it is over; it tells the trio thread with a bare callback, shared by
+        the jobs that ended meanwhile: no task and no thread hop per request."""
+        outs: list[Any] = [None] * count
+        tickets = [rangeget.Ticket() for _ in range(count)]
         token = trio.lowlevel.current_trio_token()
         limiters = [lim for lim in (limiter, self._range_threads) if lim is not None]
         held: dict[int, list[tuple[trio.CapacityLimiter, object]]] = {}
@@ -486,13 +538,8 @@ class Http:
         all_started = False
 
         def run(i: int) -> None:            # in the job's thread
-            url, headers, sink, end = jobs[i]
-            h = dict(headers)
-            h["Range"] = f"bytes=0-{end - 1}"
-            h.setdefault("Accept-Encoding", "identity")
-            plan = functools.partial(_content_plan, pos=0, end=end, total=None, name=name)
             try:
-                outs[i] = self.ranges.get(tickets[i], url, h, 0, plan, sink)
+                outs[i] = get(i, tickets[i])
             except Exception as exc:        # Unsupported, a wrong range, the sink's
                 outs[i] = exc
 
@@ -530,7 +577,7 @@ class Http:
                 all_over.set()
 
         try:
-            for i in range(len(jobs)):
+            for i in range(count):
                 taken = held[i] = []
                 for lim in limiters:
                     borrower = object()
@@ -552,24 +599,12 @@ class Http:
             for taken in held.values():     # a job's that never started
                 for lim, borrower in taken:
                     lim.release_on_behalf_of(borrower)
-        sizes: list[int | None] = []
-        for (url, _, _, end), out in zip(jobs, outs):
-            size = None
+        for out in outs:
             if isinstance(out, rangeget.Outcome):
                 self.requests += 1
                 self.batched_requests += 1
                 self.bytes_received += out.received
-                if out.problem is None and out.status in (200, 206):
-                    total = _answer_total(out.status, out.headers)
-                    if total is not None and out.pos >= min(out.stop, end, total):
-                        size = total
-                why = out.problem or f"HTTP {out.status}"
-            else:
-                why = f"{type(out).__name__}: {out}"
-            if size is None:
-                log.debug("%s: %s from %s; left to the usual way", name, why, safe_url(url))
-            sizes.append(size)
-        return sizes
+        return outs
 
     async def _heads_httpx(self, jobs, name: str,
                            limiter: trio.CapacityLimiter | None) -> list[int | None]:
@@ -675,22 +710,38 @@ class Http:
 
 # -- targets: where a file's bytes are, as `get_range`, `download` and `put_file` take it
 
-# target(renew) -> (url, headers); called with True after a 401 or 403
-Target = Callable[[bool], Awaitable[tuple[str, dict[str, str]]]]
+class Target:
+    """`await target(renew) -> (url, headers)`: the URL and headers to send (renew: the
+    last ones got a 401 or 403). `ready()` gives them when that needs no request (a
+    fresh token or lease), else None. Any such callable will do where a Target is
+    taken; this class adds `ready()`."""
+
+    async def __call__(self, renew: bool) -> tuple[str, dict[str, str]]:
+        raise NotImplementedError
+
+    def ready(self) -> tuple[str, dict[str, str]] | None:
+        return None
 
 
-def auth_target(auth: TokenAuth, url: str, headers: dict[str, str] | None = None) -> Target:
+class AuthTarget(Target):
     """A URL reached with the service's own credentials; a renewal drops the token that
     was refused, so the next try gets a fresh one."""
-    used: dict[str, str] = {}
 
-    async def target(renew: bool) -> tuple[str, dict[str, str]]:
+    def __init__(self, auth: TokenAuth, url: str, headers: dict[str, str] | None = None):
+        self.auth = auth
+        self.url = url
+        self.headers = headers or {}
+        self._used: dict[str, str] = {}
+
+    async def __call__(self, renew: bool) -> tuple[str, dict[str, str]]:
         if renew:
-            await auth.invalidate(dict(used))
-        used.clear()
-        used.update(await auth.headers())
-        return url, {**(headers or {}), **used}
-    return target
+            await self.auth.invalidate(dict(self._used))
+        self._used = await self.auth.headers()
+        return self.url, {**self.headers, **self._used}
+
+    def ready(self) -> tuple[str, dict[str, str]] | None:
+        held = self.auth.cached()
+        return None if held is None else (self.url, {**self.headers, **held})
 
 
 _SIGNED_EXPIRES = re.compile(r"[?&]X-(?:Amz|Goog)-Expires=(\d+)")
@@ -721,17 +772,26 @@ def signed_url_time_left(url: str, now: float, default: float) -> float:
 
 class Leases:
     """Presigned URLs, one per key, each kept until shortly before it expires (a
-    quarter of its lifetime, at most five minutes, before). `ask(key)` gets a new one;
-    concurrent askers for one key wait for a single request. A URL that came with a
-    listing is `offer`ed and saves that request. Bounded: listings offer one per file."""
+    quarter of its lifetime, at most five minutes, before). `request(key)` is the API
+    call that hands one out (its URL and headers, sent with `auth`), `answer(key,
+    response)` reads the URL out of its answer. Concurrent askers for one key wait for
+    a single request; `prepare(keys)` asks for many at once; a URL that came with a
+    listing is `offer`ed and saves the request. Bounded: listings offer one per file."""
 
-    def __init__(self, ask: Callable[[str], Awaitable[str]], *, default_lifetime: float,
-                 kept: int = 20_000, headers: dict[str, str] | None = None):
-        self._ask = ask
+    def __init__(self, http: "Http", request: Callable[[str], tuple[str, dict[str, str]]],
+                 answer: Callable[[str, httpx.Response], str], *, auth: TokenAuth,
+                 default_lifetime: float, name: str, kept: int = 20_000,
+                 headers: dict[str, str] | None = None, at_once: int = 32):
+        self.http = http
+        self._request = request
+        self._answer = answer
+        self.auth = auth
         self.default_lifetime = default_lifetime
-        self.headers = headers or {}
+        self.name = name
+        self.headers = headers or {}            # sent with the presigned URL
         self._urls: cachetools.LRUCache[str, tuple[str, float]] = cachetools.LRUCache(kept)
         self._locks: dict[str, trio.Lock] = {}
+        self._at_once = trio.CapacityLimiter(at_once)
         self.asked = 0
 
     def offer(self, key: str, url: str) -> None:
@@ -756,19 +816,53 @@ class Leases:
                 now_held = self._urls.get(key)
                 if now_held and now_held is not held and time.monotonic() < now_held[1]:
                     return now_held[0]          # another task renewed it meanwhile
-                url = await self._ask(key)
+                url, headers = self._request(key)
+                resp = await self.http.request("GET", url, headers=headers, auth=self.auth,
+                                               expect=None, small_answer=True,
+                                               name=f"{self.name}: signed URL for {key}")
+                found = self._answer(key, resp)
                 self.asked += 1
-                self.offer(key, url)
-                return url
+                self.offer(key, found)
+                return found
         finally:
             stats = lock.statistics()
             if not stats.locked and not stats.tasks_waiting and self._locks.get(key) is lock:
                 del self._locks[key]
 
-    def target(self, key: str) -> Target:
-        async def target(renew: bool) -> tuple[str, dict[str, str]]:
-            return await self.url(key, renew), dict(self.headers)
-        return target
+    async def prepare(self, keys: list[str]) -> None:
+        """Ask for the URLs of `keys` that have none fresh, together. What does not come
+        back clean here is asked for again by `url`, the usual way, with retries."""
+        keys = [k for k in dict.fromkeys(keys) if self.fresh(k) is None]
+        if not keys:
+            return
+        auth = await self.auth.headers()
+        requests = [(url, {**headers, **auth}) for url, headers in map(self._request, keys)]
+        for key, resp in zip(keys, await self.http.get_small_many(requests, limiter=self._at_once)):
+            if resp is None or resp.status_code >= 400:
+                continue
+            try:
+                found = self._answer(key, resp)
+            except Exception as exc:            # the usual way reports it
+                log.debug("%s: %s: %s", self.name, key, exc)
+                continue
+            self.asked += 1
+            self.offer(key, found)
+
+    def target(self, key: str) -> "LeaseTarget":
+        return LeaseTarget(self, key)
+
+
+class LeaseTarget(Target):
+    def __init__(self, leases: Leases, key: str):
+        self.leases = leases
+        self.key = key
+
+    async def __call__(self, renew: bool) -> tuple[str, dict[str, str]]:
+        return await self.leases.url(self.key, renew), dict(self.leases.headers)
+
+    def ready(self) -> tuple[str, dict[str, str]] | None:
+        url = self.leases.fresh(self.key)
+        return None if url is None else (url, dict(self.leases.headers))
 
 
 async def _file_chunks(path: Path, chunk: int = 1 << 20):

@@ -36,7 +36,7 @@ from typing import Hashable
 
 import trio
 
-from ..http import Http, HttpError, SizeChangedError
+from ..http import Http, HttpError, SizeChangedError, Target
 from ..sources.base import Entry, Source, SourceError, Stream
 from .bulk import BulkEngine
 from .cache import CHUNK, Cache, CacheEntry
@@ -412,19 +412,20 @@ class Reader:
         if limiter is None:
             limiter = self._probes[source.name] = trio.CapacityLimiter(source.size_probes)
         ends = [WHOLE_PROBE if whole and 0 < e.size_hint <= WHOLE_PROBE else 1 for e in todo]
-        targets: list[tuple[str, dict[str, str]] | None] = [None] * len(todo)
+        await source.prepare(todo)
+        wanted = [source.target(e) for e in todo]
+        targets = [t.ready() if isinstance(t, Target) else None for t in wanted]
 
         async def resolve(i: int) -> None:
             try:
-                target = source.target(todo[i])
-                if not isinstance(target, Stream):      # streams are probed one by one
-                    targets[i] = await target(False)
+                targets[i] = await wanted[i](False)
             except (HttpError, SourceError) as exc:     # its own probe tells
                 log.debug("%s: %s: %s", source.name, todo[i].name, exc)
 
         async with trio.open_nursery() as nursery:
-            for i in range(len(todo)):
-                nursery.start_soon(resolve, i)
+            for i, target in enumerate(targets):
+                if target is None and not isinstance(wanted[i], Stream):   # streams: one by one
+                    nursery.start_soon(resolve, i)
         asked = [i for i, t in enumerate(targets) if t is not None]
         sinks = [self.cache.staged("probe-") if ends[i] > 1 else None for i in asked]
         try:

@@ -117,7 +117,8 @@ class AlvariaSource(Source):
         self.root = root + "/" if root else ""
         self.page_size = options.page_size
         self.size_probes = options.size_concurrency
-        self.leases = Leases(self._signed_download_url, default_lifetime=URL_LIFETIME)
+        self.leases = Leases(http, self._url_request("signedDownloadUrl"), self._url_answer("signedDownloadUrl"),
+                             auth=self.auth, default_lifetime=URL_LIFETIME, name=name)
 
     @property
     def data_url(self) -> str:
@@ -207,8 +208,8 @@ class AlvariaSource(Source):
     def target(self, entry: Entry) -> Target:
         return self.leases.target(entry.ref)
 
-    async def _signed_download_url(self, key: str) -> str:
-        return keep_dot_segments(await self._ask_signed_url(key, "signedDownloadUrl"))
+    async def prepare(self, entries: list[Entry]) -> None:
+        await self.leases.prepare([e.ref for e in entries])
 
     # -- writes: uploads into imports/, deletes behind allow_delete
     def upload_dir(self, ref) -> bool:
@@ -236,27 +237,35 @@ class AlvariaSource(Source):
             raise SourceError(str(exc)) from None
 
     async def _signed_upload_url(self, key: str) -> str:
-        return await self._ask_signed_url(key, "signedUploadUrl")
+        url, headers = self._url_request("signedUploadUrl")(key)
+        resp = await self.http.request("GET", url, headers=headers, auth=self.auth, expect=None,
+                                       name=f"{self.name}: signedUploadUrl for {key}")
+        return self._url_answer("signedUploadUrl")(key, resp)
 
-    async def _ask_signed_url(self, key: str, kind: str) -> str:
-        """`objectKeys?keyType=signedDownloadUrl|signedUploadUrl`: the URL in the answer
-        (a bare object, or the first of an objectKeys list: both forms are seen)."""
-        resp = await self.http.request(
-            "GET", f"{self.data_url}/objectKeys", params={"key": key, "keyType": kind},
-            auth=self.auth, name=f"{self.name}: {kind} for {key}", expect=(200, 404),
-            small_answer=True)
-        if resp.status_code == 404:
-            raise SourceError(f"{self.name}: {key} no longer exists", errno.ENOENT)
-        try:
-            body = resp.json()
-            if isinstance(body, dict) and isinstance(body.get("objectKeys"), list):
-                body = body["objectKeys"][0]
-            url = str(body[kind]).strip()
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise SourceError(f"{self.name}: {key}: no {kind} in the answer") from None
-        if not url.startswith(("http://", "https://")):
-            raise SourceError(f"{self.name}: {key}: the {kind} is not an http(s) URL")
-        return url
+    def _url_request(self, kind: str):
+        """`objectKeys?key=KEY&keyType=signedDownloadUrl|signedUploadUrl`, for a key."""
+        base = f"{self.data_url}/objectKeys?keyType={kind}&key="
+        return lambda key: (base + urllib.parse.quote(key, safe=""), {})
+
+    def _url_answer(self, kind: str):
+        """The URL in an answer to `_url_request`: a bare object, or the first of an
+        objectKeys list (both forms are seen)."""
+        def answer(key: str, resp) -> str:
+            if resp.status_code == 404:
+                raise SourceError(f"{self.name}: {key} no longer exists", errno.ENOENT)
+            if resp.status_code != 200:
+                raise SourceError(f"{self.name}: {kind} for {key}: HTTP {resp.status_code}")
+            try:
+                body = resp.json()
+                if isinstance(body, dict) and isinstance(body.get("objectKeys"), list):
+                    body = body["objectKeys"][0]
+                url = str(body[kind]).strip()
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise SourceError(f"{self.name}: {key}: no {kind} in the answer") from None
+            if not url.startswith(("http://", "https://")):
+                raise SourceError(f"{self.name}: {key}: the {kind} is not an http(s) URL")
+            return keep_dot_segments(url) if kind == "signedDownloadUrl" else url
+        return answer
 
     async def delete(self, entry: Entry) -> None:
         key = entry.ref

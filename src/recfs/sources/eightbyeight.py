@@ -69,7 +69,7 @@ from typing import Any, Awaitable, Callable, Hashable
 import trio
 
 from ..config import Secret, SourceOptions, option
-from ..http import (ForbiddenError, HttpError, Leases, OAuthClientCredentials, Target, auth_target,
+from ..http import (ForbiddenError, HttpError, Leases, OAuthClientCredentials, Target, AuthTarget,
                     safe_url)
 from .base import BulkFile, BulkJobs, Entry, JobState, JobStatus, Kind, Listing, Source, SourceError
 
@@ -386,7 +386,8 @@ class EightByEightSource(Source):
             readahead=options.bulk_readahead, max_wait=options.bulk_max_wait,
             poll_first=options.poll_interval, poll_max=options.poll_max_interval,
             timeout=options.bulk_timeout)
-        self.leases = Leases(self._ask_presigned, default_lifetime=PRESIGNED_LIFETIME,
+        self.leases = Leases(http, self._presign_request, self._presign_answer, auth=self.auth,
+                             default_lifetime=PRESIGNED_LIFETIME, name=f"{name}: 8x8 presign",
                              headers={"Accept": "*/*"})
         self._firsts: dict[tuple[str, str, int], tuple[float, float]] = {}
         self.deleter = DeleteCoalescer(self._send_deletes)
@@ -668,16 +669,27 @@ class EightByEightSource(Source):
         ref: FileRef = entry.ref
         if self.presign:
             return self.leases.target(f"{ref.region}/{ref.id}")
-        return auth_target(self.auth, self._url(ref.region, f"objects/{ref.id}/content"), {"Accept": "*/*"})
+        return AuthTarget(self.auth, self._url(ref.region, f"objects/{ref.id}/content"), {"Accept": "*/*"})
 
-    async def _ask_presigned(self, key: str) -> str:
+    async def prepare(self, entries: list[Entry]) -> None:
+        if self.presign:
+            await self.leases.prepare([f"{e.ref.region}/{e.ref.id}" for e in entries
+                                       if isinstance(e.ref, FileRef)])
+
+    def _presign_request(self, key: str) -> tuple[str, dict[str, str]]:
         region, oid = key.split("/", 1)
-        resp = await self.http.request(
-            "GET", self._url(region, f"objects/{oid}/content"), auth=self.auth,
-            name=f"{self.name}: 8x8 presign", params={"presignUrl": "true"},
-            headers=JSON_HEADERS, expect=(200, 301, 302, 303, 307))
-        if resp.is_redirect and resp.headers.get("location"):
+        return self._url(region, f"objects/{oid}/content") + "?presignUrl=true", dict(JSON_HEADERS)
+
+    def _presign_answer(self, key: str, resp) -> str:
+        """The presigned URL: a redirect's Location, or in the body (parse_presigned)."""
+        oid = key.split("/", 1)[1]
+        if resp.status_code in (301, 302, 303, 307) and resp.headers.get("location"):
             return resp.headers["location"]
+        if resp.status_code == 403:
+            raise ForbiddenError(f"{self.name}: 8x8 presign of object {oid}: HTTP 403", 403)
+        if resp.status_code != 200:
+            raise HttpError(f"{self.name}: 8x8 presign of object {oid}: HTTP {resp.status_code}",
+                            resp.status_code)
         url = parse_presigned(resp.text)
         if not url:
             raise SourceError(f"{self.name}: 8x8 gave no presigned URL for object {oid}")
@@ -708,7 +720,7 @@ class EightByEightSource(Source):
         return status_of(str(_one(body).get("status") or ""))
 
     def _job_package(self, folder: DirRef, zip_name: str) -> Target:
-        return auth_target(self.auth, self._job_url(folder, "", zip_name), {"Accept": "*/*"})
+        return AuthTarget(self.auth, self._job_url(folder, "", zip_name), {"Accept": "*/*"})
 
     async def _job_end(self, folder: DirRef, zip_name: str, finished: bool) -> None:
         if not finished:

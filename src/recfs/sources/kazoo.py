@@ -50,7 +50,7 @@ from typing import Any, Callable, Hashable
 import trio
 
 from ..config import Secret, SourceOptions, option
-from ..http import CachedToken, ForbiddenError, Http, HttpError, Target, auth_target, safe_url
+from ..http import CachedToken, ForbiddenError, Http, HttpError, Target, AuthTarget, safe_url
 from .base import Entry, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.kazoo")
@@ -558,7 +558,7 @@ class KazooSource(Source):
 
     def target(self, entry: Entry) -> Target:
         _, account, rid = entry.ref
-        return auth_target(self.auth, self.client.media_url(account, rid), {"Accept": "audio/mpeg"})
+        return AuthTarget(self.auth, self.client.media_url(account, rid), {"Accept": "audio/mpeg"})
 
     def content_error(self, entry: Entry, exc: HttpError) -> Exception:
         if exc.status == 404:

@@ -43,7 +43,7 @@ import trio
 
 from ..config import Secret, SourceOptions, option
 from ..http import (AuthError, HttpError, OAuthClientCredentials, SizeChangedError, Target, TokenAuth,
-                    auth_target, basic_auth_header, safe_url)
+                    AuthTarget, basic_auth_header, safe_url)
 from .base import BulkFile, BulkJobs, Entry, JobState, JobStatus, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.oce")
@@ -265,6 +265,9 @@ class BasicAuth(TokenAuth):
         self.password = password
 
     async def headers(self) -> dict[str, str]:
+        return self.cached()
+
+    def cached(self) -> dict[str, str]:
         pw = self.password.reveal() if isinstance(self.password, Secret) else str(self.password)
         return {"Authorization": basic_auth_header(self.username, pw)}
 
@@ -454,7 +457,7 @@ class OceSource(Source):
         url = self._url("files", ref.id, "data")
         if ref.version.isdigit():
             url += f"?version={urllib.parse.quote(ref.version)}"
-        return auth_target(self.auth, url)
+        return AuthTarget(self.auth, url)
 
     def content_error(self, entry: Entry, exc: HttpError) -> Exception:
         if isinstance(exc, SizeChangedError):
@@ -487,7 +490,7 @@ class OceSource(Source):
         return JobStatus(JobState.DONE, status.state, status.item_errors)
 
     def _job_package(self, folder_id: str, job_id: str) -> Target:
-        return auth_target(self.auth, self._url("folders", folder_id, "_download", job_id, "package"))
+        return AuthTarget(self.auth, self._url("folders", folder_id, "_download", job_id, "package"))
 
     async def _job_end(self, folder_id: str, job_id: str, finished: bool) -> None:
         """A job is deleted once nobody waits for it: unpacked, failed or abandoned."""
