@@ -1,176 +1,333 @@
-"""T4: exact sizes are learnt per folder in chunks; an open waits only for its own
-chunk. T5: a copy that came from the folder before, near a folder's end, has the
-next folder prepared, one folder ahead at most. (The Alvaria source against its emulator, no mount.)"""
+"""T4: a size asked for is learnt alone; files stat'ed or opened one after another have
+their folder's sizes learnt a chunk ahead (first AHEAD_FIRST, then SIZE_CHUNK); a size
+asked for waits only for its own chunk; each size is learnt once.
+T5: a copy that came from the folder before, near a folder's end, has the next folder
+prepared, one folder ahead at most; nothing outside a single-folder copy.
+
+The core (tree, reader, access policy) over an in-memory source whose listings withhold
+the sizes, so every size is learnt from the content; the source counts each request."""
 from __future__ import annotations
 
-import trio
+import collections
 
-from recfs.config import Secret
+import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked as settle
+
 from recfs.content.cache import Cache
-from recfs.emulators.alvaria import AlvariaEmulator
-from recfs.emulators.base import PatternBlob
-from recfs.http import Http, RetryPolicy
-from recfs.sources.alvaria import AlvariaSource
-from recfs.sources.base import SourceContext
-from recfs.tree import LOOK_AHEAD_FILES, MAX_PARKED, SIZE_CHUNK, Tree, _SizeChunk
+from recfs.content.policy import COPY_MEMORY
+from recfs.content.reader import WHOLE_PROBE
+from recfs.core import Core
+from recfs.http import Http
+from recfs.tree import AHEAD_FIRST, LOOK_AHEAD_FILES, SIZE_CHUNK
+from tests.memory_source import MemorySource
 
 FILES = 100
 
 
-async def make_tree(emu, tmp_path, nursery):
-    http = Http(retry=RetryPolicy(attempts=4, base_delay=0.01), threaded_content=True)
-    cache = Cache(tmp_path / "cache", max_size=1 << 30)
-    opts = {"api_url": emu.api_url(), "token_url": emu.token_url,
-            "client_id": Secret(emu.client_id, "t"), "client_secret": Secret(emu.client_secret, "t"),
-            "api_key": Secret(emu.api_key, "t"), "root": "", "page_size": 1000,
-            "size_concurrency": 8, "listing_ttl": None}
-    source = AlvariaSource("alv", opts, SourceContext(http=http, cache=cache))
-    tree = Tree([source], cache, nursery)
-    calls = await tree.lookup(await tree.lookup(tree.root, "alv"), "calls")
-    return http, source, tree, calls
+class Clock:
+    """The access policy's clock, moved by the test."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-async def rig(emu, tmp_path, nursery):
-    http, _, tree, calls = await make_tree(emu, tmp_path, nursery)
-    files = [await tree.lookup(calls, f"c{i:03d}.wav") for i in range(FILES)]
-    return http, tree, files
+@pytest.fixture
+async def http():
+    http = Http()
+    yield http
+    await http.aclose()
 
 
-async def test_the_first_file_waits_for_its_chunk_only_and_the_rest_follow(tmp_path, nursery):
-    emu = AlvariaEmulator()
+def new_core(mem, tmp_path, nursery, http) -> Core:
+    core = Core([mem], Cache(tmp_path / "cache", max_size=1 << 30), http, nursery)
+    core.policy.clock = Clock()
+    return core
+
+
+def probed(mem: MemorySource) -> collections.Counter:
+    """How many times each file was asked for."""
+    return collections.Counter(p for p, _, _ in mem.reads)
+
+
+async def folder_files(core: Core, path: str):
+    folder = await core.resolve(path)
+    await core.children(folder)
+    return folder, folder.files()[0]
+
+
+@pytest.fixture
+def one_folder():
+    mem = MemorySource()
     for i in range(FILES):
-        emu.put(f"calls/c{i:03d}.wav", PatternBlob(i, 1000 + i))
-    with emu:
-        http, tree, files = await rig(emu, tmp_path, nursery)
-        emu.reset_stats()
-        await tree.ensure_size(files[0])
-        assert files[0].entry.size == 1000
-        assert emu.count("s3") == SIZE_CHUNK                # one chunk, not the folder
-        # a file whose chunk has not started runs it itself, ahead of the queue
-        await tree.ensure_size(files[-1])
-        assert files[-1].entry.size == 1000 + FILES - 1
-        for node in files:
-            await tree.ensure_size(node)
-        assert [n.entry.size for n in files] == [1000 + i for i in range(FILES)]
-        assert emu.count("s3") == FILES                     # each size learnt once
-        assert emu.count("signedUrl") == 0                  # the URLs came with the listing
-        await http.aclose()
+        mem.add(f"calls/c{i:03d}.wav", bytes([i]) * (1000 + i), sized=False)
+    return mem
+
+
+async def test_a_lone_stat_learns_that_size_alone(one_folder, tmp_path, nursery, http):
+    mem = one_folder
+    core = new_core(mem, tmp_path, nursery, http)
+    _, files = await folder_files(core, "/mem/calls")
+    mem.reset_counts()
+    await core.stat(files[40])
+    assert files[40].entry.size == 1040
+    await settle()
+    assert mem.reads == [("calls/c040.wav", 0, 1)]
+    await core.stat(files[10])                  # not the next one: still alone
+    await settle()
+    assert mem.reads == [("calls/c040.wav", 0, 1), ("calls/c010.wav", 0, 1)]
+
+
+async def test_sequential_stats_learn_ahead_a_small_chunk_then_full_chunks(one_folder, tmp_path, nursery, http):
+    mem = one_folder
+    core = new_core(mem, tmp_path, nursery, http)
+    _, files = await folder_files(core, "/mem/calls")
+    mem.reset_counts()
+
+    async def stat(i: int) -> int:
+        await core.stat(files[i])
+        await settle()
+        return len(mem.reads)
+
+    assert await stat(0) == 1                           # one stat: one size
+    assert await stat(1) == 1 + AHEAD_FIRST             # a pattern: the next AHEAD_FIRST
+    assert await stat(2) == 1 + AHEAD_FIRST + SIZE_CHUNK        # then a chunk ahead
+    learnt = 1 + AHEAD_FIRST + SIZE_CHUNK
+    # the next chunk starts once the stats are within half a chunk of what is learnt
+    for i in range(3, learnt - SIZE_CHUNK // 2):
+        assert await stat(i) == learnt
+    assert await stat(learnt - SIZE_CHUNK // 2) == learnt + SIZE_CHUNK
+    for i in range(learnt - SIZE_CHUNK // 2 + 1, FILES):
+        await stat(i)
+    assert [n.entry.size for n in files] == [1000 + i for i in range(FILES)]
+    assert set(probed(mem).values()) == {1} and len(probed(mem)) == FILES     # each size once
+    assert all((s, e) == (0, 1) for _, s, e in mem.reads)      # no copy: one byte each
+    for n in files:                                     # ls -l again: all known
+        await core.stat(n)
+    await settle()
+    assert len(mem.reads) == FILES
+
+
+async def test_a_size_asked_for_waits_only_for_its_own_chunk(one_folder, tmp_path, nursery, http):
+    mem = one_folder
+    core = new_core(mem, tmp_path, nursery, http)
+    _, files = await folder_files(core, "/mem/calls")
+    second = range(1 + AHEAD_FIRST, 1 + AHEAD_FIRST + SIZE_CHUNK)
+    # a few of the second chunk's files answer only when the test lets them (fewer than
+    # the source's probes at once, so the others' probes go on)
+    held = [second[0], 20, second[-1]]
+    assert len(held) < mem.size_probes
+    gate = mem.hold(*(f"calls/c{i:03d}.wav" for i in held))
+    for i in range(3):
+        await core.stat(files[i])                       # the second chunk starts, and waits
+    await settle()
+    assert not files[20].size_known
+    await core.stat(files[5])                           # in the first chunk: known already
+    await core.stat(files[80])                          # in no chunk: learnt alone
+    assert files[80].entry.size == 1080
+    asked = trio.Event()
+
+    async def stat_in_held_chunk():
+        await core.stat(files[20])                      # its own chunk: it waits for that
+        asked.set()
+
+    await core.stat(files[10])                          # of the held chunk, but learnt already
+    nursery.start_soon(stat_in_held_chunk)
+    await settle()
+    assert not asked.is_set() and not files[20].size_known
+    gate.set()
+    await asked.wait()
+    await settle()
+    assert all(n.size_known for n in files[:1 + AHEAD_FIRST + SIZE_CHUNK])
+    assert set(probed(mem).values()) == {1}
+
+
+@pytest.mark.xfail(strict=True, reason="suspected bug: a size asked for queues behind the probes of "
+                   "a chunk learnt ahead (one FIFO limiter of size_probes per source, and a chunk "
+                   "is SIZE_CHUNK > size_probes), so it waits for another chunk, not only its own (T4)")
+async def test_a_size_asked_for_does_not_queue_behind_a_chunk_learnt_ahead(one_folder, tmp_path, nursery, http):
+    mem = one_folder
+    core = new_core(mem, tmp_path, nursery, http)
+    _, files = await folder_files(core, "/mem/calls")
+    second = range(1 + AHEAD_FIRST, 1 + AHEAD_FIRST + SIZE_CHUNK)
+    gate = mem.hold(*(f"calls/c{i:03d}.wav" for i in second))   # a slow answer for each
+    for i in range(3):
+        await core.stat(files[i])
+    await settle()
+    asked = trio.Event()
+
+    async def lone_stat():
+        await core.stat(files[80])                      # in no chunk: learnt alone
+        asked.set()
+
+    nursery.start_soon(lone_stat)
+    await settle()
+    try:
+        assert asked.is_set() and files[80].entry.size == 1080
+    finally:
+        gate.set()
+
+
+async def test_a_copy_learns_ahead_and_brings_small_files_whole_with_their_sizes(
+        one_folder, tmp_path, nursery, http):
+    mem = one_folder
+    core = new_core(mem, tmp_path, nursery, http)
+    _, files = await folder_files(core, "/mem/calls")
+    mem.reset_counts()
+    for i, node in enumerate(files):
+        h = await core.open(node)
+        assert await core.read(node, h, 0, node.size) == bytes([i]) * (1000 + i)
+        core.release(h)
+    await settle()
+    # the first open is no copy yet: a one-byte probe, then the file; from the second
+    # on, each file came whole with its size and was read from the cache
+    asked = probed(mem)
+    assert asked["calls/c000.wav"] == 2 and sum(asked.values()) == FILES + 1
+    assert all((s, e) == (0, WHOLE_PROBE) for p, s, e in mem.reads if p != "calls/c000.wav")
+    assert mem.bytes_read == 1 + sum(1000 + i for i in range(FILES))
+
+
+async def test_sizes_learnt_are_remembered_by_the_cache(one_folder, tmp_path, nursery, http):
+    mem = one_folder
+    core = new_core(mem, tmp_path, nursery, http)
+    _, files = await folder_files(core, "/mem/calls")
+    for node in files[:10]:
+        await core.stat(node)
+    await settle()
+    core.cache.close()
+    mem.reset_counts()
+    again = new_core(mem, tmp_path, nursery, http)
+    _, files = await folder_files(again, "/mem/calls")
+    assert [n.entry.size for n in files[:10]] == [1000 + i for i in range(10)]
+    for node in files[:10]:
+        await again.stat(node)
+    await settle()
+    assert mem.counts["read"] == 0
 
 
 # -- T5: a copy going through folders looks one folder ahead
+
 FOLDERS = ("a", "b", "c", "d")
 AHEAD_FILES = 80
 
 
-def emulator(folders):
-    emu = AlvariaEmulator()
-    for f in folders:
+@pytest.fixture
+def folders():
+    mem = MemorySource()
+    for f in FOLDERS:
         for i in range(AHEAD_FILES):
-            emu.put(f"calls/{f}/c{i:03d}.wav", PatternBlob(i, 1000 + i))
-    return emu
+            mem.add(f"calls/{f}/c{i:03d}.wav", bytes([i]) * (1000 + i), sized=False)
+    return mem
 
 
-async def tree_in_a(emu, tmp_path, nursery):
-    """The tree, with calls/a listed: (http, source, tree, calls, a)."""
-    http, source, tree, calls = await make_tree(emu, tmp_path, nursery)
-    a = await tree.lookup(calls, "a")
-    await tree.children(a)
-    return http, source, tree, calls, a
-
-
-def files_of(folder):
-    return sorted((c for c in folder.children.values() if not c.is_dir), key=lambda n: n.name)
-
-
-async def copy_through(tree, source, nodes):
-    """What cp -r makes recfs do as it opens `nodes` in order (the reader sees the copy)."""
+async def copy_through(core: Core, nodes) -> None:
+    """What cp -r makes the core do as it opens `nodes` in order."""
     for node in nodes:
-        source.copy_seen = trio.current_time()
-        await tree.ensure_size(node)
-        tree.copy_progress(node)
+        core.release(await core.open(node))
 
 
-async def settle(tree, condition):
-    with trio.fail_after(20):
-        while not condition():
-            await trio.sleep(0.01)
+def under(mem: MemorySource, folder: str) -> collections.Counter:
+    return collections.Counter(p for p in probed(mem).elements() if p.startswith(f"calls/{folder}/"))
 
 
-async def test_a_copy_of_one_folder_looks_nowhere_else(tmp_path, nursery):
-    with emulator(FOLDERS[:2]) as emu:
-        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
-        listings = tree.listings
-        await copy_through(tree, source, files_of(a))
-        await trio.sleep(0.1)
-        assert calls.children["b"].children is None
-        assert tree.listings == listings and emu.count("s3") == AHEAD_FILES
-        await http.aclose()
+async def test_a_copy_of_one_folder_looks_nowhere_else(folders, tmp_path, nursery, http):
+    mem = folders
+    core = new_core(mem, tmp_path, nursery, http)
+    calls = await core.resolve("/mem/calls")
+    await core.children(calls)
+    _, b_files = await folder_files(core, "/mem/calls/b")
+    listings = core.tree.listings
+    mem.reset_counts()
+    await copy_through(core, b_files)
+    await settle()
+    assert calls.children["c"].children is None and calls.children["a"].children is None
+    assert core.tree.listings == listings
+    assert sum(under(mem, "b").values()) == mem.counts["read"]
 
 
 async def test_a_copy_that_came_from_the_folder_before_prepares_the_next_folder_only(
-        tmp_path, nursery):
-    with emulator(FOLDERS) as emu:
-        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
-        b, c, d = (calls.children[f] for f in "bcd")
-        await copy_through(tree, source, files_of(a))
-        await tree.children(b)                          # cp -r goes on into b
-        listings = tree.listings
-        await copy_through(tree, source, files_of(b)[:AHEAD_FILES - LOOK_AHEAD_FILES])
-        await trio.sleep(0.1)
-        assert c.children is None                       # not near the end yet
-        await copy_through(tree, source, [files_of(b)[AHEAD_FILES - LOOK_AHEAD_FILES]])
-        await settle(tree, lambda: c.children is not None
-                     and all(n.size_known for n in files_of(c)[:SIZE_CHUNK]))
-        assert tree.listings == listings + 1            # c, not d
-        assert d.children is None
-        assert not any(n.size_known for n in files_of(c)[SIZE_CHUNK:])   # parked
-        assert emu.count("s3") == 2 * AHEAD_FILES + SIZE_CHUNK
-        # the copy reaches c (a stat of one of c's later files would do the same): the
-        # rest of c is learnt in the background, not chunk by chunk as files are asked for
-        tree.copy_progress(files_of(c)[0])
-        await settle(tree, lambda: all(n.size_known for n in files_of(c)))
-        assert emu.count("s3") == 3 * AHEAD_FILES             # each size learnt once
-        assert [n.entry.size for n in files_of(c)] == [1000 + i for i in range(AHEAD_FILES)]
-        await http.aclose()
+        folders, tmp_path, nursery, http):
+    mem = folders
+    core = new_core(mem, tmp_path, nursery, http)
+    calls = await core.resolve("/mem/calls")
+    await core.children(calls)
+    _, a_files = await folder_files(core, "/mem/calls/a")
+    await copy_through(core, a_files)
+    c, d = calls.children["c"], calls.children["d"]
+    _, b_files = await folder_files(core, "/mem/calls/b")     # cp -r goes on into b
+    listings = core.tree.listings
+    near_end = AHEAD_FILES - LOOK_AHEAD_FILES
+    await copy_through(core, b_files[:near_end])
+    await settle()
+    assert c.children is None                           # not near the end yet
+    await copy_through(core, [b_files[near_end]])
+    await settle()
+    assert core.tree.listings == listings + 1 and d.children is None   # c, not d
+    c_files = c.files()[0]
+    assert all(n.size_known for n in c_files[:SIZE_CHUNK])
+    assert not any(n.size_known for n in c_files[SIZE_CHUNK:])
+    # learnt as for a copy: the small files came whole, into the cache
+    assert under(mem, "c") == {f"calls/c/c{i:03d}.wav": 1 for i in range(SIZE_CHUNK)}
+    assert all(core.cache.has_whole(mem.cache_key(n.entry), n.size) for n in c_files[:SIZE_CHUNK])
+    # the copy goes on through b and c: the rest of c is learnt as it goes, each size once
+    await copy_through(core, b_files[near_end + 1:] + c_files)
+    await settle()
+    assert [n.entry.size for n in c_files] == [1000 + i for i in range(AHEAD_FILES)]
+    assert set(under(mem, "c").values()) == {1} and len(under(mem, "c")) == AHEAD_FILES
 
 
-async def test_no_copy_no_look_ahead(tmp_path, nursery):
-    with emulator(FOLDERS[:3]) as emu:
-        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
-        await tree.children(calls.children["b"])
-        for node in files_of(a) + files_of(calls.children["b"]):
-            await tree.ensure_size(node)
-            tree.copy_progress(node)                   # copy_seen never set: ls -l, stat
-        await trio.sleep(0.1)
-        assert calls.children["c"].children is None
-        await http.aclose()
+async def test_a_copy_from_a_folder_copied_long_ago_does_not_look_ahead(folders, tmp_path, nursery, http):
+    mem = folders
+    core = new_core(mem, tmp_path, nursery, http)
+    calls = await core.resolve("/mem/calls")
+    await core.children(calls)
+    _, a_files = await folder_files(core, "/mem/calls/a")
+    await copy_through(core, a_files)
+    core.policy.clock.now += COPY_MEMORY                 # the copy of a is over
+    _, b_files = await folder_files(core, "/mem/calls/b")
+    listings = core.tree.listings
+    await copy_through(core, b_files)
+    await settle()
+    assert calls.children["c"].children is None and core.tree.listings == listings
 
 
-def test_parked_folders_are_bounded_and_forgotten_oldest_first():
-    tree = Tree([], None, None)
+async def test_no_copy_no_look_ahead(folders, tmp_path, nursery, http):
+    mem = folders
+    core = new_core(mem, tmp_path, nursery, http)
+    calls = await core.resolve("/mem/calls")
+    await core.children(calls)
+    _, a_files = await folder_files(core, "/mem/calls/a")
+    _, b_files = await folder_files(core, "/mem/calls/b")
+    for node in a_files + b_files:                      # ls -l a b
+        await core.stat(node)
+    for node in reversed(b_files):                      # opens, but in no copy's order
+        core.release(await core.open(node))
+    await settle()
+    assert calls.children["c"].children is None
+    assert not under(mem, "c") and not under(mem, "d")
 
-    class FakeNode:
-        def __init__(self, ino):
-            self.ino = ino
-    for folder in range(MAX_PARKED + 1):
-        ch = _SizeChunk([FakeNode(1000 + folder)])
-        tree._sizing[1000 + folder] = ch
-        tree._park(folder, [ch])
-    assert len(tree._parked) == MAX_PARKED and 0 not in tree._parked
-    assert 1000 not in tree._sizing                     # its file can be sized anew
-    assert all(1000 + f in tree._sizing for f in range(1, MAX_PARKED + 1))
 
-
-async def test_asking_for_a_size_in_a_prepared_folder_brings_the_rest_too(tmp_path, nursery):
-    with emulator(FOLDERS[:3]) as emu:
-        http, source, tree, calls, a = await tree_in_a(emu, tmp_path, nursery)
-        b, c = calls.children["b"], calls.children["c"]
-        await copy_through(tree, source, files_of(a))
-        await tree.children(b)
-        await copy_through(tree, source, files_of(b))
-        await settle(tree, lambda: c.children is not None
-                     and all(n.size_known for n in files_of(c)[:SIZE_CHUNK]))
-        source.copy_seen = float("-inf")              # the copy ended; ls -l c
-        await tree.ensure_size(files_of(c)[SIZE_CHUNK])
-        await settle(tree, lambda: all(n.size_known for n in files_of(c)))
-        await http.aclose()
+async def test_an_ls_of_a_prepared_folder_learns_the_rest_each_size_once(folders, tmp_path, nursery, http):
+    mem = folders
+    core = new_core(mem, tmp_path, nursery, http)
+    calls = await core.resolve("/mem/calls")
+    await core.children(calls)
+    _, a_files = await folder_files(core, "/mem/calls/a")
+    await copy_through(core, a_files)
+    _, b_files = await folder_files(core, "/mem/calls/b")
+    await copy_through(core, b_files)
+    await settle()
+    c = calls.children["c"]
+    assert c.children is not None and sum(under(mem, "c").values()) == SIZE_CHUNK
+    core.policy.clock.now += COPY_MEMORY                 # the copy ended; ls -l c
+    for node in c.files()[0]:
+        await core.stat(node)
+    await settle()
+    assert [n.entry.size for n in c.files()[0]] == [1000 + i for i in range(AHEAD_FILES)]
+    assert set(under(mem, "c").values()) == {1} and len(under(mem, "c")) == AHEAD_FILES
+    # learnt after the copy: one byte each
+    assert all((s, e) == (0, 1) for p, s, e in mem.reads
+               if p.startswith("calls/c/") and int(p[-7:-4]) >= SIZE_CHUNK)
