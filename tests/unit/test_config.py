@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from recfs.config import ConfigError, Secret, load_config, parse_config, parse_size
+from recfs.config import (COMMON_SOURCE_KEYS, KINDS, ConfigError, Secret, load_config, parse_config,
+                          parse_size, source_keys)
+from recfs.sources import alvaria
 
 ALV = {"name": "alv", "kind": "alvaria", "api_url": "https://o.example/via/v3/organizations/o",
        "token_url": "https://id.example/token", "client_id": "id", "client_secret": "TOPSECRET",
@@ -18,9 +20,31 @@ def test_a_good_config_is_typed_and_secrets_are_hidden():
     assert cfg.cache.sync_after == 30.0
     assert parse_config({"cache": {"sync_after": 0}, "sources": [ALV]}).cache.sync_after == 0
     opts = cfg.sources[0].options
-    assert isinstance(opts["client_secret"], Secret)
-    assert opts["client_secret"].reveal() == "TOPSECRET"
+    assert isinstance(opts, alvaria.Options)
+    assert isinstance(opts.client_secret, Secret)
+    assert opts.client_secret.reveal() == "TOPSECRET"
     assert "TOPSECRET" not in repr(opts) and "TOPSECRET" not in str(opts)
+    # keys not given take their defaults
+    assert (opts.name, opts.kind, opts.root, opts.page_size, opts.listing_ttl, opts.allow_delete) == \
+        ("alv", "alvaria", "", 1000, None, False)
+
+
+def test_each_kind_declares_its_keys_on_its_options():
+    assert {"api_url", "token_url", "client_secret", "page_size"} <= set(source_keys("alvaria"))
+    for kind in KINDS:
+        keys = source_keys(kind)
+        assert keys and not set(keys) & set(COMMON_SOURCE_KEYS)      # the common keys apart
+        assert all(k.doc for k in keys.values())
+    assert {"name", "kind", "listing_ttl", "allow_delete"} <= set(COMMON_SOURCE_KEYS)
+
+
+def test_options_can_be_built_directly_and_check_their_keys_together():
+    good = alvaria.Options(name="alv", kind="alvaria", api_url=ALV["api_url"], token_url=ALV["token_url"],
+                           client_id=Secret("id", "t"), client_secret=Secret("s", "t"), api_key=Secret("k", "t"))
+    assert good.problem() is None and good.page_size == 1000
+    bad = alvaria.Options(name="alv", kind="alvaria", api_url="https://o.example/v9", token_url=ALV["token_url"],
+                          client_id=Secret("id", "t"), client_secret=Secret("s", "t"), api_key=Secret("k", "t"))
+    assert bad.problem().startswith("api_url: must end in /via/v2")
 
 
 @pytest.mark.parametrize("change,message", [
@@ -66,15 +90,15 @@ def test_secrets_from_env_and_file(tmp_path, monkeypatch):
     (tmp_path / "key").write_text("from-file\n")
     table = dict(ALV, client_secret={"env": "ALV_SECRET"}, api_key={"file": str(tmp_path / "key")})
     cfg = parse_config({"sources": [table]})
-    assert cfg.sources[0].options["client_secret"].reveal() == "from-env"
-    assert cfg.sources[0].options["api_key"].reveal() == "from-file"
+    assert cfg.sources[0].options.client_secret.reveal() == "from-env"
+    assert cfg.sources[0].options.api_key.reveal() == "from-file"
 
 
 def test_systemd_credentials(tmp_path, monkeypatch):
     (tmp_path / "alv-secret").write_text("cred")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     cfg = parse_config({"sources": [dict(ALV, client_secret={"credential": "alv-secret"})]})
-    assert cfg.sources[0].options["client_secret"].reveal() == "cred"
+    assert cfg.sources[0].options.client_secret.reveal() == "cred"
 
 
 def test_world_readable_literal_secrets_warn(tmp_path):

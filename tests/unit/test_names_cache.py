@@ -110,6 +110,45 @@ def test_adopt_takes_a_probed_file_unsynced_and_never_replaces_what_is_known(tmp
     assert c.entry("f@1", len(data)).read(0, 10) == data[:10]
 
 
+def test_adopt_takes_the_whole_chunks_of_a_file_holding_only_the_start(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30)
+    size = 3 * CHUNK + 10
+    data = os.urandom(size)
+    probed = c.staging_path("probe-")
+    probed.write_bytes(data[:CHUNK + 1000])             # a probe brought the first bytes only
+    assert c.adopt("f@1", size, probed, CHUNK + 1000)
+    assert not probed.exists()
+    e = c.entry("f@1", size)
+    assert e.has(0, CHUNK) and not e.has_chunk(1)       # the part of chunk 1 does not count
+    assert e.present == CHUNK == c.total and not e.complete
+    assert e.read(0, CHUNK) == data[:CHUNK]
+    # I2: its bits reach the index only after the flusher synced the file
+    assert not Cache(tmp_path, max_size=1 << 30).entry("f@1", size).has_chunk(0)
+    c.flush()
+    c2 = Cache(tmp_path, max_size=1 << 30)
+    assert c2.entry("f@1", size).has(0, CHUNK) and not c2.entry("f@1", size).has_chunk(1)
+    # the rest arrives the usual way, and completes the entry
+    e.write(CHUNK, data[CHUNK:])
+    e.mark(1, 3)
+    assert e.complete and e.read(0, size) == data
+
+
+def test_adopt_drops_a_start_without_a_whole_chunk(tmp_path):
+    c = Cache(tmp_path, max_size=1 << 30)
+    probed = c.staging_path("probe-")
+    probed.write_bytes(b"x" * (CHUNK - 1))
+    assert not c.adopt("f@1", 2 * CHUNK, probed, CHUNK - 1)
+    assert not probed.exists() and "f@1" not in c.entries and c.total == 0
+    # a small file is one chunk: all of it counts
+    small = c.staging_path("probe-")
+    small.write_bytes(b"y" * 100)
+    assert c.adopt("s@1", 100, small, 100) and c.has_whole("s@1", 100)
+    # a length past the size counts as the whole file
+    whole = c.staging_path("probe-")
+    whole.write_bytes(b"z" * (CHUNK + 5))
+    assert c.adopt("w@1", CHUNK + 5, whole, 4 << 20) and c.has_whole("w@1", CHUNK + 5)
+
+
 def stat_mode(p):
     return os.stat(p).st_mode & 0o777
 

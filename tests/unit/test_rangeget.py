@@ -289,10 +289,11 @@ def by_path(head: bytes):
     return None
 
 
-async def heads(http: Http, url: str, paths: list[str], limiter=None) -> tuple[list, dict]:
+async def heads(http: Http, url: str, paths: list[str], limiter=None, ends=None) -> tuple[list, dict]:
     got: dict[str, bytearray] = {p: bytearray() for p in paths}
-    jobs = [(url + p, {}, lambda pos, data, p=p: got[p].extend(data)) for p in paths]
-    sizes = await http.get_heads(jobs, 4 << 20, limiter=limiter)
+    ends = ends or [4 << 20] * len(paths)
+    jobs = [(url + p, {}, lambda pos, data, p=p: got[p].extend(data), end) for p, end in zip(paths, ends)]
+    sizes = await http.get_heads(jobs, limiter=limiter)
     return sizes, got
 
 
@@ -354,12 +355,25 @@ async def test_cancelling_heads_stops_their_threads_before_returning():
     writes = []
     limiter = trio.CapacityLimiter(4)
     async with serving(stall) as (server, http):
-        jobs = [(server.url + f"/{i}", {}, lambda pos, data: writes.append(pos)) for i in range(4)]
+        jobs = [(server.url + f"/{i}", {}, lambda pos, data: writes.append(pos), 1 << 20) for i in range(4)]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(http.get_heads, jobs, 1 << 20, limiter=limiter))
+            nursery.start_soon(functools.partial(http.get_heads, jobs, limiter=limiter))
             assert await trio.to_thread.run_sync(stalled.wait, 10)
             nursery.cancel_scope.cancel()
         assert not http.ranges._open
         assert limiter.statistics().borrowed_tokens == 0
         assert http._range_threads.statistics().borrowed_tokens == 0
     assert writes == []
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+async def test_each_head_asks_for_its_own_end(threaded):
+    """A one-byte probe and a whole-file probe go out in one batch: each job's range is
+    its own, and each brings its bytes and the file's size."""
+    async with serving(small_partial, threaded) as (server, http):
+        sizes, got = await heads(http, server.url, ["/one", "/some", "/whole"], ends=[1, 100, 4 << 20])
+    assert sizes == [len(SMALL)] * 3
+    assert (bytes(got["/one"]), bytes(got["/some"]), bytes(got["/whole"])) == (SMALL[:1], SMALL[:100], SMALL)
+    ranges = sorted(requested_range(h) for h in server.requests)
+    assert ranges == [(0, 1), (0, 100), (0, 4 << 20)]
+    assert http.batched_requests == (3 if threaded else 0)
