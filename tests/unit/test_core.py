@@ -184,9 +184,6 @@ async def test_a_failed_upload_is_reported_by_close_and_stays_staged(core, mem):
     assert handle.node.local is Local.UPLOADED
 
 
-@pytest.mark.xfail(strict=True, reason="suspected bug: an upload sent by a retry (uploads.retry_all, "
-                   "U3) leaves its node Local.WRITING with the staged data file gone, so opening "
-                   "the file fails (FileNotFoundError) until a listing shows it")
 async def test_a_file_whose_upload_a_retry_sent_reads_back(core, mem):
     imports = await core.resolve("/mem/imports")
     handle = await core.create(imports, "new.wav")
@@ -198,8 +195,9 @@ async def test_a_file_whose_upload_a_retry_sent_reads_back(core, mem):
     mem.upload_failure = None
     await core.uploads.retry_all()                      # U3: the retry sends it
     assert mem.uploads == [("imports/new.wav", b"keep me")]
+    assert handle.node.local is Local.UPLOADED          # shown as sent until a listing has it
     node = await core.lookup(imports, "new.wav")
-    assert await read_file(core, node) == b"keep me"
+    assert node is handle.node and await read_file(core, node) == b"keep me"
 
 
 async def test_creating_over_a_file_the_service_has_is_refused(core):

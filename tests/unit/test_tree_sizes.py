@@ -145,9 +145,6 @@ async def test_a_size_asked_for_waits_only_for_its_own_chunk(one_folder, tmp_pat
     assert set(probed(mem).values()) == {1}
 
 
-@pytest.mark.xfail(strict=True, reason="suspected bug: a size asked for queues behind the probes of "
-                   "a chunk learnt ahead (one FIFO limiter of size_probes per source, and a chunk "
-                   "is SIZE_CHUNK > size_probes), so it waits for another chunk, not only its own (T4)")
 async def test_a_size_asked_for_does_not_queue_behind_a_chunk_learnt_ahead(one_folder, tmp_path, nursery, http):
     mem = one_folder
     core = new_core(mem, tmp_path, nursery, http)
