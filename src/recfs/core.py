@@ -73,6 +73,8 @@ class Core:
         self.tree = Tree(sources, cache, nursery, self.reader.learn_sizes, self.policy)
         self.uploads = Uploads(uploads_dir or Path(cache.dir) / "uploads",
                                {s.name: s for s in sources})
+        self.uploads.on_uploaded = self._landed
+        self._writing: dict[str, Node] = {}     # staged upload id -> its node
         self.control = Control(self)
 
     @property
@@ -197,10 +199,12 @@ class Core:
             raise CoreError(errno.EEXIST if exclusive else errno.EROFS)
         if existing is not None:
             self.uploads.discard(existing.upload)
+            self._writing.pop(existing.upload.id, None)
             self.tree.remove(existing)
         staged = self.uploads.create(folder.source.name, folder.entry.ref, name)
         entry = Entry(name, Kind.FILE, ref=None, mtime=time.time(), size=0, id=f"staged:{staged.id}")
         node = self.tree.add_local(folder, name, entry, Local.WRITING, staged)
+        self._writing[staged.id] = node
         return self.open_written(node, truncate=False)
 
     def open_written(self, node: Node, *, truncate: bool) -> Writing:
@@ -241,13 +245,16 @@ class Core:
         finally:
             # U3: a close is also the moment to send what failed before
             self.uploads.retry_soon(self.nursery, exclude=staged.id)
-        node = handle.node
-        if node.parent is not None:
-            src = node.source
-            ref = src.child_ref(node.parent.entry.ref, node.name, Kind.FILE)
-            self.tree.uploaded(node, Entry(node.name, Kind.FILE, ref=ref, mtime=node.entry.mtime,
-                                           size=staged.size, id=str(ref),
-                                           version=f"uploaded:{staged.id}"))
+
+    def _landed(self, staged: Staged) -> None:
+        """An upload reached the service (at its close, or by a retry): its node shows
+        the uploaded file until a listing has it (T6)."""
+        node = self._writing.pop(staged.id, None)
+        if node is None or node.local is not Local.WRITING or node.parent is None:
+            return
+        ref = node.source.child_ref(node.parent.entry.ref, node.name, Kind.FILE)
+        self.tree.uploaded(node, Entry(node.name, Kind.FILE, ref=ref, mtime=node.entry.mtime,
+                                       size=staged.size, id=str(ref), version=f"uploaded:{staged.id}"))
 
     async def mkdir(self, folder: Node, name: str) -> Node:
         self._upload_folder(folder)
@@ -265,6 +272,7 @@ class Core:
             raise CoreError(errno.EISDIR)
         if node.local is Local.WRITING:         # never sent: just forget it
             self.uploads.discard(node.upload)
+            self._writing.pop(node.upload.id, None)
             self.tree.remove(node)
             return
         if node.source is None or not node.source.allow_delete:

@@ -57,7 +57,7 @@ class _SizeChunk:
         self.done = trio.Event()
 
 
-async def metadata_sizes(source: Source, entries: list[Entry], *, whole: bool) -> None:
+async def metadata_sizes(source: Source, entries: list[Entry], *, whole: bool, asked: bool) -> None:
     """Sizes from the provider's metadata only (a tree without a reader)."""
     await source.sizes(entries)
 
@@ -131,7 +131,7 @@ class Node:
         return self._files
 
 
-SizeLearner = Callable[..., Awaitable[None]]     # (source, entries, *, whole) -> None
+SizeLearner = Callable[..., Awaitable[None]]     # (source, entries, *, whole, asked) -> None
 
 
 class Tree:
@@ -328,7 +328,7 @@ class Tree:
         if chunk.started:
             await chunk.done.wait()
         else:
-            await self._resolve_chunk(chunk)
+            await self._resolve_chunk(chunk, asked=True)
         if not node.size_known:
             raise SourceError(f"{node.source.name}: cannot learn the size of {node.path()}")
 
@@ -424,13 +424,14 @@ class Tree:
             if not chunk.started:
                 await self._resolve_chunk(chunk)
 
-    async def _resolve_chunk(self, chunk: _SizeChunk) -> None:
+    async def _resolve_chunk(self, chunk: _SizeChunk, asked: bool = False) -> None:
+        """Learn the chunk's sizes; `asked`: somebody waits for one of them."""
         chunk.started = True
         nodes = chunk.nodes
         folder = nodes[0].parent
         whole = chunk.for_copy or (folder is not None and self.policy.copying(folder.ino))
         try:
-            await self.learn_sizes(nodes[0].source, [c.entry for c in nodes], whole=whole)
+            await self.learn_sizes(nodes[0].source, [c.entry for c in nodes], whole=whole, asked=asked)
         except Exception as exc:        # runs in the background too: never end the mount
             log.error("%s: learning sizes in %s: %s", nodes[0].source.name,
                       folder.path() if folder else "/", exc)

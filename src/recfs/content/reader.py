@@ -132,7 +132,7 @@ class Reader:
         self.sibling_limiter = trio.CapacityLimiter(max(1, sibling_prefetch))
         self._prefetching: set[str] = set()
         self._engines: dict[str, BulkEngine] = {}
-        self._probes: dict[str, trio.CapacityLimiter] = {}
+        self._probes: dict[tuple[str, bool], trio.CapacityLimiter] = {}   # (source, asked)
 
     def engine(self, source: Source) -> BulkEngine | None:
         """The bulk engine of a source that declares bulk jobs."""
@@ -397,20 +397,22 @@ class Reader:
         return size
 
     # -- sizes a listing lacks
-    async def learn_sizes(self, source: Source, entries: list[Entry], *, whole: bool) -> None:
+    async def learn_sizes(self, source: Source, entries: list[Entry], *, whole: bool,
+                          asked: bool = True) -> None:
         """Set `size` on every entry whose size is None: the provider's metadata first,
         then a ranged GET whose answer states the total: one byte, or, with `whole` (a
         copy is under way), the first WHOLE_PROBE bytes of a file whose hint is no
         bigger, which then goes into the cache. The GETs go out together
         (`Http.get_heads`); one that failed is made again on its own, with retries.
-        An entry that cannot be sized keeps None."""
+        An entry that cannot be sized keeps None. Sizes somebody waits for (`asked`)
+        have probe tokens of their own, so they never queue behind sizes learnt ahead."""
         await source.sizes([e for e in entries if e.size is None])
         todo = [e for e in entries if e.size is None]
         if not todo:
             return
-        limiter = self._probes.get(source.name)
+        limiter = self._probes.get((source.name, asked))
         if limiter is None:
-            limiter = self._probes[source.name] = trio.CapacityLimiter(source.size_probes)
+            limiter = self._probes[(source.name, asked)] = trio.CapacityLimiter(source.size_probes)
         ends = [WHOLE_PROBE if whole and 0 < e.size_hint <= WHOLE_PROBE else 1 for e in todo]
         await source.prepare(todo)
         wanted = [source.target(e) for e in todo]

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -64,6 +64,7 @@ class Uploads:
         self.sources = sources          # name -> Source
         self.retry_interval = retry_interval
         self.pending: dict[str, Staged] = {}
+        self.on_uploaded: Callable[[Staged], None] = lambda st: None   # told of each upload that landed
         self._locks: dict[str, trio.Lock] = {}
         self._retrying = False
         self.uploaded = 0
@@ -135,13 +136,14 @@ class Uploads:
                 st.last_error = str(exc)[:500]
                 self._save(st)
                 self.failed += 1
-                log.error("upload of %s/%s (%d bytes) failed, kept for a retry: %s",
+                log.error("upload of %s%s (%d bytes) failed, kept for a retry: %s",
                           st.dir_ref, st.name, st.size, st.last_error)
                 raise
             log.info("uploaded %s%s (%d bytes)", st.dir_ref, st.name, st.size)
             self.uploaded += 1
             self.discard(st)
             self._locks.pop(st.id, None)
+            self.on_uploaded(st)
 
     def retry_soon(self, nursery: trio.Nursery, exclude: str | None = None) -> None:
         """Start retrying the pending uploads in the background, unless that runs
