@@ -25,7 +25,8 @@ the same for every provider:
 
 Outcomes are `FileResult`s: stored, failed (EIO with the message: the member does not
 match what the listing says), or "fall back" (read the file with ranged GETs: a job
-that failed, timed out or left the file out costs time, never an error).
+that failed, timed out, left the file out or gave an unreadable zip costs time,
+never an error).
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def extract_verified(zip_path: Path, files: list[BulkFile], staging: Path,
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         for f in files:
-            results[f.key] = (None, failed(f"the zip is unreadable ({exc})"))
+            results[f.key] = (None, fallback(f"the zip is unreadable ({exc})"))
         return results
     with zf:
         members: dict[str, list[zipfile.ZipInfo]] = defaultdict(list)
@@ -201,7 +202,7 @@ def _extract_group(zf: zipfile.ZipFile, candidates: list[zipfile.ZipInfo], group
         for f in group:
             results[f.key] = _assign(f, extracted, used)
     finally:
-        for i, ex in enumerate(extracted):
+        for ex in extracted:
             if not any(r[0] == ex.path for r in results.values()):
                 ex.path.unlink(missing_ok=True)
 

@@ -457,7 +457,8 @@ class Reader:
 
     async def _probe_one(self, source: Source, entry: Entry, end: int,
                          limiter: trio.CapacityLimiter) -> None:
-        """One size probe with retries: whole (`end` > 1) first if asked, then one byte."""
+        """One size probe with retries: whole (`end` > 1) first if asked, then, unless
+        the service said the file is not there, one byte."""
         async with limiter:
             for length in ((end, 1) if end > 1 else (1,)):
                 staged = self.cache.staged("probe-") if length > 1 else None
@@ -466,11 +467,13 @@ class Reader:
                     size = await self._get_range(source.target(entry), 0, length,
                                                  staged.write if staged else _ignore, None,
                                                  f"{source.name}: size of {entry.name}")
-                except HttpError as exc:
+                except (HttpError, SourceError) as exc:
+                    failure = source.content_error(entry, exc) if isinstance(exc, HttpError) else exc
                     log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name,
-                                describe(source.content_error(entry, exc)))
-                except SourceError as exc:
-                    log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name, exc)
+                                describe(failure))
+                    if getattr(exc, "status", None) in (401, 403, 404, 410) \
+                            or getattr(exc, "errno", None) == errno.ENOENT:
+                        return
                 finally:
                     if staged:
                         self._keep_probed(source, entry, staged, size, length)
