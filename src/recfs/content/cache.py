@@ -393,7 +393,9 @@ class Cache:
 
     def remember_sizes(self, pairs: list[tuple[str, int]]) -> None:
         if pairs:
+            self.db.execute("BEGIN")        # one transaction, not one per row (autocommit)
             self.db.executemany("INSERT OR REPLACE INTO sizes(key, size) VALUES (?, ?)", pairs)
+            self.db.execute("COMMIT")
 
     # -- quota
     def free_space(self) -> int:
@@ -460,8 +462,10 @@ class Cache:
     def _record_touched(self) -> None:
         if self.touched:
             now = time.time()
+            self.db.execute("BEGIN")
             self.db.executemany("UPDATE entries SET last_used=? WHERE key=?",
                                 [(now, e.key) for e in self.touched])
+            self.db.execute("COMMIT")
             for e in self.touched:
                 e.last_used = now
             self.touched.clear()
