@@ -27,10 +27,12 @@ so a thread blocked in `recv` returns at once, and no sink call starts after it.
 """
 from __future__ import annotations
 
+import re
 import select
 import socket
 import ssl
 import threading
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -185,11 +187,11 @@ class RangeGetter:
 
     def _get(self, ticket: Ticket, url: str, headers: dict[str, str], pos: int,
              plan: Plan, sink: Sink) -> Outcome:
-        u = httpx.URL(url)
-        if u.scheme not in ("http", "https"):
-            raise Unsupported(f"scheme {u.scheme}")
-        origin = (u.scheme, u.host, u.port or (443 if u.scheme == "https" else 80))
-        request = _request_bytes(u, headers)
+        scheme, host, port, target, netloc = _split(url)
+        if scheme not in ("http", "https"):
+            raise Unsupported(f"scheme {scheme}")
+        origin = (scheme, host, port or (443 if scheme == "https" else 80))
+        request = _request_bytes(target, netloc, headers)
         out = Outcome(pos=pos)
         for attempt in range(2):
             try:
@@ -331,9 +333,25 @@ class RangeGetter:
         return remaining is not None
 
 
-def _request_bytes(u: httpx.URL, headers: dict[str, str]) -> bytes:
+# a URL of only these characters needs no normalising: it is sent as it is
+_PLAIN_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9\-._~%!$&'()*+,;=:@/]*)?(\?[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*)?$")
+
+
+def _split(url: str) -> tuple[str, str, int | None, bytes, bytes]:
+    """(scheme, host, port, request target, Host header) of a URL. A plain URL is split
+    as it is (cheap); any other goes through httpx.URL, which percent-encodes it."""
+    if _PLAIN_URL.match(url):
+        parts = urllib.parse.urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return parts.scheme, parts.hostname or "", parts.port, target.encode("ascii"), \
+            parts.netloc.encode("ascii")
+    u = httpx.URL(url)
+    return u.scheme, u.host, u.port, u.raw_path, u.netloc
+
+
+def _request_bytes(target: bytes, netloc: bytes, headers: dict[str, str]) -> bytes:
     names = {k.lower() for k in headers}
-    lines = [b"GET " + u.raw_path + b" HTTP/1.1", b"Host: " + u.netloc]
+    lines = [b"GET " + target + b" HTTP/1.1", b"Host: " + netloc]
     for name, value in headers.items():
         if any(c in name + value for c in "\r\n\0") or ":" in name:
             raise ValueError(f"header {name!r} holds a line break")
