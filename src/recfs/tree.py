@@ -14,7 +14,8 @@ Invariants:
      size alone (`ensure_size`), unless the access pattern asks for the folder's
      (`learn_ahead`: files stat'ed or opened one after another, as ls -l and cp -r
      do): then the unknown sizes of the folder are learnt in chunks (of SIZE_CHUNK)
-     in readdir order, in the background, a chunk ahead of the files asked for; a
+     in readdir order, in the background, up to AHEAD_CHUNKS ahead of the files
+     asked for; a
      size asked for meanwhile waits only for the chunk holding its file. A size is
      learnt once, whoever asks.
  T5. A copy looks ahead by one folder at most, and only a copy that came into this
@@ -45,6 +46,7 @@ log = logging.getLogger("recfs.tree")
 
 SIZE_CHUNK = 32             # sizes learnt together (a folder of 200 files: 7 chunks)
 AHEAD_FIRST = 8             # the first chunk learnt ahead (T4)
+AHEAD_CHUNKS = 2            # chunks learnt ahead at most (T4)
 LOOK_AHEAD_FILES = 32       # a copy this near the end of a folder has the next one prepared (T5)
 LOOK_AHEAD_BYTES = 16 << 20  # at most this much (by size hints) is learnt there before the copy arrives
 
@@ -334,7 +336,7 @@ class Tree:
 
     def learn_ahead(self, node: Node) -> None:
         """The access pattern asks for the sizes of `node`'s folder (T4): keep the
-        unknown ones learnt a chunk ahead of `node` in readdir order, in the
+        unknown ones learnt up to AHEAD_CHUNKS chunks ahead of `node` in readdir order, in the
         background. The first chunk is small (AHEAD_FIRST): whether a chunk's small
         files come whole is decided when it starts, and the pattern may just be
         showing itself (the second stat of a cp -r comes before its second open)."""
@@ -346,7 +348,7 @@ class Tree:
         if pos is None:
             return
         planned = max(pos, self._ahead.get(folder.ino, pos))
-        if planned - pos > SIZE_CHUNK // 2 or planned >= len(nodes):
+        if planned - pos >= AHEAD_CHUNKS * SIZE_CHUNK or planned >= len(nodes):
             return
         size = AHEAD_FIRST if planned == pos else SIZE_CHUNK
         batch = [c for c in nodes[planned:planned + size]

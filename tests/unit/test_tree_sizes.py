@@ -19,7 +19,7 @@ from recfs.content.policy import COPY_MEMORY
 from recfs.content.reader import WHOLE_PROBE
 from recfs.core import Core
 from recfs.http import Http
-from recfs.tree import AHEAD_FIRST, LOOK_AHEAD_FILES, SIZE_CHUNK
+from recfs.tree import AHEAD_CHUNKS, AHEAD_FIRST, LOOK_AHEAD_FILES, SIZE_CHUNK
 from tests.memory_source import MemorySource
 
 FILES = 100
@@ -94,13 +94,15 @@ async def test_sequential_stats_learn_ahead_a_small_chunk_then_full_chunks(one_f
 
     assert await stat(0) == 1                           # one stat: one size
     assert await stat(1) == 1 + AHEAD_FIRST             # a pattern: the next AHEAD_FIRST
-    assert await stat(2) == 1 + AHEAD_FIRST + SIZE_CHUNK        # then a chunk ahead
-    learnt = 1 + AHEAD_FIRST + SIZE_CHUNK
-    # the next chunk starts once the stats are within half a chunk of what is learnt
-    for i in range(3, learnt - SIZE_CHUNK // 2):
+    assert await stat(2) == 1 + AHEAD_FIRST + SIZE_CHUNK        # then a chunk at each stat,
+    assert await stat(3) == 1 + AHEAD_FIRST + 2 * SIZE_CHUNK    # up to AHEAD_CHUNKS ahead
+    learnt = 1 + AHEAD_FIRST + 2 * SIZE_CHUNK
+    assert learnt - 4 >= AHEAD_CHUNKS * SIZE_CHUNK
+    # the next chunk starts once the stats are fewer than AHEAD_CHUNKS chunks behind
+    for i in range(4, learnt - AHEAD_CHUNKS * SIZE_CHUNK + 1):
         assert await stat(i) == learnt
-    assert await stat(learnt - SIZE_CHUNK // 2) == learnt + SIZE_CHUNK
-    for i in range(learnt - SIZE_CHUNK // 2 + 1, FILES):
+    assert await stat(learnt - AHEAD_CHUNKS * SIZE_CHUNK + 1) == min(FILES, learnt + SIZE_CHUNK)
+    for i in range(learnt - AHEAD_CHUNKS * SIZE_CHUNK + 2, FILES):
         await stat(i)
     assert [n.entry.size for n in files] == [1000 + i for i in range(FILES)]
     assert set(probed(mem).values()) == {1} and len(probed(mem)) == FILES     # each size once
