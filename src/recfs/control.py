@@ -51,6 +51,8 @@ class Control:
             "http": {"requests": http.requests, "retries": http.retries,
                      "errors": http.errors, "bytes_received": http.bytes_received,
                      "batched_requests": http.batched_requests},
+            # each service's request rate, as learnt from its 429s, and requests waiting
+            "rate_limits": http.limits(),
             "reads": {"fetches": r.fetches, "fetched_bytes": r.fetched_bytes,
                       "cache_hits": r.cache_hits, "failures": r.failures,
                       "prefetched_files": r.prefetched_files},

@@ -71,6 +71,7 @@ class Core:
                              max_request=t.max_request, small_file=t.small_file,
                              sibling_prefetch=t.sibling_prefetch)
         self.tree = Tree(sources, cache, nursery, self.reader.learn_sizes, self.policy)
+        self.reader.on_changed = self._object_changed
         self.uploads = Uploads(uploads_dir or Path(cache.dir) / "uploads",
                                {s.name: s for s in sources})
         self.uploads.on_uploaded = self._landed
@@ -152,6 +153,12 @@ class Core:
         if node.local is Local.WRITING:
             return self.open_written(node, truncate=False)
         folder = node.parent
+        if node.recheck:            # after `recfs refresh`: is what is cached current?
+            node.recheck = False
+            if folder is not None and not self.tree.fresh(folder):
+                await self.tree.refresh(folder)         # the entry as listed now
+            await self.tree.ensure_size(node)
+            await self.reader.recheck(node.source, node.entry)
         view, copy = None, False
         if folder is not None and folder.children is not None:
             _, entries, position = folder.files()
@@ -161,7 +168,7 @@ class Core:
                 self.tree.learn_ahead(node)
         await self.tree.ensure_size(node)
         handle = self.reader.open(node.source, node.entry, view, copy=copy,
-                                  label=node.path())
+                                  label=node.path(), owner=node)
         self.tree.copy_progress(node)
         return handle
 
@@ -172,12 +179,30 @@ class Core:
             return await self.reader.read(handle, offset, length)
         except ReadError as exc:
             if exc.stale:
-                # the object changed or vanished: list its folder again, and let the
-                # front-ends drop what they cached of it
-                if node.parent is not None:
-                    self.tree.invalidate(node.parent)
-                self.tree.on_changed(node)
+                self._object_changed(node)
             raise
+
+    def _object_changed(self, node: Node) -> None:
+        """The object changed or vanished on the service: list its folder again, and let
+        the front-ends drop what they cached of it."""
+        if node.parent is not None:
+            self.tree.invalidate(node.parent)
+        self.tree.on_changed(node)
+
+    @staticmethod
+    def pages_kept(handle: Handle | Writing) -> None:
+        """The front-end hands out pages it kept from an earlier open of the same content:
+        this open may not start over on another version of the object (R1)."""
+        if isinstance(handle, Handle):
+            handle.pages_kept = True
+
+    @staticmethod
+    def content_version(handle: Handle | Writing) -> tuple:
+        """Which content an open file shows: front-ends that cache pages keep them only
+        while this stays the same (the listing's version, and each version met since)."""
+        if isinstance(handle, Writing):
+            return ("writing", handle.staged.id)
+        return handle.state.entry.version, handle.state.ce.changes
 
     def release(self, handle: Handle | Writing) -> None:
         if isinstance(handle, Writing):

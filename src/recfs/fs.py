@@ -45,6 +45,7 @@ class Operations(pyfuse3.Operations):
         self.gid = os.getgid()
         self.handles: dict[int, tuple[Node, Any]] = {}
         self._next_fh = 1
+        self._versions: dict[int, tuple] = {}   # inode -> the content its pages are of
 
     # -- helpers
     def forget_kernel_cache(self, node: Node) -> None:
@@ -188,7 +189,16 @@ class Operations(pyfuse3.Operations):
         # less and no second copy of the file in the page cache, but no shared mmap
         # and no kernel readahead, so only for big files
         direct = 0 < self.direct_io_min_size <= node.entry.size
-        return pyfuse3.FileInfo(fh=fh, keep_cache=not direct, direct_io=direct)
+        # the kernel keeps the pages it has of the file only while its content is the
+        # same: a new version, from a listing or met by a read, drops them at this open
+        version = self.core.content_version(handle)
+        keep = self._versions.get(inode) == version
+        if len(self._versions) >= 100_000:
+            self._versions.clear()
+        self._versions[inode] = version
+        if keep and not direct:
+            self.core.pages_kept(handle)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep and not direct, direct_io=direct)
 
     async def read(self, fh, off, size):
         node, handle = self.handles[fh]

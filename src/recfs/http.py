@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import base64
 import calendar
+import contextlib
+import contextvars
 import email.utils
 import functools
+import heapq
 import logging
 import os
 import random
@@ -74,6 +77,43 @@ class SizeChangedError(RangeError):
     def __init__(self, message: str, total: int | None):
         super().__init__(message)
         self.total = total
+
+
+class VersionChangedError(RangeError):
+    """The object is another version than the one the bytes read so far came from."""
+
+
+class Validator:
+    """Which version of an object the bytes of one cache entry come from: the ETag of
+    the first answer (its Last-Modified where it has none). Every later ranged GET of
+    the entry sends it (`If-Match`, for a strong ETag) and compares the answer's: another
+    version raises VersionChangedError before any of its bytes reach the sink. Worker
+    threads check it, so it has a lock.
+
+    V1. The first answer that names a version sets it; an answer that names none (the
+        service gives no validator) is taken as it is.
+    V2. Once set, a validator never changes: an entry that meets another version is
+        reset by its reader, with a new Validator."""
+
+    def __init__(self, token: str = ""):
+        self._lock = threading.Lock()
+        self.token = token              # 'E' + ETag, or 'M' + Last-Modified; "" until known
+
+    def request_headers(self) -> dict[str, str]:
+        token = self.token
+        return {"If-Match": token[1:]} if token.startswith('E"') else {}
+
+    def check(self, headers, name: str) -> None:
+        etag, modified = headers.get("etag"), headers.get("last-modified")
+        seen = f"E{etag}" if etag else f"M{modified}" if modified else ""
+        if not seen:
+            return
+        with self._lock:
+            if not self.token:
+                self.token = seen
+            elif seen != self.token and (seen[0] == self.token[0]):
+                raise VersionChangedError(f"{name}: the object changed on the service "
+                                          f"(now {seen[1:]}, was {self.token[1:]})")
 
 
 @dataclass
@@ -231,19 +271,129 @@ class OAuthClientCredentials(CachedToken):
         return str(token), lifetime
 
 
+THROTTLE_PATIENCE = 600.0       # seconds a request keeps waiting on a service that throttles it
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("recfs_background", default=False)
+
+
+@contextlib.contextmanager
+def background():
+    """Requests made in this block (and in tasks it starts) are guesses nobody waits
+    for yet (sizes learnt ahead, files fetched ahead): under a rate limit they wait
+    until the requests somebody waits for have gone."""
+    token = BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        BACKGROUND.reset(token)
+
+
+class RateLimiter:
+    """How fast one service may be asked, learnt from its answers: none at first; a 429
+    halves the rate (from what was being sent, at most once a second) and honours
+    Retry-After / x-ratelimit-reset by pausing every request; each clean answer adds a
+    little (additive increase), and a limit that has grown far past need is dropped.
+    Requests wait their turn here instead of spending their retries; those somebody
+    waits for go first (`background()` marks the others)."""
+
+    MIN_RATE = 0.5              # requests a second, at the lowest
+    FREE_RATE = 1000.0          # a limit grown past this is no limit at all
+
+    def __init__(self, origin: str):
+        self.origin = origin
+        self.rate: float | None = None
+        self.throttled = 0
+        self._next = 0.0                # when the next request may start (trio time)
+        self._paused_until = 0.0
+        self._decreased_at = float("-inf")
+        self._sent: list[float] = []    # start times of the last second's requests
+        self._queue: list[tuple[int, int, trio.Event]] = []
+        self._seq = 0
+        self._pumping = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def turn(self) -> None:
+        now = trio.current_time()
+        if self.rate is None and now >= self._paused_until and not self._queue:
+            self._note(now)
+            return
+        self._seq += 1
+        ready = trio.Event()
+        heapq.heappush(self._queue, (1 if BACKGROUND.get() else 0, self._seq, ready))
+        if not self._pumping:
+            self._pumping = True
+            trio.lowlevel.spawn_system_task(self._pump, name=f"recfs rate {self.origin}")
+        await ready.wait()
+
+    async def _pump(self) -> None:
+        try:
+            while self._queue:
+                now = trio.current_time()
+                start = max(self._next, self._paused_until)
+                if start > now:
+                    await trio.sleep_until(start)
+                    continue
+                heapq.heappop(self._queue)[2].set()
+                self._note(now)
+                self._next = max(now, self._next) + (1.0 / self.rate if self.rate else 0.0)
+        finally:
+            self._pumping = False
+
+    def _note(self, now: float) -> None:
+        self._sent.append(now)
+        if len(self._sent) > 64 and self._sent[0] < now - 1.0:
+            self._sent = [t for t in self._sent if t >= now - 1.0]
+
+    def answered(self, status: int, asked_wait: float | None) -> None:
+        now = trio.current_time()
+        if status == 429:
+            self.throttled += 1
+            if asked_wait:
+                self._paused_until = max(self._paused_until, now + asked_wait)
+            if now - self._decreased_at >= 1.0:
+                recent = sum(1 for t in self._sent if t >= now - 1.0)
+                base = self.rate if self.rate is not None else max(recent, 1.0)
+                self.rate = max(self.MIN_RATE, base / 2)
+                self._decreased_at = now
+                log.info("%s: the service asks to slow down (HTTP 429): %.1f requests a second",
+                         self.origin, self.rate)
+        elif self.rate is not None:
+            self.rate += 1.0 / self.rate
+            if self.rate > self.FREE_RATE:
+                self.rate = None
+
+    def status(self) -> dict:
+        return {"rate": None if self.rate is None else round(self.rate, 2),
+                "waiting": len(self._queue), "throttled": self.throttled}
+
+
 class _Tries:
     """The retries of one request: every kind of request (API calls, content ranges,
-    downloads, uploads) waits by this one policy, so none has a loop of its own."""
+    downloads, uploads) waits by this one policy, so none has a loop of its own. A 429
+    is no failure: the service's rate limiter slows down and the request waits its
+    turn, without spending an attempt, for up to THROTTLE_PATIENCE seconds."""
 
     def __init__(self, http: "Http", name: str):
         self.http = http
         self.name = name
         self.attempt = 0
         self.started = time.monotonic()
+        self.throttles = 0
+        self.throttled_since: float | None = None
+
+    async def turn(self, url: str) -> RateLimiter:
+        """Wait until the service may be asked again; its limiter."""
+        limiter = self.http.limiter(url)
+        await limiter.turn()
+        return limiter
 
     async def wait(self, why: str, resp: httpx.Response | None = None) -> bool:
         """Wait before the next try; False when the attempts or the time budget are spent."""
         policy = self.http.retry
+        if resp is not None and resp.status_code == 429:
+            return await self._throttled(why, resp)
         if self.attempt + 1 >= policy.attempts:
             return False
         delay = policy.backoff(self.attempt)
@@ -255,6 +405,23 @@ class _Tries:
             return False
         self.http.retries += 1
         self.attempt += 1
+        log.debug("%s: %s; retrying in %.2fs", self.name, why, delay)
+        await trio.sleep(delay)
+        return True
+
+    async def _throttled(self, why: str, resp: httpx.Response) -> bool:
+        now = time.monotonic()
+        if self.throttled_since is None:
+            self.throttled_since = now
+        elif now - self.throttled_since > THROTTLE_PATIENCE:
+            return False
+        policy = self.http.retry
+        delay = policy.backoff(min(self.throttles, 8))
+        self.throttles += 1
+        asked = retry_after(resp)
+        if asked is not None:
+            delay = max(delay, min(asked, THROTTLE_PATIENCE))
+        self.http.retries += 1
         log.debug("%s: %s; retrying in %.2fs", self.name, why, delay)
         await trio.sleep(delay)
         return True
@@ -286,7 +453,21 @@ class Http:
         self.errors = 0
         self.retries = 0
         self.bytes_received = 0
+        self._limiters: dict[str, RateLimiter] = {}
         self.batched_requests = 0       # those of `requests` made together by get_heads
+
+    def limiter(self, url: str) -> RateLimiter:
+        """The rate limiter of the service at `url` (one per origin)."""
+        parts = urllib.parse.urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        limiter = self._limiters.get(origin)
+        if limiter is None:
+            limiter = self._limiters[origin] = RateLimiter(origin)
+        return limiter
+
+    def limits(self) -> dict[str, dict]:
+        """Each service's limiter, for `recfs status`."""
+        return {origin: lim.status() for origin, lim in self._limiters.items()}
 
     async def aclose(self) -> None:
         if self.ranges is not None:
@@ -316,6 +497,7 @@ class Http:
             if auth is not None:
                 used = await auth.headers()
                 h.update(used)
+            limiter = await tries.turn(url)
             self.requests += 1
             try:
                 resp = None
@@ -331,6 +513,7 @@ class Http:
                 self.errors += 1
                 raise HttpError(f"{name}: {why} talking to {safe_url(url)}") from None
             self.bytes_received += len(resp.content)
+            limiter.answered(resp.status_code, retry_after(resp) if resp.status_code == 429 else None)
             if resp.status_code == 401 and auth is not None and not reauthed:
                 reauthed = True
                 await auth.invalidate(used)
@@ -347,7 +530,8 @@ class Http:
 
     async def get_range(self, url_for: Callable[[bool], Awaitable[tuple[str, dict[str, str]]]],
                         start: int, end: int, sink: Callable[[int, Any], None], *,
-                        total: int | None, name: str = "content") -> int | None:
+                        total: int | None, name: str = "content",
+                        validator: Validator | None = None) -> int | None:
         """Stream bytes [start, end) of a file into `sink`, resuming after failures.
 
         `sink(offset, data)` may be called from a worker thread (see rangeget): it must
@@ -358,7 +542,8 @@ class Http:
         tokens; a denial that persists is reported).
         The answer must be the range asked for: a 206 whose Content-Range matches, or
         a 200 with the whole file (the range is then cut out of it). A total different
-        from `total` raises SizeChangedError: the object changed under us.
+        from `total` raises SizeChangedError, and a version other than `validator`'s
+        VersionChangedError: the object changed under us.
         With `total` None the size is learnt from the first answer (Content-Range, or
         Content-Length of a 200): `end` may then lie past the end of the file, and the
         bytes up to the file's end are delivered. Returns the size when known.
@@ -373,10 +558,16 @@ class Http:
             h["Range"] = f"bytes={pos}-{end - 1}"
             # bytes as stored: a compressed body would not be the range asked for
             h.setdefault("Accept-Encoding", "identity")
+            if validator is not None:
+                h.update(validator.request_headers())
+            limiter = await tries.turn(url)
             self.requests += 1
-            plan = functools.partial(_content_plan, pos=pos, end=end, total=total, name=name)
+            plan = functools.partial(_content_plan, pos=pos, end=end, total=total, name=name,
+                                     validator=validator)
             out = await self._get_once(url, h, pos, plan, sink)
             self.bytes_received += out.received
+            if out.problem is None:
+                limiter.answered(out.status, retry_after(out.response()) if out.status == 429 else None)
             resp_for_retry = None
             problem = out.problem
             if problem is None:
@@ -446,6 +637,7 @@ class Http:
         renewed = False
         while True:
             url, headers = await target(renewed)
+            limiter = await tries.turn(url)
             self.requests += 1
             resp = None
             try:
@@ -455,6 +647,7 @@ class Http:
             except TRANSPORT_ERRORS as exc:
                 why = type(exc).__name__
             if resp is not None:
+                limiter.answered(resp.status_code, retry_after(resp) if resp.status_code == 429 else None)
                 if resp.status_code in (200, 201, 204):
                     return
                 if resp.status_code in (401, 403) and not renewed:
@@ -473,24 +666,27 @@ class Http:
                         *, name: str = "content",
                         limiter: trio.CapacityLimiter | None = None) -> list[int | None]:
         """The first bytes of several files at once (size probes), without retries: for
-        each job (url, headers, sink, end), bytes [0, end) into the sink, and the file's
-        size when its answer came whole and clean, else None (the caller then takes
-        the usual way, with retries). Without threaded content they go through httpx."""
+        each job (url, headers, sink, end[, validator]), bytes [0, end) into the sink, and
+        the file's size when its answer came whole and clean, else None (the caller then
+        takes the usual way, with retries). A validator, where given, learns the version
+        the bytes are of. Without threaded content they go through httpx."""
         if not jobs:
             return []
         if self.ranges is None:
             return await self._heads_httpx(jobs, name, limiter)
 
         def get(i: int, ticket: rangeget.Ticket) -> rangeget.Outcome:
-            url, headers, sink, end = jobs[i]
+            url, headers, sink, end, *validator = jobs[i]
             h = dict(headers)
             h["Range"] = f"bytes=0-{end - 1}"
             h.setdefault("Accept-Encoding", "identity")
-            plan = functools.partial(_content_plan, pos=0, end=end, total=None, name=name)
+            plan = functools.partial(_content_plan, pos=0, end=end, total=None, name=name,
+                                     validator=validator[0] if validator else None)
             return self.ranges.get(ticket, url, h, 0, plan, sink)
 
         sizes: list[int | None] = []
-        for (url, _, _, end), out in zip(jobs, await self._together(len(jobs), get, limiter)):
+        outs = await self._together([job[0] for job in jobs], get, limiter)
+        for (url, _, _, end, *_), out in zip(jobs, outs):
             size = None
             if isinstance(out, rangeget.Outcome):
                 if out.problem is None and out.status in (200, 206):
@@ -519,15 +715,17 @@ class Http:
 
         return [out.response() if isinstance(out, rangeget.Outcome) and out.problem is None
                 and not out.truncated else None
-                for out in await self._together(len(requests), get, limiter)]
+                for out in await self._together([r[0] for r in requests], get, limiter)]
 
-    async def _together(self, count: int, get: Callable[[int, rangeget.Ticket], rangeget.Outcome],
+    async def _together(self, urls: list[str], get: Callable[[int, rangeget.Ticket], rangeget.Outcome],
                         limiter: trio.CapacityLimiter | None) -> list[Any]:
-        """Run `get(i, ticket)` for i in range(count), each in a worker thread started
-        directly; the outcome or the exception of each. A job starts once it holds one
-        of `limiter`'s tokens and a connection token, in that order, and gives them
-        back when it is over; it tells the trio thread with a bare callback, shared by
-        the jobs that ended meanwhile: no task and no thread hop per request."""
+        """Run `get(i, ticket)` for the request to each of `urls`, each in a worker thread
+        started directly; the outcome or the exception of each. A job starts once its
+        service's rate limiter lets it, and it holds one of `limiter`'s tokens and a
+        connection token, in that order, and gives them back when it is over; it tells
+        the trio thread with a bare callback, shared by the jobs that ended meanwhile:
+        no task and no thread hop per request."""
+        count = len(urls)
         outs: list[Any] = [None] * count
         tickets = [rangeget.Ticket() for _ in range(count)]
         token = trio.lowlevel.current_trio_token()
@@ -578,6 +776,7 @@ class Http:
 
         try:
             for i in range(count):
+                await self.limiter(urls[i]).turn()
                 taken = held[i] = []
                 for lim in limiters:
                     borrower = object()
@@ -602,11 +801,14 @@ class Http:
             for taken in held.values():     # a job's that never started
                 for lim, borrower in taken:
                     lim.release_on_behalf_of(borrower)
-        for out in outs:
+        for url, out in zip(urls, outs):
             if isinstance(out, rangeget.Outcome):
                 self.requests += 1
                 self.batched_requests += 1
                 self.bytes_received += out.received
+                if out.problem is None:
+                    self.limiter(url).answered(out.status, retry_after(out.response())
+                                               if out.status == 429 else None)
         return outs
 
     async def _heads_httpx(self, jobs, name: str,
@@ -614,13 +816,14 @@ class Http:
         sizes: list[int | None] = [None] * len(jobs)
 
         async def one(i: int) -> None:
-            url, headers, sink, end = jobs[i]
+            url, headers, sink, end, *validator = jobs[i]
 
             async def target(renew: bool):
                 return url, headers
             async with limiter or trio.CapacityLimiter(1):
                 try:
-                    sizes[i] = await self.get_range(target, 0, end, sink, total=None, name=name)
+                    sizes[i] = await self.get_range(target, 0, end, sink, total=None, name=name,
+                                                    validator=validator[0] if validator else None)
                 except HttpError as exc:
                     log.debug("%s: %s; left to the usual way", name, exc)
 
@@ -886,9 +1089,16 @@ def _no_sink(pos: int, data: Any) -> None:
 
 
 def _content_plan(status: int, headers: httpx.Headers, *, pos: int, end: int,
-                  total: int | None, name: str) -> tuple[int, int] | None:
+                  total: int | None, name: str, validator: Validator | None = None
+                  ) -> tuple[int, int] | None:
     """For a content answer to `Range: bytes=pos-(end-1)`: the file offset its body
-    starts at and the offset to stop at; None for any other answer."""
+    starts at and the offset to stop at; None for any other answer. Raises before any
+    byte is taken when the answer is not of the object asked for (another size, another
+    version, other bytes)."""
+    if status == 412 and validator is not None:
+        raise VersionChangedError(f"{name}: the object changed on the service (HTTP 412 to If-Match)")
+    if status in (200, 206) and validator is not None:
+        validator.check(headers, name)
     if status == 206:
         first, last, size = parse_content_range(headers.get("content-range"))
         if total is not None and size is not None and size != total:

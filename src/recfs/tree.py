@@ -40,6 +40,7 @@ import trio
 
 from . import names
 from .content.policy import AccessPolicy
+from .http import background
 from .sources.base import Entry, Kind, Source, SourceError
 
 log = logging.getLogger("recfs.tree")
@@ -75,7 +76,8 @@ class Local(enum.Enum):
 
 class Node:
     __slots__ = ("ino", "parent", "name", "entry", "source", "children", "listed_at", "ttl",
-                 "lookups", "size_failed", "local", "upload", "_sorted", "_files", "__weakref__")
+                 "lookups", "size_failed", "local", "upload", "recheck", "_sorted", "_files",
+                 "__weakref__")
 
     def __init__(self, ino: int, parent: "Node | None", name: str, entry: Entry, source: Source | None):
         self.ino = ino
@@ -90,6 +92,7 @@ class Node:
         self.size_failed = False
         self.local: Local | None = None     # not (yet) listed by the service
         self.upload = None                  # the uploads.Staged of a Local.WRITING file
+        self.recheck = False                # refreshed: ask whether the cached bytes are current
         self._sorted: list[Node] | None = None    # children in inode order, until they change
         self._files: tuple[list[Entry], dict[str, int]] | None = None   # files in listing order
 
@@ -188,7 +191,9 @@ class Tree:
         node.ttl = 0.0
 
     def invalidate_under(self, node: Node) -> int:
-        """Drop the snapshots of a folder and every folder below it; return how many."""
+        """Drop the snapshots of a folder and every folder below it (`recfs refresh`), and
+        have each file's cached bytes checked against the service when it is next
+        opened; return how many snapshots."""
         count = 0
         stack = [node]
         while stack:
@@ -197,7 +202,11 @@ class Tree:
                 self.invalidate(n)
                 count += 1
             if n.children:
-                stack.extend(c for c in n.children.values() if c.is_dir)
+                for c in n.children.values():
+                    if c.is_dir:
+                        stack.append(c)
+                    else:
+                        c.recheck = True
         return count
 
     async def refresh(self, node: Node) -> None:
@@ -392,6 +401,10 @@ class Tree:
         return (max if before else min)(near, key=lambda n: n.name) if near else None
 
     async def _look_ahead(self, folder: Node) -> None:
+        with background():
+            await self._prepare_next(folder)
+
+    async def _prepare_next(self, folder: Node) -> None:
         nxt = self._sibling(folder, before=False)
         if nxt is None:
             return
@@ -422,9 +435,10 @@ class Tree:
         return chunks
 
     async def _resolve_in_order(self, chunks: list[_SizeChunk]) -> None:
-        for chunk in chunks:
-            if not chunk.started:
-                await self._resolve_chunk(chunk)
+        with background():              # learnt ahead: asked-for sizes go first
+            for chunk in chunks:
+                if not chunk.started:
+                    await self._resolve_chunk(chunk)
 
     async def _resolve_chunk(self, chunk: _SizeChunk, asked: bool = False) -> None:
         """Learn the chunk's sizes; `asked`: somebody waits for one of them."""

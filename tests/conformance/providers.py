@@ -103,3 +103,18 @@ def vanish(h: Harness, name: str) -> None:
         h.emu.remove(ref)
     else:
         del h.emu.recordings[ref]
+
+
+def replace(h: Harness, name: str, blob) -> None:
+    """Give a file of the data set other bytes on the service, in place: the same size,
+    a new version (a redaction, an export run again under the same key)."""
+    ref = h.refs[name]
+    if h.kind == "alvaria":
+        h.emu.put(ref, blob, mtime=h.emu.objects[ref].mtime + 60)    # S3: a new LastModified
+    elif h.kind == "8x8":
+        h.emu.replace(ref, blob)
+    elif h.kind == "oce":
+        h.emu.new_version(ref, blob)
+    else:
+        h.emu.replace_media(ref, blob)
+    h.blobs[name] = blob

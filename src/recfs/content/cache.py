@@ -28,6 +28,10 @@ Invariants (what makes the cache crash-safe; the tests check each):
      like any other (row first, if it has an old one: I3). Entries already recorded
      go first, least recently used first; the ones not yet recorded (the newest
      downloads) only when no recorded one can go.
+ I6. An entry's bytes are all of one version of its object: the validator of the first
+     answer (ETag, else Last-Modified) is kept with the entry, every later GET asks for
+     that version and checks the answer's, and an entry that meets another version is
+     reset (every byte dropped) before any byte of the other version enters it.
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ import time
 from pathlib import Path
 
 import trio
+
+from ..http import Validator
 
 log = logging.getLogger("recfs.cache")
 
@@ -152,10 +158,11 @@ class StagedFile:
 
 
 class CacheEntry:
-    """The cached state of one object@version."""
+    """The cached state of one object@version. `validator` says which version of the
+    object its bytes are of (I6); `changes` counts the times another version was met."""
 
     def __init__(self, cache: "Cache", key: str, size: int, bitmap: bytearray, present: int,
-                 last_used: float):
+                 last_used: float, validator: str = ""):
         self.cache = cache
         self.key = key
         self.size = size
@@ -168,6 +175,8 @@ class CacheEntry:
         self.dirty_since = 0.0          # monotonic time it became dirty
         self.generation = 0             # bumped by reset(): older snapshots are void
         self.evicted = False
+        self.validator = Validator(validator)
+        self.changes = 0
         self.path = cache.data_path(key)
         self._fd: int | None = None
 
@@ -245,11 +254,13 @@ class CacheEntry:
         self.cache.dirty.add(self)
 
     def reset(self) -> None:
-        """Forget every byte (the data did not verify, or the object changed)."""
+        """Forget every byte (the data did not verify, or the object changed) and the
+        version they were of."""
         self.cache.total -= self.present
         self.present = 0
         self.bitmap = bytearray(len(self.bitmap))
         self.generation += 1
+        self.validator = Validator()
         self.make_dirty()
         try:
             os.ftruncate(self.fd, 0)
@@ -277,6 +288,8 @@ class Cache:
         self.db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, size INTEGER, "
                         "bitmap BLOB, present INTEGER, last_used REAL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS sizes (key TEXT PRIMARY KEY, size INTEGER)")
+        if "validator" not in {row[1] for row in self.db.execute("PRAGMA table_info(entries)")}:
+            self.db.execute("ALTER TABLE entries ADD COLUMN validator TEXT NOT NULL DEFAULT ''")
         self.total = self.db.execute("SELECT COALESCE(SUM(present), 0) FROM entries").fetchone()[0]
         self.entries: dict[str, CacheEntry] = {}
         self.dirty: set[CacheEntry] = set()
@@ -296,10 +309,11 @@ class Cache:
         if e is not None:      # same key, other size: the object changed; start over
             e.reset()
             self._forget(e)
-        row = self.db.execute("SELECT size, bitmap, present, last_used FROM entries WHERE key=?",
-                              (key,)).fetchone()
+        row = self.db.execute("SELECT size, bitmap, present, last_used, validator FROM entries "
+                              "WHERE key=?", (key,)).fetchone()
         if row and row[0] == size and len(row[1]) == _bitmap_bytes(size) and self._data_intact(key, size, row):
-            e = self.entries[key] = CacheEntry(self, key, size, bytearray(row[1]), row[2], row[3])
+            e = self.entries[key] = CacheEntry(self, key, size, bytearray(row[1]), row[2], row[3],
+                                               row[4])
             return e
         if row:
             self.total -= row[2]
@@ -332,6 +346,14 @@ class Cache:
         e.pins -= 1
         if e.pins <= 0:
             e.close_fd()        # a dirty entry waits unsynced for a while: keep no fd for it
+
+    def has_any(self, key: str) -> bool:
+        """Whether the cache holds any byte of `key`; creates nothing."""
+        e = self.entries.get(key)
+        if e is not None:
+            return e.present > 0
+        row = self.db.execute("SELECT present FROM entries WHERE key=?", (key,)).fetchone()
+        return bool(row) and row[0] > 0
 
     def has_whole(self, key: str, size: int) -> bool:
         """Whether the cache holds all of `key`; creates nothing (cheap for look-ahead)."""
@@ -368,7 +390,8 @@ class Cache:
     def staged(self, prefix: str) -> StagedFile:
         return StagedFile(self.staging_path(prefix))
 
-    def adopt(self, key: str, size: int, path: Path, length: int | None = None) -> bool:
+    def adopt(self, key: str, size: int, path: Path, length: int | None = None,
+              validator: str = "") -> bool:
         """Move a file holding the first `length` bytes (default: all `size`) of `key`,
         written but not yet synced, in as its content: the whole chunks it holds count
         as present. Unless the cache already knows `key`, or the file holds no whole
@@ -382,6 +405,7 @@ class Cache:
         dest = self.data_path(key)
         _in_data_dir(dest, lambda: os.replace(path, dest))
         e = self._new_entry(key, size)      # no row, no entry: checked above
+        e.validator = Validator(validator)
         if last >= 0:
             e.mark(0, last)
         return True
@@ -454,8 +478,9 @@ class Cache:
     # -- persistence
     def _persist(self, e: CacheEntry) -> None:
         e.last_used = time.time()
-        self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, last_used) "
-                        "VALUES (?, ?, ?, ?, ?)", (e.key, e.size, bytes(e.bitmap), e.present, e.last_used))
+        self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, last_used, "
+                        "validator) VALUES (?, ?, ?, ?, ?, ?)",
+                        (e.key, e.size, bytes(e.bitmap), e.present, e.last_used, e.validator.token))
         e.dirty = False
         self.dirty.discard(e)
 
@@ -489,7 +514,7 @@ class Cache:
             except OSError as exc:
                 log.warning("cache: cannot sync %s: %s", e.path.name, exc.strerror)
                 continue
-            snapshot.append((e, bytes(e.bitmap), e.present, e.generation))
+            snapshot.append((e, bytes(e.bitmap), e.present, e.generation, e.validator.token))
             e.dirty = False
             self.dirty.discard(e)
         return fds, snapshot
@@ -497,7 +522,7 @@ class Cache:
     def _end_flush(self, snapshot: list[tuple], synced: list[bool]) -> None:
         """Record the bitmaps whose data files were synced; retry the others later."""
         self.db.execute("BEGIN")
-        for (e, bitmap, present, generation), ok in zip(snapshot, synced):
+        for (e, bitmap, present, generation, validator), ok in zip(snapshot, synced):
             if not ok:
                 e.make_dirty()          # not durable: nothing recorded; tried again later
                 continue
@@ -505,8 +530,8 @@ class Cache:
                 continue                # evicted or reset while syncing: nothing to record
             e.last_used = time.time()
             self.db.execute("INSERT OR REPLACE INTO entries(key, size, bitmap, present, "
-                            "last_used) VALUES (?, ?, ?, ?, ?)",
-                            (e.key, e.size, bitmap, present, e.last_used))
+                            "last_used, validator) VALUES (?, ?, ?, ?, ?, ?)",
+                            (e.key, e.size, bitmap, present, e.last_used, validator))
         self.db.execute("COMMIT")
         for e, *_ in snapshot:
             if e.pins <= 0 and not e.dirty:

@@ -18,6 +18,13 @@ socket into the cache file, so memory use does not grow with file or window size
 Single flight: a chunk being fetched has one `_Fetch`; every reader that needs it
 waits on that fetch instead of starting another.
 
+ R1. What one handle hands out is all of one version of the object. Every fetch asks
+     for the version of the entry's bytes (I6 in cache.py); when the object turns out
+     to be another one, the entry is dropped and `on_changed` is told; a handle that
+     had handed out bytes (or whose front-end may hand out pages it kept from an
+     earlier open) fails from then on (EIO), one that had not starts over on the new
+     version.
+
 Access patterns are the access policy's (policy.py): when it says a folder is being
 copied, the first read of a file of a source with bulk jobs goes to the bulk engine,
 and otherwise the next few small files of the folder are fetched ahead, whole.
@@ -32,11 +39,12 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
 import trio
 
-from ..http import Http, HttpError, SizeChangedError, Target
+from ..http import (Http, HttpError, SizeChangedError, Target, Validator, VersionChangedError,
+                    background)
 from ..sources.base import Entry, Source, SourceError, Stream
 from .bulk import BulkEngine
 from .cache import CHUNK, Cache, CacheEntry
@@ -62,10 +70,12 @@ def _ignore(offset: int, data) -> None:
 
 
 class ReadError(Exception):
-    def __init__(self, message: str, errno_: int = errno.EIO, stale: bool = False):
+    def __init__(self, message: str, errno_: int = errno.EIO, stale: bool = False,
+                 changed: bool = False):
         super().__init__(message)
         self.errno = errno_
         self.stale = stale          # the object changed on the server: list its folder again
+        self.changed = changed      # it is another version than the bytes read so far
 
 
 @dataclass
@@ -80,12 +90,13 @@ class _FileState:
     """Shared by all open handles of one object@version."""
 
     def __init__(self, source: Source, entry: Entry, ce: CacheEntry, folder: Folder | None,
-                 label: str):
+                 label: str, owner: object):
         self.source = source
         self.entry = entry
         self.ce = ce
         self.folder = folder
         self.label = label          # what log lines call the file (its path in the mount)
+        self.owner = owner          # the caller's handle on the file, for on_changed
         self.inflight: dict[int, _Fetch] = {}
         self.handles = 0
         self.whole_lock = trio.Lock()
@@ -100,6 +111,9 @@ class Handle:
         self.last_end = 0
         self.window = first_window // 2
         self.ahead = 0              # how far ahead of the reader fetches have been started
+        self.returned = 0           # bytes this handle has handed out
+        self.version = state.ce.changes     # the object's version those bytes are of (R1)
+        self.pages_kept = False     # the front-end may hand out pages it kept from before
 
 
 @dataclass
@@ -132,6 +146,8 @@ class Reader:
         self.sibling_limiter = trio.CapacityLimiter(max(1, sibling_prefetch))
         self._prefetching: set[str] = set()
         self._engines: dict[str, BulkEngine] = {}
+        # told (with the open's owner) when an object turned out to be another version
+        self.on_changed: Callable[[object], None] = lambda owner: None
         self._probes: dict[tuple[str, bool], trio.CapacityLimiter] = {}   # (source, asked)
 
     def engine(self, source: Source) -> BulkEngine | None:
@@ -152,9 +168,10 @@ class Reader:
 
     # -- handles
     def open(self, source: Source, entry: Entry, folder: Folder | None = None, *,
-             copy: bool = False, label: str | None = None) -> Handle:
+             copy: bool = False, label: str | None = None, owner: object = None) -> Handle:
         """`copy`: the access policy saw this open continue a copy of the folder;
-        `label`: what log lines call the file."""
+        `label`: what log lines call the file; `owner`: what `on_changed` is called with
+        when the object turns out to have changed."""
         assert entry.size is not None, "files are opened with an exact size"
         if copy and folder is not None and folder.index is not None and source.bulk is None:
             self._prefetch_following(source, folder)
@@ -163,7 +180,7 @@ class Reader:
         if state is None:
             ce = self.cache.pin(key, entry.size)
             state = self.states[key] = _FileState(source, entry, ce, folder,
-                                                  label or f"{source.name}: {entry.name}")
+                                                  label or f"{source.name}: {entry.name}", owner)
         state.handles += 1
         h = Handle(state, self.first_window)
         if entry.size > self.small_file and not state.ce.complete:
@@ -187,9 +204,10 @@ class Reader:
 
     async def _prefetch_sibling(self, source: Source, entry: Entry, key: str) -> None:
         try:
-            async with self.sibling_limiter:
-                await self.prefetch(source, entry)
-                self.stats.prefetched_files += 1
+            with background():          # a guess: reads somebody waits for go first
+                async with self.sibling_limiter:
+                    await self.prefetch(source, entry)
+                    self.stats.prefetched_files += 1
         except Exception as exc:     # a prefetch is a guess: its reader will try again
             log.debug("%s: prefetching %s: %s", source.name, entry.name, describe(exc))
         finally:
@@ -206,6 +224,26 @@ class Reader:
 
     # -- reads
     async def read(self, h: Handle, offset: int, length: int) -> bytes:
+        """Bytes of the file, all of one version of the object (R1): a handle that met
+        another version before handing out a byte starts over on it; one that had
+        handed bytes out fails (EIO) from then on."""
+        for attempt in range(2):
+            if h.version != h.state.ce.changes:
+                if h.returned or h.pages_kept:
+                    raise ReadError(f"{h.state.label}: the object changed on the service "
+                                    f"since this file was opened", stale=True, changed=True)
+                h.version = h.state.ce.changes
+            try:
+                data = await self._read(h, offset, length)
+            except ReadError as exc:
+                if exc.changed and not (h.returned or h.pages_kept) and attempt == 0:
+                    continue
+                raise
+            h.returned += len(data)
+            return data
+        raise AssertionError("unreachable")
+
+    async def _read(self, h: Handle, offset: int, length: int) -> bytes:
         state = h.state
         ce = state.ce
         size = ce.size
@@ -334,7 +372,8 @@ class Reader:
                 self.stats.fetches += 1
                 began = trio.current_time()
                 try:
-                    await self._get(state.source, state.entry, start, end, sink, state.label)
+                    await self._get(state.source, state.entry, start, end, sink, state.label,
+                                    ce.validator)
                 finally:
                     self._mark_written(ce, fetch, start, written, end, generation)
                 if end - start >= 1 << 20:
@@ -348,12 +387,23 @@ class Reader:
             self.stats.failures += 1
             log.error("%s: bytes %d-%d: %s", state.label, start, end - 1,
                       _without(describe(exc), state.label))
+            if isinstance(exc, VersionChangedError) and ce.generation == generation:
+                self._version_changed(state)
         finally:
             for i in range(fetch.first, fetch.last + 1):
                 if state.inflight.get(i) is fetch:
                     del state.inflight[i]
             self.cache.unpin(ce)
             fetch.done.set()
+
+    def _version_changed(self, state: _FileState) -> None:
+        """The object is another version than the entry's bytes (I6 in cache.py): drop
+        them all, so that what is fetched from now on is of the new one, and tell the
+        front-ends, which drop what they cached of the file."""
+        ce = state.ce
+        ce.reset()
+        ce.changes += 1
+        self.on_changed(state.owner)
 
     @staticmethod
     def _mark_written(ce: CacheEntry, fetch: _Fetch, start: int, written: int, end: int,
@@ -378,19 +428,23 @@ class Reader:
                 if not ce.has_chunk(i) and fetch.error is not None:
                     exc = fetch.error
                     raise ReadError(describe(exc), getattr(exc, "errno", errno.EIO),
-                                    is_stale(exc))
+                                    is_stale(exc), isinstance(exc, VersionChangedError))
 
     async def _get(self, source: Source, entry: Entry, start: int, end: int, sink,
-                   label: str) -> None:
+                   label: str, validator: Validator | None = None) -> None:
         try:
-            await self._get_range(source.target(entry), start, end, sink, entry.size, label)
+            await self._get_range(source.target(entry), start, end, sink, entry.size, label,
+                                  validator)
+        except VersionChangedError:
+            raise
         except HttpError as exc:
             raise source.content_error(entry, exc) from None
 
     async def _get_range(self, target, start: int, end: int, sink, total: int | None,
-                         label: str) -> int | None:
+                         label: str, validator: Validator | None = None) -> int | None:
         if not isinstance(target, Stream):
-            return await self.http.get_range(target, start, end, sink, total=total, name=label)
+            return await self.http.get_range(target, start, end, sink, total=total, name=label,
+                                             validator=validator)
         size = await target.get(start, end, sink)
         if total is not None and size != total:
             raise SizeChangedError(f"{label}: the object is now {size} bytes, not {total}", size)
@@ -432,27 +486,32 @@ class Reader:
         sinks = [self.cache.staged("probe-") if ends[i] > 1 else None for i in asked]
         try:
             self.cache.reserve(sum(min(todo[i].size_hint, ends[i]) for i in asked if ends[i] > 1))
+            validators = [Validator() for _ in asked]
             sizes = await self.http.get_heads(
-                [(*targets[i], sink.write if sink else _ignore, ends[i]) for i, sink in zip(asked, sinks)],
+                [(*targets[i], sink.write if sink else _ignore, ends[i], v)
+                 for i, sink, v in zip(asked, sinks, validators)],
                 name=f"{source.name}: size probe", limiter=limiter)
         except BaseException:
             for sink in sinks:
                 if sink:
                     sink.discard()
             raise
-        for i, sink, size in zip(asked, sinks, sizes):
+        for i, sink, size, v in zip(asked, sinks, sizes, validators):
             if sink:
-                self._keep_probed(source, todo[i], sink, size, ends[i])
+                self._keep_probed(source, todo[i], sink, size, ends[i], v)
             todo[i].size = size
         async with trio.open_nursery() as nursery:
             for entry, end in zip(todo, ends):
                 if entry.size is None:
                     nursery.start_soon(self._probe_one, source, entry, end, limiter)
 
-    def _keep_probed(self, source: Source, entry: Entry, staged, size: int | None, end: int) -> None:
-        """What a whole-file probe brought goes into the cache (its whole chunks)."""
+    def _keep_probed(self, source: Source, entry: Entry, staged, size: int | None, end: int,
+                     validator: Validator) -> None:
+        """What a whole-file probe brought goes into the cache (its whole chunks), with
+        the version it is of."""
         staged.close()
-        if not size or not self.cache.adopt(source.cache_key(entry), size, staged.path, min(size, end)):
+        if not size or not self.cache.adopt(source.cache_key(entry), size, staged.path,
+                                            min(size, end), validator.token):
             staged.discard()
 
     async def _probe_one(self, source: Source, entry: Entry, end: int,
@@ -463,10 +522,11 @@ class Reader:
             for length in ((end, 1) if end > 1 else (1,)):
                 staged = self.cache.staged("probe-") if length > 1 else None
                 size = None
+                validator = Validator()
                 try:
                     size = await self._get_range(source.target(entry), 0, length,
                                                  staged.write if staged else _ignore, None,
-                                                 f"{source.name}: size of {entry.name}")
+                                                 f"{source.name}: size of {entry.name}", validator)
                 except (HttpError, SourceError) as exc:
                     failure = source.content_error(entry, exc) if isinstance(exc, HttpError) else exc
                     log.warning("%s: cannot learn the size of %s: %s", source.name, entry.name,
@@ -476,10 +536,30 @@ class Reader:
                         return
                 finally:
                     if staged:
-                        self._keep_probed(source, entry, staged, size, length)
+                        self._keep_probed(source, entry, staged, size, length, validator)
                 if size is not None:
                     entry.size = size
                     return
+
+    async def recheck(self, source: Source, entry: Entry) -> None:
+        """Whether the cached bytes of `entry` are still the current version (asked after
+        `recfs refresh`, where a listing cannot tell): one one-byte GET with the entry's
+        validator; another version drops them (I6)."""
+        key = source.cache_key(entry)
+        if not entry.size or (key not in self.states and not self.cache.has_any(key)):
+            return
+        ce = self.cache.pin(key, entry.size)
+        try:
+            if ce.present and ce.validator.token:
+                await self._get(source, entry, 0, 1, _ignore, f"{source.name}: {entry.name}",
+                                ce.validator)
+        except VersionChangedError:
+            ce.reset()
+            ce.changes += 1
+        except (HttpError, SourceError) as exc:     # its reads will tell, if it matters
+            log.debug("%s: rechecking %s: %s", source.name, entry.name, exc)
+        finally:
+            self.cache.unpin(ce)
 
     async def prefetch(self, source: Source, entry: Entry) -> None:
         """Fetch a whole file into the cache (for `recfs prefetch`)."""
@@ -495,7 +575,7 @@ class Reader:
 
 def is_stale(exc: Exception) -> bool:
     """The object changed or vanished on the server: its folder must be listed again."""
-    return isinstance(exc, SizeChangedError) or bool(getattr(exc, "stale", False))
+    return isinstance(exc, (SizeChangedError, VersionChangedError)) or bool(getattr(exc, "stale", False))
 
 
 def _without(message: str, label: str) -> str:

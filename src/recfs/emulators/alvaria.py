@@ -84,6 +84,7 @@ class _Objects(dict):
 class StoredObject:
     blob: Blob
     mtime: float
+    version: int = 1            # S3 gives an overwritten object a new ETag
 
 
 def kb_string(size: int) -> str:
@@ -128,8 +129,10 @@ class AlvariaEmulator(Emulator):
 
     # -- data
     def put(self, key: str, content: bytes | Blob, mtime: float = 1_700_000_000.0) -> None:
+        """Store an object; an existing one is overwritten: a new version, a new ETag."""
         blob = content if isinstance(content, Blob) else BytesBlob(content)
-        self.objects[key] = StoredObject(blob, mtime)
+        old = self.objects.get(key)
+        self.objects[key] = StoredObject(blob, mtime, old.version + 1 if old else 1)
 
     def api_url(self, version: str = "v3") -> str:
         return f"{self.url}/via/{version}/organizations/{self.org}"
@@ -358,7 +361,7 @@ class AlvariaEmulator(Emulator):
         obj = self.objects.get(key)
         if obj is None:
             return self._s3_error("NoSuchKey", "The specified key does not exist.", 404)
-        return range_response(req, obj.blob, {"ETag": f'"{hashlib.md5(key.encode()).hexdigest()}"',
+        return range_response(req, obj.blob, {"ETag": f'"{hashlib.md5(f"{key}:{obj.version}".encode()).hexdigest()}"',
                                               "Content-Type": "audio/wav" if key.endswith(".wav")
                                               else "application/octet-stream"})
 

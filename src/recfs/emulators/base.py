@@ -174,10 +174,26 @@ def json_response(obj, status: int = 200, headers: dict[str, str] | None = None)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+def precondition_failed(req: Request, etag: str | None) -> Response | None:
+    """412 when the request's `If-Match` names no version the object is (RFC 9110:
+    strong comparison; `*` matches any); else None."""
+    wanted = req.header("if-match")
+    if not wanted or not etag or wanted.strip() == "*":
+        return None
+    if etag.startswith("W/") or etag not in [t.strip() for t in wanted.split(",")]:
+        return Response(412, {"Content-Type": "application/xml", "ETag": etag},
+                        b"<Error><Code>PreconditionFailed</Code></Error>")
+    return None
+
+
 def range_response(req: Request, blob: Blob, headers: dict[str, str] | None = None) -> Response:
-    """Serve `blob` honouring a single-range `Range` header (206, 416 or 200)."""
+    """Serve `blob` honouring `If-Match` against the headers' ETag (412) and a
+    single-range `Range` header (206, 416 or 200)."""
     h = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
     h.update(headers or {})
+    failed = precondition_failed(req, h.get("ETag"))
+    if failed is not None:
+        return failed
     rng = req.header("range")
     size = blob.size
     if rng:
@@ -301,6 +317,7 @@ class Emulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.clock_offset = 0.0   # tests move the emulator's clock forward to expire things
+        self.bucket: TokenBucket | None = None
 
     # -- time
     def now(self) -> float:
@@ -372,7 +389,48 @@ class Emulator:
 
     def gate(self, req: Request) -> tuple[str, Response] | None:
         """Answer before routing (throttling): (route name, response), or None."""
+        if self.bucket is not None and not self.bucket.take(self.cost(req)):
+            return "throttled", self.too_many_requests(req)
         return None
+
+    # -- rate limiting: a token bucket every request draws from (off unless set)
+    def rate_limit(self, capacity: float | None, rate: float = 10.0) -> None:
+        self.bucket = TokenBucket(capacity, rate) if capacity else None
+
+    def cost(self, req: Request) -> float:
+        """Tokens a request costs (the service's own pricing where it has one)."""
+        return 1.0
+
+    def too_many_requests(self, req: Request) -> Response:
+        return json_response({"message": "Too Many Requests"}, 429)
+
+
+class TokenBucket:
+    """`capacity` tokens, refilled at `rate` per second, real time."""
+
+    def __init__(self, capacity: float, rate: float):
+        self.capacity = capacity
+        self.rate = rate
+        self.tokens = capacity
+        self.stamp = time.monotonic()
+        self.throttled = 0
+        self._lock = threading.Lock()
+
+    def take(self, cost: float = 1.0) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= cost:
+                self.tokens -= cost
+                return True
+            self.throttled += 1
+            return False
+
+    def drain(self) -> None:
+        with self._lock:
+            self.tokens = 0.0
+            self.stamp = time.monotonic()
 
 
 class _RequestHandler(http.server.BaseHTTPRequestHandler):

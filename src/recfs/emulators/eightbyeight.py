@@ -49,6 +49,7 @@ from __future__ import annotations
 import base64
 import collections
 import datetime as dt
+import email.utils
 import functools
 import hashlib
 import os
@@ -65,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import (Blob, BytesBlob, Emulator, FileBlob, Request, Response,
-                   json_response, new_token, range_response)
+                   json_response, new_token, precondition_failed, range_response)
 
 UTC = dt.timezone.utc
 VALID_REGIONS = ("us-west", "us-east", "uk", "ap", "ca")
@@ -592,10 +593,20 @@ class EightByEight(Emulator):
         return self._serve(req, obj)
 
     def _serve(self, req: Request, obj: StoredObject) -> Response:
-        headers = {"Content-Type": obj.mimeType}
+        headers = {"Content-Type": obj.mimeType, "ETag": f'"{obj.checksum}"',
+                   "Last-Modified": email.utils.formatdate(obj.updated, usegmt=True)}
         if not self.content_ranges:
-            return Response(200, headers, obj.blob)
+            return precondition_failed(req, headers["ETag"]) or Response(200, headers, obj.blob)
         return range_response(req, obj.blob, headers)
+
+    def replace(self, oid: str, blob: Blob) -> StoredObject:
+        """New bytes for an object, in place: a new checksum and updatedTime."""
+        with self._lock:
+            obj = self.objects[oid]
+            obj.blob = blob
+            obj.checksum = blob.md5()
+            obj.updated = max(self.now(), obj.updated + 1)
+            return obj
 
     def presign(self, obj: StoredObject) -> str:
         signature = hashlib.sha256(new_token(32).encode()).hexdigest()

@@ -49,7 +49,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response
+from .base import (Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response,
+                   precondition_failed)
 
 GREGORIAN_OFFSET = 62167219200          # Unix epoch in Gregorian seconds
 MAX_RANGE = 31 * 86400 + 3600            # crossbar.maximum_range default
@@ -97,36 +98,11 @@ class Recording:
     attachment_type: str = "audio/mpeg"
     deleted: bool = False                # pvt_deleted: DELETE's soft delete
     marked: bool = False                 # the PATCH `soft_delete` variant's marker
+    rev: int = 1                         # the document's revision (its _rev's number)
 
     @property
     def view_key(self) -> tuple[int, str]:
         return (to_gregorian(self.created), self.id)
-
-
-class TokenBucket:
-    """Kazoo's kz_buckets: `capacity` tokens, refilled at `rate` per second, real time."""
-
-    def __init__(self, capacity: float, rate: float):
-        self.capacity = capacity
-        self.rate = rate
-        self.tokens = capacity
-        self.stamp = time.monotonic()
-        self._lock = threading.Lock()
-
-    def take(self, cost: float = 1.0) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= cost:
-                self.tokens -= cost
-                return True
-            return False
-
-    def drain(self) -> None:
-        with self._lock:
-            self.tokens = 0.0
-            self.stamp = time.monotonic()
 
 
 class KazooEmulator(Emulator):
@@ -142,7 +118,7 @@ class KazooEmulator(Emulator):
         self.default_page_size = default_page_size
         self.patch_soft_delete = patch_soft_delete
         self.deletes: list[tuple[str, bool]] = []             # (recording id, soft)
-        self.bucket = TokenBucket(bucket_tokens, fill_rate) if bucket_tokens else None
+        self.rate_limit(bucket_tokens, fill_rate)
         self.rng = random.Random(seed)
         self.accounts: dict[str, Account] = {}
         self.api_keys: dict[str, str] = {}                    # key -> account id
@@ -241,6 +217,13 @@ class KazooEmulator(Emulator):
         with self._lock:
             self.tokens.clear()
 
+    def replace_media(self, rid: str, blob: Blob) -> None:
+        """New bytes for a recording's attachment (a redaction, say): a new revision."""
+        with self._lock:
+            rec = self.recordings[rid]
+            rec.blob = blob
+            rec.rev += 1
+
     def drain_bucket(self) -> None:
         """Empty the token bucket now: the next requests get 429 until it refills."""
         if self.bucket:
@@ -274,11 +257,8 @@ class KazooEmulator(Emulator):
 
     # ------------------------------------------------------------------ dispatch
 
-    def gate(self, req: Request) -> tuple[str, Response] | None:
-        if self.bucket is not None and not self.bucket.take():
-            return "throttled", self._error(req, 429, "too_many_requests",
-                                            {"message": "too many requests"})
-        return None
+    def too_many_requests(self, req: Request) -> Response:
+        return self._error(req, 429, "too_many_requests", {"message": "too many requests"})
 
     # ------------------------------------------------------------------ auth
 
@@ -469,7 +449,13 @@ class KazooEmulator(Emulator):
         headers = {"Content-Type": rec.attachment_type,
                    # Kazoo writes the name unquoted, as raw UTF-8 bytes
                    "Content-Disposition": f"{disposition}; filename={rec.attachment_name}"
-                   .encode().decode("latin-1")}
+                   .encode().decode("latin-1"),
+                   # crossbar_doc:load_attachment: the document's revision (rev_to_etag);
+                   # cowboy_rest answers a stale If-Match with 412
+                   "ETag": f'"{rec.rev}-{hashlib.md5(rec.id.encode()).hexdigest()}"'}
+        failed = precondition_failed(req, headers["ETag"])
+        if failed is not None:
+            return failed
         return kazoo_range_response(req, rec.blob, headers)
 
     def _delete(self, req: Request) -> Response:
