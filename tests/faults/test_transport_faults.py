@@ -118,8 +118,10 @@ def test_429_waits_as_long_as_the_server_asks(emu, mount, fresh, headers, low, h
                    email.utils.formatdate(now + 3, usegmt=True) if v == "HTTPDATE+3" else v)
                for k, v in headers.items()}
     mark = mount.log_mark()
+    fired = emu.faults.fired["status"]
     emu.faults.add(Fault("status", route="s3", status=429, times=1, headers=headers))
     expect_right_bytes(emu, key, path)
+    assert emu.faults.fired["status"] - fired == 1
     delays = retry_delays(mount.log_since(mark), key, "HTTP 429")
     assert len(delays) == 1 and low <= delays[0] <= high, delays
 
@@ -127,8 +129,10 @@ def test_429_waits_as_long_as_the_server_asks(emu, mount, fresh, headers, low, h
 def test_429_with_a_garbage_retry_after_falls_back_to_backoff(emu, mount, fresh):
     key, path = fresh("small")
     mark = mount.log_mark()
+    fired = emu.faults.fired["status"]
     emu.faults.add(Fault("status", route="s3", status=429, times=2, headers={"Retry-After": "soon"}))
     expect_right_bytes(emu, key, path)
+    assert emu.faults.fired["status"] - fired == 2
     assert not [line for line in mount.log_since(mark).splitlines() if " ERROR " in line]
 
 
@@ -138,8 +142,10 @@ def test_429_with_a_garbage_retry_after_falls_back_to_backoff(emu, mount, fresh)
 def test_server_errors_are_retried(emu, mount, fresh, status):
     key, path = fresh("small")
     mark = mount.log_mark()
+    fired = emu.faults.fired["status"]
     emu.faults.add(Fault("status", route="s3", status=status, times=3))
     expect_right_bytes(emu, key, path)
+    assert emu.faults.fired["status"] - fired == 3
     assert len(retry_delays(mount.log_since(mark), key, f"HTTP {status}")) == 3
 
 
@@ -147,9 +153,11 @@ def test_a_server_error_that_persists_gives_eio_within_the_retry_bound(emu, moun
     key, path = fresh("small")
     mark = mount.log_mark()
     before = emu.count("s3")
+    fired = emu.faults.fired["status"]
     emu.faults.add(Fault("status", route="s3", status=503, times=-1))
     expect_eio_with_log(mount, mark, key, path, "HTTP 503")
     tries = emu.count("s3") - before
+    assert emu.faults.fired["status"] - fired >= max(1, tries)     # every try met the 503
     # 6 tries per fetch; the kernel may ask a failed page once more
     assert 6 <= tries <= 18, tries
     recovers_after_clearing(emu, mount, key, path)
@@ -159,9 +167,12 @@ def test_a_storage_403_that_persists_renews_the_url_once_then_eio(emu, mount, fr
     key, path = fresh("small")
     mark = mount.log_mark()
     urls = emu.count("signedUrl")
+    before, fired = emu.count("s3"), emu.faults.fired["status"]
     emu.faults.add(Fault("status", route="s3", status=403, times=-1,
                          body=b"<Error><Code>AccessDenied</Code></Error>"))
     expect_eio_with_log(mount, mark, key, path, "HTTP 403")
+    tries = emu.count("s3") - before
+    assert emu.faults.fired["status"] - fired >= max(1, tries)     # every try met the 403
     assert emu.count("signedUrl") > urls
     recovers_after_clearing(emu, mount, key, path)
 
@@ -173,9 +184,11 @@ def test_a_storage_403_that_persists_renews_the_url_once_then_eio(emu, mount, fr
 def test_a_body_broken_midway_is_resumed(emu, mount, fresh, kind, size):
     key, path = fresh(size)
     mark = mount.log_mark()
+    fired = emu.faults.fired[kind]
     emu.faults.add(Fault(kind, route="s3", times=2, after_bytes=100_000))
     expect_right_bytes(emu, key, path)
     assert emu.faults.fired[kind] >= 2
+    assert emu.faults.fired[kind] - fired == 2                      # this test's two, not earlier ones
     assert f"{key}: connection broken mid-body; retrying" in mount.log_since(mark)
     verify_cache(mount.config.parent / "cache", current_versions(emu))
 
@@ -183,8 +196,11 @@ def test_a_body_broken_midway_is_resumed(emu, mount, fresh, kind, size):
 def test_a_body_broken_every_time_gives_eio(emu, mount, fresh):
     key, path = fresh("small")
     mark = mount.log_mark()
+    before, fired = emu.count("s3"), emu.faults.fired["reset"]
     emu.faults.add(Fault("reset", route="s3", times=-1, after_bytes=1000))
     expect_eio_with_log(mount, mark, key, path, "giving up")
+    tries = emu.count("s3") - before
+    assert emu.faults.fired["reset"] - fired >= max(1, tries)      # every try was broken
     recovers_after_clearing(emu, mount, key, path)
 
 
