@@ -3,6 +3,7 @@ errors and breaks connections at random. Every byte right, no reader hangs, and 
 daemon leaks neither file descriptors nor connections."""
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import random
@@ -100,6 +101,10 @@ def test_sixteen_readers_over_two_hundred_files_with_faults(tmp_path):
             assert not [t for t in threads if t.is_alive()], "hung readers"
             assert not errors, errors[:10]
             assert sum(emu.faults.fired.values()) > 10        # the faults did happen
+            # each of the four did (the two status faults told apart by their answers)
+            assert emu.faults.fired["reset"] >= 1 and emu.faults.fired["truncate"] >= 1, emu.faults.fired
+            answered = collections.Counter(status for _, p, status in list(emu.log) if p.startswith("/s3/"))
+            assert answered[503] >= 1 and answered[429] >= 1, answered
             emu.faults.clear()
 
             assert peak_connections[0] <= POOL

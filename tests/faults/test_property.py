@@ -3,6 +3,7 @@ reads through the mount return exactly the source's bytes, and the cache holds
 only right bytes."""
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
@@ -75,6 +76,7 @@ def test_random_reads_under_random_faults_return_the_source_bytes(
     os.setxattr(mount.path, "user.recfs.refresh", f"{SOURCE}/prop".encode())
     for key in keys:                              # sizes learnt before the faults are armed
         assert (mount.path / SOURCE / key).stat().st_size == emu.objects[key].blob.size
+    fired = collections.Counter(emu.faults.fired)
     for f in schedule:
         emu.faults.add(f)
     if expire_midway:
@@ -108,6 +110,13 @@ def test_random_reads_under_random_faults_return_the_source_bytes(
             t.join(60)
         assert not any(t.is_alive() for t in workers), "a reader hung"
         assert not failures, failures
+        # the first read that needs the service meets the first fault armed (a file of
+        # one byte came whole with its size probe, so reading it asks nothing)
+        fetches = any(emu.objects[key].blob.size > 1 and int(frac * emu.objects[key].blob.size)
+                      < emu.objects[key].blob.size for key, frac, _ in plan)
+        if schedule and fetches:
+            kind = schedule[0].kind
+            assert emu.faults.fired[kind] > fired[kind], (schedule, emu.faults.fired, fired)
     finally:
         emu.faults.clear()
     verify_cache(mount.config.parent / "cache", current_versions(emu), only=folder + "/")
