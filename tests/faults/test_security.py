@@ -93,9 +93,11 @@ def test_secrets_never_reach_argv_the_process_title_or_the_debug_log(emu, tmp_pa
             emu.advance(2 * 3600)
             f.seek(4 * 1024 * 1024)
             f.read(1000)
+        fired = emu.faults.fired["status"]
         emu.faults.add(Fault("status", route="s3", status=503, times=-1))
         read_or_errno(root / "exports/b/three.wav")      # fails: error lines in the log
         emu.faults.clear()
+        assert emu.faults.fired["status"] > fired
         status = os.getxattr(m.path, "user.recfs.status").decode()
         cmdline = Path(f"/proc/{m.pid}/cmdline").read_bytes().decode(errors="replace")
         comm = Path(f"/proc/{m.pid}/comm").read_text()
@@ -115,10 +117,12 @@ def test_a_service_echoing_a_secret_in_an_error_does_not_put_it_in_the_log(emu, 
     m = Mount(config_for(emu, tmp_path / "cache"), tmp_path, "mnt")
     m.start()
     try:
+        fired = emu.faults.fired["status"]
         emu.faults.add(Fault("status", route="objectKeys", status=400, times=-1,
                              body=f'{{"message": "invalid x-api-key {API_KEY}"}}'.encode()))
         with pytest.raises(OSError):
             os.listdir(m.path / SOURCE / "exports")
+        assert emu.faults.fired["status"] > fired
     finally:
         emu.faults.clear()
         m.unmount()
