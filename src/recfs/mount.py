@@ -14,12 +14,10 @@ import pyfuse3
 import trio
 
 from . import fusewait
-from .config import Config, source_module
-from .content.cache import Cache
+from .assemble import StartError, make_cache, make_http, make_sources, start_sources
+from .config import Config
 from .core import Core, close_sources
 from .fs import Operations
-from .http import Http, HttpError, RetryPolicy
-from .sources.base import SourceError
 
 log = logging.getLogger("recfs.mount")
 
@@ -115,23 +113,17 @@ def raise_read_ahead(mountpoint: Path, kib: int) -> bool:
 
 
 async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead_kb: int) -> None:
-    cache = Cache(cfg.cache.dir, cfg.cache.max_size, cfg.cache.min_free, cfg.cache.sync_after)
+    cache = make_cache(cfg)
     t = cfg.tuning
-    http = Http(max_connections=t.max_connections, connect_timeout=t.connect_timeout,
-                read_timeout=t.read_timeout,
-                retry=RetryPolicy(attempts=t.retry_attempts, base_delay=t.retry_base_delay,
-                                  max_delay=t.retry_max_delay, budget=t.retry_budget),
-                ca_bundle=next((s.options.ca_bundle for s in cfg.sources if s.options.ca_bundle), None),
-                threaded_content=t.threaded_content)
-    sources = [source_module(s.kind).Source(s.name, s.options, http) for s in cfg.sources]
+    http = make_http(cfg)
+    sources = make_sources(cfg, http)
     mounted = False
     core = None
     try:
-        for src in sources:
-            try:
-                await src.start()
-            except (SourceError, HttpError) as exc:
-                raise MountError(f"source {src.name!r}: {exc}") from None
+        try:
+            await start_sources(sources)
+        except StartError as exc:
+            raise MountError(str(exc)) from None
         async with trio.open_nursery() as nursery:
             core = Core(sources, cache, http, nursery, t)
             ops = Operations(core, direct_io_min_size=t.direct_io_min_size)
