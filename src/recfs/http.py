@@ -177,7 +177,11 @@ class StaticHeaders(TokenAuth):
 
 
 def basic_auth_header(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    # the encoded pair is as secret as the password: a service that echoes the
+    # header in an error must not put it in the log
+    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+    redact.register(encoded)
+    return "Basic " + encoded
 
 
 class CachedToken(TokenAuth):
@@ -1160,5 +1164,6 @@ def describe_error_body(resp: httpx.Response) -> str:
                 "message", "title", "detail"):
         val = body.get(key)
         if isinstance(val, (str, int)) and str(val).strip():
-            parts.append(f"{key}={str(val)[:200]}")
+            # scrubbed before it is cut: a secret cut in two no longer matches
+            parts.append(f"{key}={redact.scrub(str(val))[:200]}")
     return (": " + ", ".join(parts)) if parts else ""

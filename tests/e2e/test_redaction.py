@@ -314,13 +314,7 @@ class _Echoing:
             os.listdir(self.folder)
 
 
-@pytest.mark.parametrize("provider", [
-    "8x8", "oce",
-    pytest.param("kazoo", marks=pytest.mark.xfail(strict=True, reason=(
-        "http.describe_error_body cuts each message to 200 characters before the log filter "
-        "scrubs it: Kazoo's JWT (about 300 characters) echoed in a message is cut, no longer "
-        "matches the registered token and is logged in part (its header and most of its "
-        "payload; not its signature)")))])
+@pytest.mark.parametrize("provider", ["8x8", "oce", "kazoo"])
 def test_a_token_or_secret_a_service_echoes_in_an_error_is_redacted(recfs_mount, provider):
     """Services that repeat the request's credentials in an error message (the bearer
     token or JWT sent, the client secret or API key of a login): the message reaches
@@ -355,9 +349,6 @@ def test_a_token_or_secret_a_service_echoes_in_an_error_is_redacted(recfs_mount,
     assert all("login refused for secret ***" in line for line in logins), logins
 
 
-@pytest.mark.xfail(strict=True, reason="an HTTP Basic credential (base64 of user:password, or of "
-                   "client_id:client_secret at a token endpoint) is not registered with recfs.redact: "
-                   "an error message echoing the Authorization header puts it in the log as is")
 @pytest.mark.parametrize("provider, basic", [("8x8", False), ("oce", False), ("oce", True)],
                          ids=["8x8-token-endpoint", "oce-token-endpoint", "oce-basic-auth"])
 def test_http_basic_credentials_a_service_echoes_in_an_error_are_redacted(recfs_mount, provider, basic):
