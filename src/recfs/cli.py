@@ -1,6 +1,7 @@
 """recfs mounts cloud call-recording and content stores (8x8, Oracle Content
 Management, Alvaria, Kazoo) as a local folder. `recfs demo` tries it on built-in
-emulators; `recfs mount CONFIG MOUNTPOINT` mounts your services (see README.md)."""
+emulators; `recfs mount CONFIG MOUNTPOINT` mounts your services; `recfs map CONFIG PATH`
+tabulates every recording under PATH on a Dask cluster (see README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,13 @@ def setup_logging(level: str) -> None:
 
 
 def _mount(config_path: str, mountpoint: str, *, allow_other: bool = False) -> int:
-    from .mount import MountError, run_mount
+    try:
+        from .mount import MountError, run_mount
+    except ImportError as exc:
+        if "pyfuse3" not in str(exc):
+            raise
+        log.error("mounting needs pyfuse3 (and libfuse3): pip install 'recfs[fuse]'")
+        return 2
     try:
         cfg = load_config(config_path)
         run_mount(cfg, Path(mountpoint).resolve(), allow_other=allow_other)
@@ -192,6 +199,83 @@ def _prefetch(args) -> int:
     return 1 if job["failed"] else 0
 
 
+MAP_COLUMNS = ("path", "size", "format", "duration_s", "sha256", "error")
+
+
+def _map(args) -> int:
+    """Format, duration and sha256 of every recording under a path, on a Dask cluster,
+    into a table (CSV, or Parquet for a .parquet output)."""
+    try:
+        from distributed import Client, LocalCluster
+
+        from .dask import describe_recording, map_recordings
+    except ImportError:
+        log.error("recfs map needs the dask extra: pip install 'recfs[dask]'")
+        return 2
+    out = Path(args.output)
+    if out.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            log.error("a .parquet table needs pyarrow: pip install 'recfs[parquet]' (or write .csv)")
+            return 2
+    try:
+        cfg = load_config(args.config)          # its mistakes here, before any cluster
+    except ConfigError as exc:
+        log.error("config: %s", exc)
+        return 2
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    logging.getLogger("distributed").setLevel(logging.WARNING)     # its INFO lines: one per worker event
+    cluster = None
+    if args.scheduler:
+        client = Client(args.scheduler)
+    else:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
+                               processes=True, dashboard_address=None,
+                               silence_logs=logging.WARNING)
+        client = Client(cluster)
+    try:
+        rows = map_recordings(describe_recording, args.path, config=str(Path(args.config).resolve()),
+                              client=client, by=args.by, unit_bytes=args.unit_bytes,
+                              cache_dir=args.cache_dir)
+        figures = map_recordings.last_figures
+    except OSError as exc:
+        log.error("recfs map: %s", exc)
+        return 1
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    records = [{"path": r.path, "size": r.size, "format": (r.value or {}).get("format", ""),
+                "duration_s": (r.value or {}).get("duration_s"), "sha256": (r.value or {}).get("sha256", ""),
+                "error": r.error} for r in rows]
+    _write_table(records, out)
+    failed = sum(1 for r in rows if r.error)
+    secs = max(1e-9, figures.get("map_s", 0.0))
+    total = sum(r.size for r in rows)
+    print(f"recfs map: {len(rows)} recordings, {total / 1e6:.1f} MB in {secs:.2f} s "
+          f"({total / secs / 1e6:.1f} MB/s, {len(rows) / secs:.1f} files/s) on {figures.get('workers')} "
+          f"worker(s), {figures.get('units')} units; listed in {figures.get('listed_s', 0):.2f} s; "
+          f"{failed} failed; wrote {out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_table(records: list[dict], out: Path) -> None:
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        columns = {c: [r[c] for r in records] for c in MAP_COLUMNS}
+        pq.write_table(pa.table(columns), out)
+        return
+    import csv
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MAP_COLUMNS)
+        writer.writeheader()
+        for r in records:
+            writer.writerow({**r, "duration_s": "" if r["duration_s"] is None else r["duration_s"]})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recfs", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("RECFS_LOG_LEVEL", "info"),
@@ -215,12 +299,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     p = sub.add_parser("prefetch", help="warm the cache for every file under PATH")
     p.add_argument("path")
+    p = sub.add_parser("map", help="format, duration and sha256 of every recording under PATH "
+                                   "(a path in the recfs tree: SOURCE/...), on a Dask cluster")
+    p.add_argument("config")
+    p.add_argument("path")
+    p.add_argument("-o", "--output", default="recfs-map.csv",
+                   help="the table: .csv, or .parquet (needs pyarrow); default recfs-map.csv")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a dask.distributed scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes of the local cluster (default: one per CPU)")
+    p.add_argument("--threads", type=int, default=1, help="threads per local worker (default 1)")
+    p.add_argument("--by", choices=["size", "folder"], default="size",
+                   help="work units: balanced by size (default), or one per folder")
+    p.add_argument("--unit-bytes", type=_size_arg, help="bytes per work unit (default: balanced)")
+    p.add_argument("--cache-dir", help="base of the workers' caches (default: [cache] dir/fsspec)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "mount":
         return _mount(args.config, args.mountpoint, allow_other=args.allow_other)
     return {"demo": _demo, "emulate": _emulate, "status": _status, "refresh": _refresh,
-            "prefetch": _prefetch}[args.command](args)
+            "prefetch": _prefetch, "map": _map}[args.command](args)
+
+
+def _size_arg(value: str) -> int:
+    from .config import parse_size
+    try:
+        return parse_size(int(value) if value.isdigit() else value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 MOUNT_OPTIONS_IGNORED = {"defaults", "auto", "noauto", "user", "users", "nofail", "rw", "ro",

@@ -316,7 +316,7 @@ class _Reader(io.RawIOBase):
     def __init__(self, fs: "RecfsFileSystem", path: str):
         super().__init__()
         self._fs = fs
-        self.path = path
+        self.path = self.name = path       # name: what tools that guess by extension read
         self._node, self._handle, self.size, _ = fs._run(_open_read, path, 0, path=path)
         self._pos = 0
 
