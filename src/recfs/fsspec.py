@@ -713,6 +713,9 @@ class RecfsFileSystem(AbstractFileSystem):
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
             return
+        parent = self._parent(path2)
+        if parent:
+            self.makedirs(parent, exist_ok=True)    # as put_file does, and cp -r through the mount
         with self.open(path2, "wb") as out:
             self._get_one(path1, out)
 

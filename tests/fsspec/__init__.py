@@ -1,0 +1,1 @@
+"""The fsspec front-end (recfs.fsspec) and the Dask helper (recfs.dask)."""
