@@ -150,35 +150,39 @@ async def _ls(core: Core, path: str, sizes: bool) -> list[dict]:
 async def _tree(core: Core, path: str, maxdepth: int | None, sizes: bool,
                 on_error: str = "omit") -> list[tuple[str, list[dict]]]:
     """Every folder under `path` (to `maxdepth` levels) with its entries: [(folder, infos)],
-    parents before children. Folders are listed LIST_CONCURRENCY at a time; a folder
-    that cannot be listed is shown empty (on_error "omit") or fails the walk."""
+    depth first in readdir order, as os.walk goes. Folders are listed LIST_CONCURRENCY
+    at a time; a folder that cannot be listed is shown empty (on_error "omit") or
+    fails the walk."""
     root = await _resolve(core, path)
     if not root.is_dir:
         return []
-    found: dict[str, list[dict]] = {}
-    order: list[str] = []
+    found: dict[str, list[tuple[Node, dict]]] = {}
     limiter = trio.CapacityLimiter(LIST_CONCURRENCY)
 
     async def visit(nursery: trio.Nursery, node: Node, where: str, depth: int) -> None:
-        order.append(where)
         try:
             async with limiter:
                 listed = await _listing(core, node, where, sizes)
         except Exception:
             if on_error == "raise":
                 raise
-            found[where] = []
-            return
-        found[where] = [info for _, info in listed]
-        if maxdepth is not None and depth >= maxdepth:
-            return
-        for kid, info in listed:
-            if kid.is_dir:
-                nursery.start_soon(visit, nursery, kid, info["name"], depth + 1)
+            listed = []
+        found[where] = listed
+        if maxdepth is None or depth < maxdepth:
+            for kid, info in listed:
+                if kid.is_dir:
+                    nursery.start_soon(visit, nursery, kid, info["name"], depth + 1)
 
     async with trio.open_nursery() as nursery:
         await visit(nursery, root, path, 1)
-    return [(where, found[where]) for where in order]
+    out: list[tuple[str, list[dict]]] = []
+    stack = [path]
+    while stack:
+        where = stack.pop()
+        listed = found[where]
+        out.append((where, [info for _, info in listed]))
+        stack += reversed([info["name"] for kid, info in listed if kid.is_dir and info["name"] in found])
+    return out
 
 
 async def _plan(core: Core, paths: list[str]) -> list[tuple[int, bool]]:
@@ -592,6 +596,11 @@ class RecfsFileSystem(AbstractFileSystem):
         if mode in ("wb", "xb", "ab"):
             return RecfsWriteFile(_Writer(self, path, mode), block_size or WRITE_BUFFER)
         raise ValueError(f"recfs: mode {mode!r} is not supported (rb, wb, xb, ab)")
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        # "create": an exclusive open, so an existing file is EEXIST from the core
+        with self.open(path, "xb" if mode == "create" else "wb", **kwargs) as f:
+            f.write(value)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         path = _strip(path)

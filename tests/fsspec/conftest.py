@@ -12,6 +12,7 @@ FAST_RETRIES = "\n[tuning]\nretry_attempts = 2\nretry_base_delay = 0.01\n"
 
 def write_config(tables: list[dict], directory: Path, name: str = "recfs.toml") -> Path:
     """A private config file (0600) for `tables`, its cache in `directory`/cache."""
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     path.write_text(toml_config(tables, cache_dir=directory / "cache") + FAST_RETRIES)
     os.chmod(path, 0o600)
