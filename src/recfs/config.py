@@ -263,6 +263,8 @@ class Tuning:
                                   doc="take the next FUSE request without a trip through trio's scheduler when it is already waiting, which halves the daemon's CPU per metadata request (false: pyfuse3's own wait)")
     sibling_prefetch: int = option("int", 8, check=_not_negative,
                                    doc="small files fetched ahead when a folder is read file after file")
+    entries_in_memory: int = option("int", 100_000, check=_positive,
+                                    doc="files and folders whose listings the daemon keeps in RAM (about 1 KiB each); the folders used least recently are read back from the metadata index on disk when needed")
 
 
 TUNING_KEYS = keys_of(Tuning)

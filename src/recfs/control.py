@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
     from .core import Core
 
 log = logging.getLogger("recfs.control")
+
+
+def _rss() -> int | None:
+    """The daemon's resident memory."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Control:
@@ -59,6 +69,11 @@ class Control:
             "bulk": {name: {"jobs": e.batcher.jobs_started} for name, e in core.reader.engines().items()},
             "open_files": len(core.reader.states),
             "listings": core.tree.listings,
+            # listings in RAM (bounded by [tuning] entries_in_memory) and on disk (T7)
+            "entries": {"in_memory": len(core.tree.inodes), "max_in_memory": core.tree.max_entries,
+                        "folders_in_memory": core.tree.folders_in_memory(),
+                        "in_index": core.index.count()},
+            "rss_bytes": _rss(),
             "prefetches": self.prefetches,
             "uploads": {"pending": uploads.status(), "uploaded": uploads.uploaded,
                         "failed": uploads.failed},

@@ -24,6 +24,7 @@ from .content.reader import Folder, Handle, Reader, ReadError
 from .content.uploads import Staged, Uploads
 from .control import Control
 from .http import Http
+from .index import MetadataIndex
 from .sources.base import Entry, Kind, Source
 from .tree import Local, Node, Tree
 
@@ -70,7 +71,9 @@ class Core:
                              first_window=t.first_window, max_window=t.max_window,
                              max_request=t.max_request, small_file=t.small_file,
                              sibling_prefetch=t.sibling_prefetch)
-        self.tree = Tree(sources, cache, nursery, self.reader.learn_sizes, self.policy)
+        self.index = MetadataIndex(Path(cache.dir))
+        self.tree = Tree(sources, cache, nursery, self.reader.learn_sizes, self.policy,
+                         index=self.index, max_entries=t.entries_in_memory)
         self.reader.on_changed = self._object_changed
         self.uploads = Uploads(uploads_dir or Path(cache.dir) / "uploads",
                                {s.name: s for s in sources})
@@ -90,10 +93,15 @@ class Core:
     async def aclose(self) -> None:
         await self.reader.aclose()
         await close_sources(self.sources)
+        self.index.close()
 
     # -- the namespace
     def node(self, ino: int) -> Node | None:
         return self.tree.get(ino)
+
+    def xattrs(self, node: Node) -> dict[str, str]:
+        """The recording's metadata (caller, agent, duration...) as its service lists it."""
+        return self.tree.xattrs(node)
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         if not parent.is_dir:

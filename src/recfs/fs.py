@@ -222,7 +222,7 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return value
         if name.startswith(b"user."):
-            value = node.entry.xattrs.get(name[5:].decode("utf-8", "replace"))
+            value = self.core.xattrs(node).get(name[5:].decode("utf-8", "replace"))
             if value is not None:
                 return str(value).encode()
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -233,7 +233,7 @@ class Operations(pyfuse3.Operations):
 
     async def listxattr(self, inode, ctx):
         node = self._node(inode)
-        return [b"user." + k.encode() for k in node.entry.xattrs]
+        return [b"user." + k.encode() for k in self.core.xattrs(node)]
 
     async def setxattr(self, inode, name, value, ctx):
         if inode == ROOT_INODE and name.startswith(CONTROL_PREFIX):

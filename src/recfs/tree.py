@@ -28,12 +28,22 @@ Invariants:
  T6. A node made here (a file written into an upload folder, a folder made by mkdir)
      stays in its folder's snapshot, whatever the service lists, until a listing
      shows it; then it becomes the listed node, keeping its inode.
+ T7. RAM holds folder snapshots in use, at most about `max_entries` nodes: each
+     listing is written to the metadata index (index.py), and the snapshots used
+     least recently leave RAM, their files' nodes with them (folders' own nodes stay).
+     A folder whose snapshot left RAM is read back from the index, without a request
+     while its listing is fresh, with the same inode numbers (T1); an inode the kernel
+     still holds is answered by reading its folder back. Snapshots being listed or
+     sized, or holding nodes made here (T6), stay.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Awaitable, Callable, Iterable
 
 import trio
@@ -41,6 +51,7 @@ import trio
 from . import names
 from .content.policy import AccessPolicy
 from .http import background
+from .index import NO_XATTRS, MetadataIndex
 from .sources.base import Entry, Kind, Source, SourceError
 
 log = logging.getLogger("recfs.tree")
@@ -48,6 +59,7 @@ log = logging.getLogger("recfs.tree")
 SIZE_CHUNK = 32             # sizes learnt together (a folder of 200 files: 7 chunks)
 AHEAD_FIRST = 8             # the first chunk learnt ahead (T4)
 AHEAD_CHUNKS = 2            # chunks learnt ahead at most (T4)
+MAX_ENTRIES = 100_000       # nodes kept in RAM by default (T7)
 LOOK_AHEAD_FILES = 32       # a copy this near the end of a folder has the next one prepared (T5)
 LOOK_AHEAD_BYTES = 16 << 20  # at most this much (by size hints) is learnt there before the copy arrives
 
@@ -76,8 +88,7 @@ class Local(enum.Enum):
 
 class Node:
     __slots__ = ("ino", "parent", "name", "entry", "source", "children", "listed_at", "ttl",
-                 "lookups", "size_failed", "local", "upload", "recheck", "_sorted", "_files",
-                 "__weakref__")
+                 "size_failed", "local", "upload", "recheck", "_sorted", "_files", "__weakref__")
 
     def __init__(self, ino: int, parent: "Node | None", name: str, entry: Entry, source: Source | None):
         self.ino = ino
@@ -86,9 +97,8 @@ class Node:
         self.entry = entry
         self.source = source
         self.children: dict[str, Node] | None = None
-        self.listed_at = 0.0
+        self.listed_at = 0.0                # epoch seconds of the snapshot in `children`
         self.ttl = 0.0
-        self.lookups = 0
         self.size_failed = False
         self.local: Local | None = None     # not (yet) listed by the service
         self.upload = None                  # the uploads.Staged of a Local.WRITING file
@@ -141,54 +151,87 @@ SizeLearner = Callable[..., Awaitable[None]]     # (source, entries, *, whole, a
 
 class Tree:
     def __init__(self, sources: Iterable[Source], cache=None, nursery: trio.Nursery | None = None,
-                 learn_sizes: SizeLearner = metadata_sizes, policy: AccessPolicy | None = None):
+                 learn_sizes: SizeLearner = metadata_sizes, policy: AccessPolicy | None = None,
+                 index: MetadataIndex | None = None, max_entries: int = MAX_ENTRIES):
         self.cache = cache
         self.nursery = nursery          # runs the later size chunks of a folder
         self.learn_sizes = learn_sizes  # the reader's: metadata, else ranged GETs
         self.policy = policy or AccessPolicy()
+        self.index = index              # T7; None: every snapshot stays in RAM
+        self.max_entries = max_entries
         self.inodes: dict[int, Node] = {}
+        self._lookups: dict[int, int] = {}  # inode -> the kernel's lookup count, if any (T3)
         self._next_ino = ROOT_INODE
         self.root = self._new_node(None, "", Entry("", Kind.DIR, ref=None, mtime=time.time()), None)
         self.root.children = {}
         self.root.listed_at = float("inf")
+        self.root.ttl = float("inf")
+        if index is not None:
+            self._next_ino = max(self._next_ino, index.next_ino())
         self.sources = list(sources)
         for src in self.sources:
             entry = Entry(src.name, Kind.DIR, ref=src.root_ref(), mtime=time.time(), id=src.name)
-            self.root.children[src.name] = self._new_node(self.root, src.name, entry, src)
+            ino = index.child_ino(ROOT_INODE, src.name) if index is not None else None
+            if index is not None:
+                index.keep_source(src.name, _fingerprint(src), ino)
+            self.root.children[src.name] = self._new_node(self.root, src.name, entry, src, ino)
+        if index is not None:           # the sources' own numbers, for the next mount (M2)
+            index.set_sources(ROOT_INODE, [(n.ino, name, n.entry) for name, n in self.root.children.items()])
         self.on_changed = lambda node: None       # fs.py: drop the kernel's cache of it
         self._listing: dict[int, trio.Event] = {}
         self._sizing: dict[int, _SizeChunk] = {}      # inode -> the chunk learning its size
         self._looked_ahead: set[int] = set()      # folders whose next folder was prepared (T5)
         self._ahead: dict[int, int] = {}          # folder inode -> position learnt up to (T4)
+        self._hot: OrderedDict[int, Node] = OrderedDict()   # snapshots in RAM, least recent first
+        self._recheck: set[int] = set()           # refreshed folders whose snapshot is not in RAM
         self.listings = 0
 
-    def _new_node(self, parent: Node | None, name: str, entry: Entry, source: Source | None) -> Node:
-        ino = self._next_ino
-        self._next_ino += 1
+    def _new_node(self, parent: Node | None, name: str, entry: Entry, source: Source | None,
+                  ino: int | None = None) -> Node:
+        if ino is None:
+            ino = self._next_ino
+            self._next_ino += 1
         node = Node(ino, parent, name, entry, source)
         self.inodes[ino] = node
         return node
 
     def get(self, ino: int) -> Node | None:
-        return self.inodes.get(ino)
+        node = self.inodes.get(ino)
+        if node is None and self.index is not None and ino < self._next_ino:
+            # a node whose folder snapshot left RAM (T7): read the folder back
+            parent = self.inodes.get(self.index.parent_of(ino) or 0)
+            if parent is not None and parent.is_dir and parent.children is None:
+                self._read_back(parent, fresh_only=False)
+                self._bound(parent)
+                node = self.inodes.get(ino)
+        return node
 
     def fresh(self, node: Node) -> bool:
-        return node.children is not None and time.monotonic() - node.listed_at < node.ttl
+        return node.children is not None and time.time() - node.listed_at < node.ttl
 
     async def children(self, node: Node) -> list[Node]:
-        if not self.fresh(node):
-            await self.refresh(node)
+        await self._snapshot(node)
         return node.sorted_children()
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
-        if not self.fresh(parent):
-            await self.refresh(parent)
-        return parent.children.get(name) if parent.children else None
+        await self._snapshot(parent)
+        return parent.children.get(name)
+
+    async def _snapshot(self, node: Node) -> None:
+        """The folder's snapshot, fresh, in RAM."""
+        if not self.fresh(node):
+            await self.refresh(node)
+        if node.children is None:       # it left RAM while this caller waited (T7)
+            self._read_back(node, fresh_only=False)
+            self._bound(node)
+        self._used(node)
 
     def invalidate(self, node: Node) -> None:
         """Make the next access to this folder list it again."""
         node.listed_at = 0.0
         node.ttl = 0.0
+        if self.index is not None:
+            self.index.expire(node.ino)
 
     def invalidate_under(self, node: Node) -> int:
         """Drop the snapshots of a folder and every folder below it (`recfs refresh`), and
@@ -198,35 +241,131 @@ class Tree:
         stack = [node]
         while stack:
             n = stack.pop()
-            if n.children is not None and n.ino != ROOT_INODE:
+            if n.is_dir and n.ino != ROOT_INODE:
                 self.invalidate(n)
                 count += 1
+                if n.children is None:
+                    self._recheck.add(n.ino)
             if n.children:
                 for c in n.children.values():
                     if c.is_dir:
                         stack.append(c)
                     else:
                         c.recheck = True
+            elif n.is_dir and self.index is not None:     # its snapshot left RAM (T7)
+                stack.extend(c for c in map(self.inodes.get, self.index.folders_in(n.ino)) if c)
         return count
 
     async def refresh(self, node: Node) -> None:
-        """List a folder (single flight: concurrent callers wait for one listing)."""
+        """List a folder (single flight: concurrent callers wait for one listing); a
+        snapshot that left RAM is read back from the index while it is fresh (T7)."""
         pending = self._listing.get(node.ino)
         if pending is not None:
             await pending.wait()
-            if node.children is None:
+            if node.children is None and not self._read_back(node, fresh_only=False):
                 raise SourceError(f"listing {node.path()} failed")
             return
         done = self._listing[node.ino] = trio.Event()
         try:
-            listing = await node.source.list_dir(node.entry.ref)
-            self.listings += 1
-            self._apply(node, listing.entries)
-            node.ttl = listing.ttl if listing.ttl is not None else node.source.listing_ttl
-            node.listed_at = time.monotonic()
+            if not self._read_back(node, fresh_only=True):
+                listing = await node.source.list_dir(node.entry.ref)
+                self.listings += 1
+                if node.children is None:
+                    self._read_back(node, fresh_only=False)     # the nodes to keep (T1)
+                self._apply(node, listing.entries)
+                node.ttl = listing.ttl if listing.ttl is not None else node.source.listing_ttl
+                node.listed_at = time.time()
+                self._save(node)
         finally:
             del self._listing[node.ino]
             done.set()
+        self._used(node)
+        self._bound(node)
+
+    def _save(self, node: Node) -> None:
+        """Write the folder's listing to the index; its files' metadata then lives there
+        only (read back by `xattrs`)."""
+        if self.index is None or node.children is None:
+            return
+        listed = [(c.ino, name, c.entry) for name, c in node.children.items() if c.local is None]
+        self.index.save(node.ino, node.listed_at, node.ttl, listed)
+        for _, name, entry in listed:
+            if entry.kind is Kind.FILE and entry.xattrs:
+                # a copy: the source may hold the listed entry and read its metadata
+                node.children[name].entry = dataclasses.replace(entry, xattrs=NO_XATTRS)
+
+    def _read_back(self, node: Node, *, fresh_only: bool) -> bool:
+        """Put the folder's snapshot from the index back into RAM (T7), with the nodes'
+        own inode numbers; True when it was there (and fresh, with `fresh_only`)."""
+        if self.index is None or node.children is not None:
+            return False
+        listed = self.index.listed(node.ino)
+        if listed is None or (fresh_only and time.time() - listed[0] >= listed[1]):
+            return False
+        src = node.source
+        children: dict[str, Node] = {}
+        recheck = node.ino in self._recheck
+        self._recheck.discard(node.ino)
+        for ino, name, entry in self.index.load(node.ino):
+            child = self.inodes.get(ino)
+            if child is None:
+                if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
+                    entry.size = self.cache.known_size(src.cache_key(entry))
+                child = self._new_node(node, name, entry, src, ino)
+                child.recheck = recheck
+            child.parent = node
+            children[name] = child
+        node.children = children
+        node.children_changed()
+        node.listed_at, node.ttl = listed
+        self._used(node)
+        return True
+
+    def _used(self, node: Node) -> None:
+        if node.ino != ROOT_INODE and node.children is not None:
+            self._hot[node.ino] = node
+            self._hot.move_to_end(node.ino)
+
+    def _bound(self, keep: Node) -> None:
+        """Let the snapshots used least recently leave RAM until it holds at most about
+        `max_entries` nodes (T7)."""
+        if self.index is None:
+            return
+        passes = len(self._hot)
+        while len(self.inodes) > self.max_entries and self._hot and passes > 0:
+            passes -= 1
+            ino, folder = next(iter(self._hot.items()))
+            if not folder.files()[0]:
+                del self._hot[ino]          # only folders: their nodes stay in RAM anyway
+                continue
+            if folder is keep or self._pinned(folder):
+                self._hot.move_to_end(ino)
+                continue
+            self._evict(folder)
+
+    def _pinned(self, folder: Node) -> bool:
+        return folder.ino in self._listing or folder.children is None or any(
+            c.local is not None or c.ino in self._sizing for c in folder.children.values())
+
+    def _evict(self, folder: Node) -> None:
+        self._hot.pop(folder.ino, None)
+        for child in folder.children.values():
+            if not child.is_dir:
+                self.inodes.pop(child.ino, None)
+                if child.recheck:
+                    self._recheck.add(folder.ino)
+        folder.children = None
+        folder.children_changed()
+        self._ahead.pop(folder.ino, None)
+
+    def folders_in_memory(self) -> int:
+        return len(self._hot)
+
+    def xattrs(self, node: Node) -> dict[str, str]:
+        """The entry's metadata: in RAM, or, once its listing is in the index, from there."""
+        if node.entry.xattrs or self.index is None or node.local is not None:
+            return node.entry.xattrs
+        return self.index.xattrs(node.ino)
 
     def _apply(self, node: Node, entries: list[Entry]) -> None:
         src = node.source
@@ -266,7 +405,7 @@ class Tree:
                 continue
             if new.get(name) is not child:
                 child.parent = None
-                if child.lookups <= 0:
+                if self.lookups(child.ino) <= 0:
                     self._drop(child)
         node.children = new
         node.children_changed()
@@ -279,7 +418,7 @@ class Tree:
         node.upload = upload
         if entry.kind is Kind.DIR:
             node.children = {}
-            node.listed_at = time.monotonic()
+            node.listed_at = time.time()
             node.ttl = float("inf")        # nothing to list until a file lands in it
         parent.children[name] = node
         parent.children_changed()
@@ -304,25 +443,36 @@ class Tree:
             del parent.children[node.name]
             parent.children_changed()
         node.parent = None
-        if node.lookups <= 0:
+        if self.index is not None:
+            self.index.remove(node.ino)
+        if self.lookups(node.ino) <= 0:
             self._drop(node)
 
     def _drop(self, node: Node) -> None:
         self.inodes.pop(node.ino, None)
+        self._hot.pop(node.ino, None)
         if node.children:
             for child in node.children.values():
-                if child.lookups <= 0:
+                if self.lookups(child.ino) <= 0:
                     self._drop(child)
 
+    # -- the kernel's lookup counts (T3), by inode: kept whether or not the node is in RAM
+    def lookups(self, ino: int) -> int:
+        return self._lookups.get(ino, 0)
+
     def remember(self, node: Node) -> None:
-        node.lookups += 1
+        self._lookups[node.ino] = self._lookups.get(node.ino, 0) + 1
 
     def forget(self, ino: int, count: int) -> None:
-        node = self.inodes.get(ino)
-        if node is None or ino == ROOT_INODE:
+        if ino == ROOT_INODE or ino not in self._lookups:
             return
-        node.lookups -= count
-        if node.lookups <= 0 and node.parent is None:
+        left = self._lookups[ino] - count
+        if left > 0:
+            self._lookups[ino] = left
+            return
+        del self._lookups[ino]
+        node = self.inodes.get(ino)
+        if node is not None and node.parent is None:
             self._drop(node)
 
     # -- exact sizes (T4)
@@ -395,7 +545,10 @@ class Tree:
 
     @staticmethod
     def _sibling(folder: Node, before: bool) -> Node | None:
-        """The folder just before (or after) `folder` in name order."""
+        """The folder just before (or after) `folder` in name order (None while the
+        parent's snapshot is out of RAM: a guess not worth reading it back)."""
+        if folder.parent is None or folder.parent.children is None:
+            return None
         near = [c for c in folder.parent.children.values()
                 if c.is_dir and (c.name < folder.name if before else c.name > folder.name)]
         return (max if before else min)(near, key=lambda n: n.name) if near else None
@@ -462,4 +615,11 @@ class Tree:
                     del self._sizing[c.ino]
             if self.cache is not None and learnt:
                 self.cache.remember_sizes(learnt)
+            if self.index is not None:
+                self.index.set_sizes([(c.ino, c.entry.size) for c in nodes if c.entry.size is not None])
             chunk.done.set()
+
+
+def _fingerprint(source: Source) -> str:
+    """What a source's listings depend on (M3 in index.py): its kind and configuration."""
+    return hashlib.sha256(f"{source.kind}:{source.options!r}".encode()).hexdigest()

@@ -107,7 +107,7 @@ async def test_a_second_read_comes_from_the_cache(core, harness):
 async def test_every_file_carries_metadata(core, harness):
     for name, node in (await files(core, harness)).items():
         if name in FILES:
-            assert node.entry.xattrs.get(harness.metadata_key), name
+            assert core.xattrs(node).get(harness.metadata_key), name
 
 
 async def test_a_file_gone_from_the_service_fails_its_read_never_with_wrong_bytes(core, harness):
