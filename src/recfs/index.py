@@ -18,7 +18,6 @@ Invariants:
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import sqlite3
@@ -44,7 +43,7 @@ class MetadataIndex:
                         "ttl REAL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS nodes (ino INTEGER PRIMARY KEY, parent INTEGER, "
                         "name TEXT, kind INTEGER, ref BLOB, mtime REAL, size INTEGER, "
-                        "size_hint INTEGER, id TEXT, version TEXT, xattrs TEXT)")
+                        "size_hint INTEGER, id TEXT, version TEXT, xattrs BLOB)")
         self.db.execute("CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent, name)")
 
     def close(self) -> None:
@@ -104,7 +103,7 @@ class MetadataIndex:
              children: Iterable[tuple[int, str, Entry]]) -> None:
         rows = [(ino, folder, name, DIR if e.kind is Kind.DIR else FILE, pickle.dumps(e.ref),
                  e.mtime, e.size, e.size_hint, e.id, e.version,
-                 json.dumps(e.xattrs, ensure_ascii=False) if e.xattrs else None)
+                 pickle.dumps(e.xattrs) if e.xattrs else None)
                 for ino, name, e in children]
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM nodes WHERE parent=?", (folder,))
@@ -154,7 +153,7 @@ class MetadataIndex:
 
     def xattrs(self, ino: int) -> dict[str, Any]:
         row = self.db.execute("SELECT xattrs FROM nodes WHERE ino=?", (ino,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else {}
+        return pickle.loads(row[0]) if row and row[0] else {}
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0]

@@ -3,6 +3,7 @@ systemd notification and a clean unmount."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,8 @@ from .core import Core, close_sources
 from .fs import Operations
 
 log = logging.getLogger("recfs.mount")
+
+GC_FIRST_GENERATION = 50_000
 
 
 class MountError(Exception):
@@ -195,5 +198,9 @@ def run_mount(cfg: Config, mountpoint: Path, *, allow_other: bool = False,
     for warning in cfg.warnings:
         log.warning("%s", warning)
     check_mountpoint(mountpoint)
+    # The daemon holds up to `entries_in_memory` long-lived nodes and makes thousands
+    # per listing; the collector's default first generation (700 objects) would walk
+    # them over and over. None of them form cycles the collector must find quickly.
+    gc.set_threshold(GC_FIRST_GENERATION, 20, 100)
     trio.run(lambda: _serve(cfg, mountpoint, allow_other=allow_other,
                             read_ahead_kb=read_ahead_kb))

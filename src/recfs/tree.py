@@ -38,7 +38,6 @@ Invariants:
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 import logging
@@ -292,7 +291,9 @@ class Tree:
         for _, name, entry in listed:
             if entry.kind is Kind.FILE and entry.xattrs:
                 # a copy: the source may hold the listed entry and read its metadata
-                node.children[name].entry = dataclasses.replace(entry, xattrs=NO_XATTRS)
+                node.children[name].entry = Entry(entry.name, entry.kind, entry.ref, entry.mtime,
+                                                  entry.size, entry.size_hint, entry.id,
+                                                  entry.version, NO_XATTRS)
 
     def _read_back(self, node: Node, *, fresh_only: bool) -> bool:
         """Put the folder's snapshot from the index back into RAM (T7), with the nodes'
