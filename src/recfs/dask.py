@@ -13,11 +13,14 @@ recording of them on the cluster and gathers the results with progress;
 
  D1. Units are balanced: the files of a folder stay together and in readdir order
      (a worker then reads them one after another, which the core recognises as a
-     copy: sizes learnt ahead, small files fetched ahead, bulk jobs), a folder bigger
-     than a unit is cut into consecutive runs, and folders smaller than one are put
-     together, so that there are about UNITS_PER_WORKER units per worker of about the
-     same weight (bytes, with PER_FILE_WEIGHT for each file's own round trips), each
-     of MIN_UNIT_FILES files at least.
+     copy: sizes learnt ahead, small files fetched ahead, bulk jobs), folders smaller
+     than a unit are put together, and a folder bigger than one is cut into
+     consecutive runs, aiming at UNITS_PER_WORKER units per worker of about the same
+     weight (bytes, with PER_FILE_WEIGHT for each file's own round trips). A cut has a
+     cost: the core's reads run up to AHEAD files ahead of a copy, so the first files
+     after a cut may be fetched by both workers; a folder is cut only into runs worth
+     CUT_COST_FACTOR times that. Units go to the cluster in path order, so that each
+     worker goes forward through a folder, as the core's look-ahead expects.
  D2. Every recording is in exactly one unit, and its result comes back once: a
      failure of the function or of a read is that file's `error`, not the unit's.
  D3. Each worker process has its own recfs filesystem and core, made from the same
@@ -36,11 +39,17 @@ import wave
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .config import Tuning
+from .content.reader import WHOLE_PROBE
 from .fsspec import RecfsFileSystem
+from .tree import AHEAD_CHUNKS, SIZE_CHUNK
 
 UNITS_PER_WORKER = 8
-MIN_UNIT_FILES = 4          # a unit holds this many files at least (the core sees a copy from the second)
 PER_FILE_WEIGHT = 64 * 1024
+# how far a copy's reads go ahead of the file being read: sizes learnt up to
+# AHEAD_CHUNKS size chunks on (small files whole, tree.py T4), small files fetched ahead
+AHEAD = AHEAD_CHUNKS * SIZE_CHUNK + Tuning().sibling_prefetch
+CUT_COST_FACTOR = 4         # a folder is cut into runs of at least this many times a cut's cost
 READ_BLOCK = 1 << 20
 
 
@@ -87,18 +96,33 @@ def plan(fs: RecfsFileSystem, path: str, *, workers: int = 1, by: str = "size",
         return [Unit([p for p, _ in g], [s for _, s in g]) for g in folders]
     total = sum(s + PER_FILE_WEIGHT for g in folders for _, s in g)
     target = unit_bytes or max(1, math.ceil(total / (max(1, workers) * UNITS_PER_WORKER)))
-    units: list[Unit] = []
-    current = Unit()
+    pieces: list[Unit] = []
     for group in folders:
-        for p, s in group:
-            if len(current.paths) >= MIN_UNIT_FILES and current.weight + s + PER_FILE_WEIGHT > target:
-                units.append(current)
-                current = Unit()
-            current.paths.append(p)
-            current.sizes.append(s)
-    if current.paths:
-        units.append(current)
+        for run in _cut(group, target):
+            pieces.append(Unit([p for p, _ in run], [s for _, s in run]))
+    units: list[Unit] = []
+    for piece in pieces:            # consecutive small pieces (whole folders) together
+        if units and units[-1].weight + piece.weight <= target:
+            units[-1].paths += piece.paths
+            units[-1].sizes += piece.sizes
+        else:
+            units.append(piece)
     return units
+
+
+def _cut(group: list[tuple[str, int]], target: int) -> list[list[tuple[str, int]]]:
+    """A folder's files in at most as many consecutive runs of equal count as its weight
+    holds targets, each run at least CUT_COST_FACTOR times what a cut costs (D1)."""
+    weight = sum(s + PER_FILE_WEIGHT for _, s in group)
+    # a copy's reads run ahead of the file it reads: the next folder's sizes up to
+    # AHEAD files on, the small ones fetched whole, and the next small files fetched
+    # ahead; at a cut those belong to another unit, fetched twice if another worker
+    # takes it
+    small = sum(s for _, s in group if s <= WHOLE_PROBE) / len(group)
+    cost = AHEAD * (small + PER_FILE_WEIGHT)
+    runs = max(1, min(math.ceil(weight / target), int(weight // (CUT_COST_FACTOR * cost)), len(group)))
+    size = math.ceil(len(group) / runs)
+    return [group[i:i + size] for i in range(0, len(group), size)]
 
 
 def _run_unit(fs_options: dict, paths: list[str], func: Callable) -> list[Row]:
@@ -149,9 +173,9 @@ def map_recordings(func: Callable[[str, Any], Any], path: str, *, config, client
     # service fails the map here, and the time to start is not the units'
     figures["caches"] = sorted(set(client.run(_start, fs_options).values()))
     mapped = time.monotonic()
-    # the heaviest units first, so that no worker is left with a big one at the end
-    order = sorted(units, key=lambda u: -u.weight)
-    futures = [client.submit(_run_unit, fs_options, u.paths, func, pure=False) for u in order]
+    # in path order: a worker's units then go forward through each folder, the way the
+    # core learns sizes ahead of a copy (a unit before the last one would start cold)
+    futures = [client.submit(_run_unit, fs_options, u.paths, func, pure=False) for u in units]
     rows: list[Row] = []
     for _, result in as_completed(futures, with_results=True):
         rows += result

@@ -15,7 +15,7 @@ pytest.importorskip("distributed")
 
 from distributed import Client, LocalCluster  # noqa: E402
 
-from recfs.dask import describe_recording, map_recordings, plan  # noqa: E402
+from recfs.dask import AHEAD, CUT_COST_FACTOR, describe_recording, map_recordings, plan  # noqa: E402
 from recfs.emulators.alvaria import AlvariaEmulator, source_table  # noqa: E402
 from recfs.emulators.base import PatternBlob  # noqa: E402
 from recfs.emulators.samples import call_wav  # noqa: E402
@@ -59,24 +59,33 @@ def client():
             yield c
 
 
-def test_plan_keeps_folders_together_in_order_and_balances(config):
-    fs = filesystem(config)
-    try:
-        files = list(expected())
-        units = plan(fs, ROOT, workers=2)
-        flat = [p for u in units for p in u.paths]
-        assert sorted(flat) == files and len(flat) == len(set(flat))       # each once
-        for u in units:     # one folder's run, or whole folders one after another, in order
-            assert u.paths == sorted(u.paths)
-        assert 4 <= len(units) <= 16
-        heaviest = max(u.weight for u in units)
-        assert heaviest <= 2 * sum(u.weight for u in units) / len(units)
-        by_folder = plan(fs, ROOT, by="folder")
-        assert [len(u.paths) for u in by_folder] == [len(b) for b in TREE.values()]
-        assert [u.paths for u in plan(fs, f"{ROOT}/2025-10-12/call-001.wav")] == \
-            [[f"{ROOT}/2025-10-12/call-001.wav"]]
-    finally:
-        fs.close()
+def test_plan_keeps_folders_together_in_order_and_balances(tmp_path):
+    """Units: each file once, folders whole and in order, small folders together, a big
+    folder cut into equal runs only where each run is worth several times what a cut
+    costs (the core's reads run AHEAD files past a cut)."""
+    emu = AlvariaEmulator()
+    for i in range(2 * CUT_COST_FACTOR * AHEAD + 40):       # a day of many short calls
+        emu.put(f"exports/day/a/c{i:04d}.wav", PatternBlob(i, 1000), T0)
+    for folder, count in (("b", 3), ("c", 3), ("d", 50)):
+        for i in range(count):
+            emu.put(f"exports/day/{folder}/c{i:04d}.wav", PatternBlob(i, 1000), T0)
+    with emu:
+        fs = filesystem(write_config([source_table(emu, "alv")], tmp_path))
+        try:
+            files = fs.find("alv/exports/day")
+            units = plan(fs, "alv/exports/day", workers=2)
+            assert [p for u in units for p in u.paths] == files              # each once, in order
+            a = [u for u in units if "/a/" in u.paths[0]]
+            assert len(a) == 2 and abs(len(a[0].paths) - len(a[1].paths)) <= 1
+            assert all(len(u.paths) >= CUT_COST_FACTOR * AHEAD for u in a)
+            rest = [[p.split("/")[3] for p in u.paths] for u in units if "/a/" not in u.paths[0]]
+            assert rest == [["b"] * 3 + ["c"] * 3, ["d"] * 50]               # small ones together
+            assert [len(u.paths) for u in plan(fs, "alv/exports/day", by="folder")] == \
+                [2 * CUT_COST_FACTOR * AHEAD + 40, 3, 3, 50]
+            assert [u.paths for u in plan(fs, "alv/exports/day/b/c0001.wav")] == \
+                [["alv/exports/day/b/c0001.wav"]]
+        finally:
+            fs.close()
 
 
 def test_every_recording_exactly_once_with_its_checksum_on_two_workers(config, client):
