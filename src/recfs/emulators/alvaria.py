@@ -12,6 +12,10 @@
   as the seed's example answers do; `urls_in_listing=False` leaves them out.
 - Sizes are rounded strings ("5370.0 KB"); directory keys come with or without the
   trailing '/', by a fixed pattern per key.
+- Scale mode (`scale=AlvariaScale(...)`, issue 20): a read-only tree of day folders
+  whose keys, sizes, times and bytes are computed from (day, position) when asked
+  for, so a year of 1,000 recordings a day costs the emulator nearly nothing. Its
+  folders list, page, sign and serve exactly as the same objects stored would.
 - Signed URLs point at /s3/{bucket}/{key} with X-Amz-Date, X-Amz-Expires and an HMAC
   signature over the method, key and dates: they really expire (403 AccessDenied XML
   "Request has expired"), HEAD is refused (403 SignatureDoesNotMatch, the method is
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 
 from .base import (Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response,
                    new_token, range_response)
+from .scale import Concat, ScaleBlob, Seq, day_start, stable_hash, time_in_day
 
 ORG = "demo-org"
 API_KEY = "alvaria-demo-api-key"
@@ -96,13 +101,113 @@ def iso_ms(t: float) -> str:
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 
+@dataclass(frozen=True)
+class AlvariaScale:
+    """A generated, read-only tree: `{root}{YYYY-MM-DD}/call-{n:06d}.wav`, `per_day`
+    recordings (n from 0) in each of `days` day folders from `start`.
+
+    Everything is a function of (day, n): the key; the time, spread over the day and
+    increasing with n (a day folder's time is that of its last recording); the size,
+    between `min_size` and `max_size` bytes, exact in Content-Range and in the bytes,
+    and rounded in the listing's "KB" string like any object's; the content, a
+    `ScaleBlob` of the key. Nothing is stored per object."""
+    root: str = "exports/scale/"
+    start: dt.date = dt.date(2024, 1, 1)
+    days: int = 365
+    per_day: int = 1000
+    min_size: int = 16_000
+    max_size: int = 960_000
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.root.endswith("/") or self.root.startswith("/") or "//" in self.root:
+            raise ValueError("root: a key prefix ending in '/', such as 'exports/scale/'")
+        if not (1 <= self.per_day <= 86_400 and self.days >= 1 and 0 <= self.min_size <= self.max_size):
+            raise ValueError("per_day: 1 to 86,400; days: 1 or more; 0 <= min_size <= max_size")
+
+    @property
+    def total(self) -> int:
+        return self.days * self.per_day
+
+    def day_name(self, d: int) -> str:
+        return (self.start + dt.timedelta(days=d)).isoformat()
+
+    def day_index(self, name: str) -> int | None:
+        """The day folder's index, or None when `name` is not one of the tree's days."""
+        try:
+            d = (dt.date.fromisoformat(name) - self.start).days
+        except ValueError:
+            return None
+        return d if 0 <= d < self.days and self.day_name(d) == name else None
+
+    def key(self, d: int, n: int) -> str:
+        return f"{self.root}{self.day_name(d)}/call-{n:06d}.wav"
+
+    def parse(self, key: str) -> tuple[int, int] | None:
+        """(day, n) of a generated key, or None."""
+        if not key.startswith(self.root):
+            return None
+        day, _, name = key[len(self.root):].partition("/")
+        d = self.day_index(day)
+        if d is None or not (name.startswith("call-") and name.endswith(".wav")):
+            return None
+        digits = name[5:-4]
+        if not digits.isdigit() or int(digits) >= self.per_day or self.key(d, int(digits)) != key:
+            return None
+        return d, int(digits)
+
+    def mtime(self, d: int, n: int) -> float:
+        return day_start(self.start, d) + time_in_day(self.per_day, n, self.seed, d)
+
+    def newest(self, d: int | None = None) -> float:
+        """The newest mtime of day `d`, or of the whole tree."""
+        return self.mtime(self.days - 1 if d is None else d, self.per_day - 1)
+
+    def size(self, d: int, n: int) -> int:
+        return self.min_size + stable_hash("size", self.seed, d, n) % (self.max_size - self.min_size + 1)
+
+    def blob(self, d: int, n: int) -> ScaleBlob:
+        return ScaleBlob(f"alvaria/{self.seed}/{self.key(d, n)}", self.size(d, n))
+
+    def object(self, key: str) -> StoredObject | None:
+        at = self.parse(key)
+        return None if at is None else StoredObject(self.blob(*at), self.mtime(*at))
+
+    def has_under(self, prefix: str) -> bool:
+        """Whether a generated key starts with `prefix` (a folder prefix: '' or ending in '/')."""
+        if not prefix.startswith(self.root):
+            return self.root.startswith(prefix)
+        rest = prefix[len(self.root):]
+        return rest == "" or (rest.endswith("/") and self.day_index(rest[:-1]) is not None)
+
+    def items(self, prefix: str, key_type: str) -> Seq:
+        """A listing of `prefix` (inside the tree) as the emulator's `_list` makes it:
+        (key, is_dir, mtime) in key order, computed per item when a page asks."""
+        per = self.per_day
+        if prefix == self.root:
+            if key_type == "file":
+                return Seq(self.total, lambda j: (self.key(*divmod(j, per)), False, 0.0))
+            return Seq(self.days, lambda d: (f"{self.root}{self.day_name(d)}/", True, self.newest(d)))
+        rest = prefix[len(self.root):]
+        d = self.day_index(rest[:-1]) if rest.endswith("/") else None
+        if d is None or key_type == "directory":
+            return Seq(0, lambda j: None)
+        return Seq(per, lambda n: (self.key(d, n), False, 0.0))
+
+    def folder_pages(self, max_results: int = 1000) -> int:
+        """Listing pages of the tree's folders (the root and every day), folder by folder."""
+        return -(-self.days // max_results) + self.days * -(-self.per_day // max_results)
+
+
 class AlvariaEmulator(Emulator):
     name = "alvaria"
 
     def __init__(self, *, org: str = ORG, api_key: str = API_KEY, client_id: str = CLIENT_ID,
                  client_secret: str = CLIENT_SECRET, token_ttl: float = 3600.0,
-                 url_ttl: int = 3600, page_limit: int = 1000, urls_in_listing: bool = True, **kw):
+                 url_ttl: int = 3600, page_limit: int = 1000, urls_in_listing: bool = True,
+                 scale: AlvariaScale | None = None, **kw):
         super().__init__(**kw)
+        self.scale = scale
         self.org = org
         self.api_key = api_key
         self.client_id = client_id
@@ -130,9 +235,21 @@ class AlvariaEmulator(Emulator):
     # -- data
     def put(self, key: str, content: bytes | Blob, mtime: float = 1_700_000_000.0) -> None:
         """Store an object; an existing one is overwritten: a new version, a new ETag."""
+        if self.scale is not None and key.startswith(self.scale.root):
+            raise ValueError(f"{key}: the scale tree {self.scale.root} is generated and read-only")
         blob = content if isinstance(content, Blob) else BytesBlob(content)
         old = self.objects.get(key)
         self.objects[key] = StoredObject(blob, mtime, old.version + 1 if old else 1)
+
+    def _get(self, key: str) -> StoredObject | None:
+        """A stored object, else a generated one (scale mode), else None."""
+        obj = self.objects.get(key)
+        if obj is None and self.scale is not None:
+            obj = self.scale.object(key)
+        return obj
+
+    def _any_under(self, prefix: str) -> bool:
+        return bool(self.objects.under(prefix)) or (self.scale is not None and self.scale.has_under(prefix))
 
     def api_url(self, version: str = "v3") -> str:
         return f"{self.url}/via/{version}/organizations/{self.org}"
@@ -184,7 +301,7 @@ class AlvariaEmulator(Emulator):
         if is_dir:
             return {"kind": "objectKey", "key": self._slash(key), "keyName": name, "size": "",
                     "lastModifiedTime": iso_ms(mtime), "keyType": "directory", "childObjectKeys": []}
-        obj = self.objects[key]
+        obj = self._get(key)
         item = {"kind": "objectKey", "key": key, "keyName": name, "size": kb_string(obj.blob.size),
                 "lastModifiedTime": iso_ms(obj.mtime), "keyType": "file"}
         if self.urls_in_listing:
@@ -192,13 +309,24 @@ class AlvariaEmulator(Emulator):
             item.update(signedUploadUrl=" ", signedDownloadUrl=url, nativeSignedDownloadUrl=url)
         return item
 
-    def _list(self, prefix: str, key_type: str) -> list[tuple[str, bool, float]]:
+    def _list(self, prefix: str, key_type: str):
         """(key, is_dir, mtime) for a listing, in key order; a directory's mtime is
-        its newest object's."""
+        its newest object's. A list, or (scale mode) a lazy sequence read by slices."""
+        scale = self.scale
+        if scale is not None and prefix.startswith(scale.root):
+            return scale.items(prefix, key_type)
+        above = scale is not None and scale.root.startswith(prefix)    # the scale tree is below
         under = self.objects.under(prefix)
         if key_type == "file":
-            return [(k, False, 0.0) for k in under]
+            files = [(k, False, 0.0) for k in under]
+            if above:
+                cut = bisect.bisect_left(under, scale.root)
+                return Concat(files[:cut], scale.items(scale.root, "file"), files[cut:])
+            return files
         files, dirs = [], {}
+        if above:
+            d = prefix + scale.root[len(prefix):].split("/", 1)[0] + "/"
+            dirs[d] = scale.newest()
         for k in under:
             rest = k[len(prefix):]
             if "/" in rest:
@@ -226,7 +354,7 @@ class AlvariaEmulator(Emulator):
             return json_response({"message": f"invalid keyType {key_type}"}, 400)
         prefix = key if (key == "" or key.endswith("/")) else key + "/"
         items = self._list(prefix, key_type)
-        if not items and prefix and not self.objects.under(prefix):
+        if not items and prefix and not self._any_under(prefix):
             return json_response({"message": "No record exists for the provided key"}, 404)
         version = req.match.group("ver")
         try:
@@ -255,6 +383,8 @@ class AlvariaEmulator(Emulator):
         if denied:
             return denied
         key = req.query.get("key", "")
+        if self.scale is not None and self.scale.parse(key) is not None:
+            return json_response({"message": "Forbidden: the scale tree is read-only"}, 403)
         if key not in self.objects:
             return json_response({"message": "No record exists for the provided key"}, 404)
         del self.objects[key]
@@ -303,7 +433,7 @@ class AlvariaEmulator(Emulator):
         if denied:
             return denied
         key = req.query.get("key", "")
-        obj = self.objects.get(key)
+        obj = self._get(key)
         if obj is None:
             return json_response({"message": "No record exists for the provided key"}, 404)
         url = self.signed_url(key)
@@ -324,7 +454,8 @@ class AlvariaEmulator(Emulator):
         if denied:
             return denied
         key = req.query.get("key", "")
-        if not key.startswith("imports/") or key.endswith("/"):
+        if not key.startswith("imports/") or key.endswith("/") or \
+                (self.scale is not None and key.startswith(self.scale.root)):
             # the credentials' scopes cover uploads to imports/ only
             return json_response({"message": "Forbidden: no upload scope for this key"}, 403)
         url = self.signed_upload_url(key)
@@ -358,7 +489,7 @@ class AlvariaEmulator(Emulator):
         if denied:
             return denied
         key = req.match.group("key")
-        obj = self.objects.get(key)
+        obj = self._get(key)
         if obj is None:
             return self._s3_error("NoSuchKey", "The specified key does not exist.", 404)
         return range_response(req, obj.blob, {"ETag": f'"{hashlib.md5(f"{key}:{obj.version}".encode()).hexdigest()}"',
