@@ -43,6 +43,12 @@ body, or 204). A body that is not a non-empty array of strings → 400; more tha
 deleted), "partial" (the known ones deleted, then 404) or "ignore" (the known ones
 deleted, success). `deletes` records (region, ids) of every DELETE that deleted
 something; faults match the route name `bulk_delete`.
+
+Scale mode (issue 20): `scale=ScaleRegion(...)` adds a generated, read-only region
+whose objects (fields, tags, bytes, MD5) are computed from (type, day, k) when a
+search, a read or a bulk job needs them, so a year of 1,000 recordings a day costs
+the emulator nearly nothing; they answer every search, read and job as the same
+objects stored would. Adding or deleting objects there is refused.
 """
 from __future__ import annotations
 
@@ -52,6 +58,7 @@ import datetime as dt
 import email.utils
 import functools
 import hashlib
+import heapq
 import os
 import random
 import re
@@ -67,6 +74,7 @@ from typing import Any
 
 from .base import (Blob, BytesBlob, Emulator, FileBlob, Request, Response,
                    json_response, new_token, precondition_failed, range_response)
+from .scale import ScaleBlob, day_start, stable_hash, time_in_day
 
 UTC = dt.timezone.utc
 VALID_REGIONS = ("us-west", "us-east", "uk", "ap", "ca")
@@ -286,6 +294,290 @@ class CorruptBlob(Blob):
         return data
 
 
+# --------------------------------------------------------------------------- scale mode
+
+def sort_key(obj: StoredObject, field_name: str):
+    """How a search orders objects by `field_name`: numbers before strings, ties by id."""
+    v = obj.value(field_name)
+    return (0, v, obj.id) if isinstance(v, int) else (1, str(v or ""), obj.id)
+
+
+class _Unplanned(Exception):
+    """A search a scale region cannot answer from positions (see ScaleRegion)."""
+
+
+_SCALE_ID_RE = re.compile(r"([0-9a-f]{4})([0-9a-f]{4})-([0-9a-f]{4})-4([0-9a-f])[0-9a-f]{2}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Niklaus")
+_LAST_NAMES = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
+               "Perlman", "Wirth")
+
+
+@dataclass(frozen=True)
+class ScaleRegion:
+    """A generated, read-only region (issue 20): for each (type, count) of `types`,
+    `count` objects a day for `days` days from `start`, with the fields and tags real
+    recordings carry, computed from (type, day, k) whenever a search, a read or a
+    bulk job needs them. Nothing is stored per object.
+
+    Object k of a day is created at a time spread over the day that increases with k
+    (so no two objects of a type share a createdTime; updatedTime is the same).
+    Ids are UUID-shaped and sort as (type index, day, k). Sizes lie between
+    `min_size` and `max_size`; the content is a `ScaleBlob` and the checksum its real
+    MD5 (cheap to compute for that blob).
+
+    A search is answered from positions (bisection over the time order, a merge for
+    several types) when its filter ANDs comparisons of `type` (==, !=, or an OR of
+    ==), of createdTime/updatedTime (anything but !=) and of objectState, and it sorts
+    by createdTime, updatedTime, type or id. That covers every search recfs's 8x8
+    client makes (type probes, time-window probes, day pages) and a plain client's
+    paging of a whole region. Any other search generates every object of the region
+    and filters and sorts them as `_search` does stored ones: the same answer, slowly.
+    """
+    region: str = "ap"
+    types: tuple[tuple[str, int], ...] = (("callrecording", 1000), ("voicemail", 40))
+    start: dt.date = dt.date(2024, 1, 1)
+    days: int = 365
+    min_size: int = 16_000
+    max_size: int = 960_000
+    seed: int = 0
+
+    def __post_init__(self):
+        names = [name for name, _ in self.types]
+        if not names or len(set(names)) != len(names) or len(names) > 0xFFFF:
+            raise ValueError("types: distinct (name, count a day) pairs")
+        if not all(1 <= count <= 86_400 for _, count in self.types):
+            raise ValueError("types: 1 to 86,400 objects a day")
+        if not (1 <= self.days <= 0xFFFF and 0 <= self.min_size <= self.max_size):
+            raise ValueError("days: 1 to 65,535; 0 <= min_size <= max_size")
+
+    # -- the objects
+    @property
+    def total(self) -> int:
+        return self.days * sum(count for _, count in self.types)
+
+    def length(self, t: int) -> int:
+        """Objects of type index `t`; position i is day i // count, k = i % count."""
+        return self.days * self.types[t][1]
+
+    def created(self, t: int, i: int) -> int:
+        """createdTime of object (t, i), epoch seconds."""
+        d, k = divmod(i, self.types[t][1])
+        return int(day_start(self.start, d)) + time_in_day(self.types[t][1], k, self.seed, self.region, t, d)
+
+    def _ms(self, t: int, i: int) -> int:
+        return self.created(t, i) * 1000
+
+    def _digest(self, t: int, d: int, k: int) -> str:
+        ident = f"8x8/{self.seed}/{self.region}/{t}/{d}/{k}".encode()
+        return hashlib.blake2b(ident, digest_size=16).hexdigest()
+
+    def oid(self, t: int, i: int) -> str:
+        d, k = divmod(i, self.types[t][1])
+        h = self._digest(t, d, k)
+        return f"{t:04x}{d:04x}-{k >> 4:04x}-4{k & 15:x}{h[:2]}-{'89ab'[int(h[2], 16) & 3]}{h[3:6]}-{h[6:18]}"
+
+    def locate(self, oid: str) -> tuple[int, int] | None:
+        """(t, i) of a generated id, or None."""
+        m = _SCALE_ID_RE.fullmatch(oid)
+        if not m:
+            return None
+        t, d, k = int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16) * 16 + int(m.group(4), 16)
+        if t >= len(self.types) or d >= self.days or k >= self.types[t][1]:
+            return None
+        i = d * self.types[t][1] + k
+        return (t, i) if self.oid(t, i) == oid else None
+
+    def find(self, oid: str) -> StoredObject | None:
+        at = self.locate(oid)
+        return None if at is None else self.object(*at)
+
+    def object(self, t: int, i: int) -> StoredObject:
+        type_, count = self.types[t]
+        d, k = divmod(i, count)
+        oid = self.oid(t, i)
+        h = int(self._digest(t, d, k), 16)
+        created = self.created(t, i)
+        size = self.min_size + h % (self.max_size - self.min_size + 1)
+        blob = ScaleBlob(f"8x8/{self.seed}/{self.region}/{oid}", size)
+        when = dt.datetime.fromtimestamp(created, UTC)
+        ext = 200 + (h >> 20) % 50
+        duration = max(1000, size * 1000 // 16_000)      # 8 kHz, 16-bit mono
+        tags = {"callId": f"int-{(h >> 24) & 0xFFFFFFFFFF:x}-{(h >> 64) & 0xFFFFFFFF:x}",
+                "startTime": str(created * 1000), "endTime": str(created * 1000 + duration),
+                "duration": str(duration), "direction": "INBOUND" if (h >> 100) & 1 else "OUTBOUND"}
+        if type_ == "callrecording":
+            name = f"ipbx:acmecorp:callrecording:users:{ext}:{when:%Y%m%d-%H%M%S}-{k:06d}_E.wav"
+            tags.update(pbxId="acmecorp", extensionNumber=str(ext), callerId=f"+1669555{(h >> 40) % 10000:04d}",
+                        userName=f"{_FIRST_NAMES[ext % 10]} {_LAST_NAMES[ext // 10 % 10]}")
+        elif type_ == "callcenterrecording":
+            name = f"int-{(h >> 24) & 0xFFFFFFFFFF:x}-{when:%Y%m%d-%H%M%S}-{k:06d}-supertenantcsm01.wav"
+            tags.update(agentId=f"ag{1000 + ext}", queueName="Support", tenantId="acmecorp01")
+        else:
+            name = f"{type_}-{when:%Y%m%d-%H%M%S}-{k:06d}.wav"
+        user = base64.urlsafe_b64encode(hashlib.blake2b(f"user{ext}".encode(), digest_size=16).digest())
+        bucket = uuid.UUID(int=stable_hash("bucket", self.seed, self.region) << 64 | stable_hash(self.region),
+                           version=4)
+        return StoredObject(id=oid, region=self.region, type=type_, objectName=name, blob=blob,
+                            created=float(created), updated=float(created), mimeType="audio/wav",
+                            checksum=blob.md5(), userId=user.decode().rstrip("="), bucketId=str(bucket),
+                            tags=tags)
+
+    def objects(self):
+        """Every object, in (type index, position) order."""
+        for t in range(len(self.types)):
+            for i in range(self.length(t)):
+                yield self.object(t, i)
+
+    def flat_pages(self, limit: int = 100) -> int:
+        """Pages of a search of everything in the region at `limit` a page."""
+        return max(1, -(-self.total // limit))
+
+    def folder_pages(self, limit: int = 100) -> int:
+        """Pages of one search per (type, day), as day folders are listed."""
+        return self.days * sum(-(-count // limit) for _, count in self.types)
+
+    # -- searches
+    def search(self, tree, sort_field: str, direction: str, offset: int,
+               limit: int) -> tuple[list[StoredObject], int]:
+        """One page of a search and the number of matches, as `_search` would answer
+        with these objects stored. FiqlError for a filter it would refuse."""
+        try:
+            ranges = self._ranges(tree)
+            ordered = self._order(ranges, sort_field)
+        except _Unplanned:
+            return self._search_all(tree, sort_field, direction, offset, limit)
+        total = sum(b - a for a, b in ranges.values())
+        if direction == "DESC":        # keys are unique: DESC is ASC reversed
+            at = ordered(max(0, total - offset - limit), max(0, total - offset))[::-1]
+        else:
+            at = ordered(offset, min(total, offset + limit))
+        return [self.object(t, i) for t, i in at], total
+
+    def _search_all(self, tree, sort_field, direction, offset, limit):
+        hits = []
+        for t in range(len(self.types)):
+            for i in range(self.length(t)):
+                obj = self.object(t, i)
+                if tree is None or evaluate(tree, obj):
+                    hits.append((sort_key(obj, sort_field), t, i))
+        hits.sort(reverse=direction == "DESC")
+        return [self.object(t, i) for _, t, i in hits[offset:offset + limit]], len(hits)
+
+    def _ranges(self, tree) -> dict[int, tuple[int, int]]:
+        """For every type the filter admits, the positions [a, b) it matches."""
+        types = set(range(len(self.types)))
+        bounds = [None, None]          # createdTime in ms, both inclusive
+        index = {name: t for t, (name, _) in enumerate(self.types)}
+
+        def bound(op: str, v: int) -> None:
+            if op in ("=ge=", "=gt=", "=="):
+                v_lo = v + (op == "=gt=")
+                bounds[0] = v_lo if bounds[0] is None else max(bounds[0], v_lo)
+            if op in ("=le=", "=lt=", "=="):
+                v_hi = v - (op == "=lt=")
+                bounds[1] = v_hi if bounds[1] is None else min(bounds[1], v_hi)
+
+        def visit(node) -> None:
+            nonlocal types
+            if node[0] == "and":
+                for n in node[1]:
+                    visit(n)
+                return
+            if node[0] == "or":
+                if not all(n[0] == "cmp" and n[1] == "type" and n[2] == "==" for n in node[1]):
+                    raise _Unplanned
+                types &= {index[n[3]] for n in node[1] if n[3] in index}
+                return
+            _, selector, op, raw = node
+            if selector == "type" and op in ("==", "!="):
+                named = {index[raw]} if raw in index else set()
+                types = types & named if op == "==" else types - named
+            elif selector in TIME_FIELDS and op != "!=" and re.fullmatch(r"-?\d+", raw):
+                bound(op, int(raw))
+            elif selector == "objectState" and op in ("==", "!="):
+                if (raw == "AVAILABLE") != (op == "=="):     # every generated object is AVAILABLE
+                    types = set()
+            else:
+                raise _Unplanned
+
+        if tree is not None:
+            visit(tree)
+        lo, hi = bounds
+        out = {}
+        for t in sorted(types):
+            n = self.length(t)
+            a = 0 if lo is None else self._first_at(t, lo, 0, n)
+            b = n if hi is None else self._first_at(t, hi + 1, a, n)
+            if a < b:
+                out[t] = (a, b)
+        return out
+
+    def _first_at(self, t: int, ms: int, a: int, b: int) -> int:
+        """The first position in [a, b) of type t created at or after `ms` (b if none)."""
+        while a < b:
+            mid = (a + b) // 2
+            if self._ms(t, mid) < ms:
+                a = mid + 1
+            else:
+                b = mid
+        return a
+
+    def _order(self, ranges: dict[int, tuple[int, int]], sort_field: str):
+        """A function (r0, r1) -> the (t, i) of ranks [r0, r1) in the ascending order."""
+        if sort_field in TIME_FIELDS:
+            return lambda r0, r1: self._merged(ranges, r0, r1)
+        if sort_field == "type":
+            seq = sorted(ranges, key=lambda t: self.types[t][0])
+        elif sort_field == "id":
+            seq = sorted(ranges)
+        else:
+            raise _Unplanned
+
+        def concatenated(r0: int, r1: int) -> list[tuple[int, int]]:
+            out, base = [], 0
+            for t in seq:
+                a, b = ranges[t]
+                lo, hi = max(r0 - base, 0), min(r1 - base, b - a)
+                out += [(t, a + j) for j in range(lo, hi)]
+                base += b - a
+            return out
+        return concatenated
+
+    def _merged(self, ranges: dict[int, tuple[int, int]], r0: int, r1: int) -> list[tuple[int, int]]:
+        """Ranks [r0, r1) of the types' ranges merged by (createdTime, id): within a type
+        times increase with position, and at equal times ids order by type index."""
+        if r0 >= r1:
+            return []
+        if len(ranges) == 1:
+            (t, (a, _)), = ranges.items()
+            return [(t, a + j) for j in range(r0, r1)]
+
+        def earlier(ms: int) -> int:           # matches created before `ms`
+            return sum(self._first_at(t, ms, a, b) - a for t, (a, b) in ranges.items())
+        lo = min(self._ms(t, a) for t, (a, _) in ranges.items())
+        hi = max(self._ms(t, b - 1) for t, (_, b) in ranges.items())
+        while lo < hi:                          # the largest ms with earlier(ms) <= r0
+            mid = (lo + hi + 1) // 2
+            if earlier(mid) <= r0:
+                lo = mid
+            else:
+                hi = mid - 1
+        heap = []
+        for t, (a, b) in ranges.items():
+            p = self._first_at(t, lo, a, b)
+            if p < b:
+                heap.append((self._ms(t, p), t, p))
+        heapq.heapify(heap)
+        skip = r0 - earlier(lo)
+        out: list[tuple[int, int]] = []
+        while heap and len(out) < skip + (r1 - r0):
+            _, t, p = heapq.heappop(heap)
+            out.append((t, p))
+            if p + 1 < ranges[t][1]:
+                heapq.heappush(heap, (self._ms(t, p + 1), t, p + 1))
+        return out[skip:]
+
+
 # --------------------------------------------------------------------------- emulator
 
 class EightByEight(Emulator):
@@ -301,7 +593,8 @@ class EightByEight(Emulator):
                  presign_lifetime: int = 1800, read_only_key: bool = False,
                  restore_seconds: float = 5.0, zip_compression: int = zipfile.ZIP_DEFLATED,
                  delete_status: int = 200, delete_unknown: str = "reject",
-                 delete_max_ids: int | None = None, **kw):
+                 delete_max_ids: int | None = None,
+                 scale: ScaleRegion | tuple[ScaleRegion, ...] = (), **kw):
         super().__init__(**kw)
         self.client_id = client_id
         self.client_secret = client_secret
@@ -337,6 +630,10 @@ class EightByEight(Emulator):
         self._lock = threading.RLock()
         self._zip_dir = tempfile.mkdtemp(prefix="recfs-8x8-zips-")
         self._rng = random.Random(0)
+        # scale mode: generated, read-only regions, by name
+        self.scales: dict[str, ScaleRegion] = {
+            r.region: r for r in ((scale,) if isinstance(scale, ScaleRegion) else scale)}
+        self.regions += [r for r in self.scales if r not in self.regions]
 
         base = r"/storage/(?P<region>[^/]+)/v3"
         self.route("POST", r"/oauth/v2/token", "token", self._token)
@@ -372,6 +669,8 @@ class EightByEight(Emulator):
                    state: str = "AVAILABLE", tags: dict[str, str] | None = None,
                    checksum: str | None = None, updated: float | None = None,
                    bucketId: str | None = None) -> StoredObject:
+        if region in self.scales:
+            raise ValueError(f"{region} is a generated (scale) region: it is read-only")
         if isinstance(blob, (bytes, bytearray)):
             blob = BytesBlob(blob)
         if isinstance(created, dt.datetime):
@@ -476,7 +775,16 @@ class EightByEight(Emulator):
 
     def _find(self, region: str, oid: str) -> StoredObject | None:
         obj = self.objects.get(oid)
+        if obj is None and region in self.scales:
+            obj = self.scales[region].find(oid)
         return obj if obj is not None and obj.region == region else None
+
+    def _any(self, oid: str) -> StoredObject | None:
+        """The object `oid` in whichever region, stored or generated."""
+        obj = self.objects.get(oid)
+        for scale in self.scales.values():
+            obj = obj or scale.find(oid)
+        return obj
 
     # ------------------------------------------------------------------ routes
     def _token(self, req: Request) -> Response:
@@ -534,28 +842,31 @@ class EightByEight(Emulator):
         if direction not in ("ASC", "DESC"):
             return self._fault(400, "sortDirection must be ASC or DESC")
         sort_field = q.get("sortField") or "createdTime"
-        with self._lock:
-            candidates = [o for o in self.objects.values() if o.region == region]
-        matches = []
-        try:
-            for obj in candidates:
-                state = self._state(obj)
-                if "objectState" not in named and state != "AVAILABLE":
-                    continue
-                if tree is None or evaluate(tree, obj):
-                    matches.append(obj)
-        except FiqlError as exc:
-            return self._fault(400, f"invalid filter: {exc}")
-
-        def key(o: StoredObject):
-            v = o.value(sort_field)
-            return (0, v, o.id) if isinstance(v, int) else (1, str(v or ""), o.id)
-        matches.sort(key=key, reverse=direction == "DESC")
-        page = matches[offset:offset + limit]
-        body: dict[str, Any] = {"lastPage": offset + limit >= len(matches), "pageKey": offset + limit,
+        if region in self.scales:
+            try:
+                page, total = self.scales[region].search(tree, sort_field, direction, offset, limit)
+            except FiqlError as exc:
+                return self._fault(400, f"invalid filter: {exc}")
+        else:
+            with self._lock:
+                candidates = [o for o in self.objects.values() if o.region == region]
+            matches = []
+            try:
+                for obj in candidates:
+                    state = self._state(obj)
+                    if "objectState" not in named and state != "AVAILABLE":
+                        continue
+                    if tree is None or evaluate(tree, obj):
+                        matches.append(obj)
+            except FiqlError as exc:
+                return self._fault(400, f"invalid filter: {exc}")
+            matches.sort(key=lambda o: sort_key(o, sort_field), reverse=direction == "DESC")
+            page = matches[offset:offset + limit]
+            total = len(matches)
+        body: dict[str, Any] = {"lastPage": offset + limit >= total, "pageKey": offset + limit,
                                 "pageSize": len(page), "content": [self.render(o) for o in page]}
         if self.include_total:
-            body["total"] = -(-len(matches) // limit)
+            body["total"] = -(-total // limit)
         return json_response([body] if self.listing_as_array else body)
 
     def _object(self, req: Request) -> Response:
@@ -632,7 +943,7 @@ class EightByEight(Emulator):
                           b"<Message>Request has expired</Message></Error>")
         if grant is None or grant[0] != req.match.group("id") or self.now() >= grant[1]:
             return denied
-        obj = self.objects.get(grant[0])
+        obj = self._any(grant[0])
         problem = self._readable(obj)
         return problem or self._serve(req, obj)
 
@@ -702,7 +1013,7 @@ class EightByEight(Emulator):
             if final in ("DONE", "PARTIAL_DONE"):
                 if not set(ids) - missing:
                     final = "FAILED"
-                elif sum(self.objects[i].size for i in set(ids) - missing) > self.bulk_limit_bytes:
+                elif sum(self._find(region, i).size for i in set(ids) - missing) > self.bulk_limit_bytes:
                     final = "FAILED"
             polls = self.bulk_polls if plan.polls is None else plan.polls
             job = Job(zip_name=f"{uuid.uuid4()}.zip", region=region, ids=list(ids), plan=plan,
@@ -787,7 +1098,7 @@ class EightByEight(Emulator):
                 for oid in job.ids:
                     if oid in job.missing:
                         continue
-                    obj = self.objects[oid]
+                    obj = self._find(job.region, oid)
                     blob = CorruptBlob(obj.blob) if oid in corrupt else obj.blob
                     stamp = dt.datetime.fromtimestamp(obj.created, dt.timezone.utc)
                     info = zipfile.ZipInfo(obj.objectName, date_time=(
@@ -814,6 +1125,8 @@ class EightByEight(Emulator):
             return self._fault(400, "the body must be a non-empty JSON array of object ids")
         if self.delete_max_ids is not None and len(ids) > self.delete_max_ids:
             return self._fault(400, f"at most {self.delete_max_ids} ids per request")
+        if region in self.scales and any(self.scales[region].locate(i) for i in ids):
+            return self._fault(403, f"{region} is a generated (scale) region: it is read-only")
         with self._lock:
             known, unknown = [], []
             for oid in dict.fromkeys(ids):
