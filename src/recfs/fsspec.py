@@ -26,9 +26,9 @@ the cache, single flight, read-ahead, bulk jobs, uploads and deletes are the mou
  S4. Changes follow the mount's rules: files can be written (`open(..., "wb")`,
      `put`, `pipe`, `touch`) and folders made only where the service takes uploads
      (Alvaria `imports/`), and close reports whether the upload landed; `rm` deletes
-     on the service only for sources with `allow_delete`; everything else is refused
-     as the mount refuses it, with an OSError carrying the errno (EROFS, EEXIST,
-     ENOENT, EISDIR, ...). Moves are refused (EROFS), as rename is.
+     on the service only for sources with `allow_delete`; `mv` moves a file only where
+     rename through the mount would; everything else is refused as the mount refuses
+     it, with an OSError carrying the errno (EROFS, EEXIST, ENOENT, EISDIR, ...).
  S5. Errors are OSErrors with the errno the mount would answer; a path that is not
      there is FileNotFoundError.
 """
@@ -101,10 +101,7 @@ async def _resolve(core: Core, path: str) -> Node:
 
 
 def _metadata(core: Core, node: Node) -> dict[str, str]:
-    # once a folder's snapshot has left RAM its metadata is read back by the tree
-    xattrs = getattr(core.tree, "xattrs", None)
-    values = xattrs(node) if xattrs is not None else node.entry.xattrs
-    return {k: str(v) for k, v in values.items()}
+    return {k: str(v) for k, v in core.xattrs(node).items()}
 
 
 def _info(core: Core, node: Node, path: str) -> dict[str, Any]:
@@ -305,6 +302,16 @@ async def _rmdir(core: Core, path: str) -> None:
     if folder is core.tree.root:
         raise CoreError(errno.EROFS if name in folder.children else errno.ENOENT)
     await core.rmdir(folder, name)
+
+
+async def _rename(core: Core, path1: str, path2: str) -> None:
+    """A move, where the mount's rename would do it (the core decides; EROFS elsewhere)."""
+    (parent1, name1), (parent2, name2) = _split(path1), _split(path2)
+    old, new = await _resolve(core, parent1), await _resolve(core, parent2)
+    rename = getattr(core, "rename", None)
+    if rename is None or old is core.tree.root or new is core.tree.root or not name2:
+        raise CoreError(errno.EROFS)
+    await rename(old, name1, new, name2)
 
 
 async def _refresh(core: Core, path: str) -> int:
@@ -747,8 +754,14 @@ class RecfsFileSystem(AbstractFileSystem):
                     raise
 
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
-        """Refused, as rename is through the mount (S4)."""
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), _strip(path1))
+        """A file moved as rename moves it through the mount: where the service can (the
+        core decides), else EROFS; never a copy and a delete (S4)."""
+        if isinstance(path1, list) or isinstance(path2, list):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path1))
+        path1, path2 = _strip(path1), _strip(path2)
+        if self.isdir(path2):
+            path2 = _join(path2, _split(path1)[1])
+        self._run(_rename, path1, path2, path=path1)
 
     def modified(self, path):
         import datetime

@@ -16,7 +16,7 @@ object store (test_fsspec.py checks recfs's own behaviour there):
 - the pipe suite (one test): it overwrites a file that has reached the service, which
   is refused (EROFS), as `cp` over an uploaded file through the mount;
 - fsspec's mv tests (plain functions of the local filesystem, not a suite): recfs
-  refuses moves (EROFS), as the mount refuses rename.
+  moves a file only where rename through the mount does (EROFS elsewhere).
 The suites' clean-up fixtures remove the scenario folders for the same reason: each
 test writes into a folder of its own instead, and two of the scenarios get their
 "source" folder made first (recfs, as the mount, makes no missing parent of a file
