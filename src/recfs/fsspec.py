@@ -329,6 +329,7 @@ class _Reader(io.RawIOBase):
         self._fs = fs
         self.path = self.name = path       # name: what tools that guess by extension read
         self._node, self._handle, self.size, _ = fs._run(_open_read, path, 0, path=path)
+        self._generation = fs._core.generation
         self._pos = 0
 
     def readable(self) -> bool:
@@ -357,6 +358,7 @@ class _Reader(io.RawIOBase):
     def _get(self, length: int) -> bytes:
         if self.closed:
             raise ValueError("I/O operation on closed file")
+        _same_core(self._fs, self._generation, self.path)
         length = min(length, self.size - self._pos)
         if length <= 0:
             return b""
@@ -376,9 +378,20 @@ class _Reader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
-                self._fs._core.run_sync(_release, self._handle)
+                if _alive(self._fs, self._generation):
+                    self._fs._core.run_sync(_release, self._handle)
             finally:
                 super().close()
+
+
+def _alive(fs: "RecfsFileSystem", generation: int) -> bool:
+    """Whether the core an open file was opened on still runs (not closed since)."""
+    return fs._core.generation == generation and fs._core.running
+
+
+def _same_core(fs: "RecfsFileSystem", generation: int, path: str) -> None:
+    if not _alive(fs, generation):
+        raise OSError(errno.EBADF, "the recfs filesystem was closed since this file was opened", path)
 
 
 class _Writer(io.RawIOBase):
@@ -390,6 +403,7 @@ class _Writer(io.RawIOBase):
         self._fs = fs
         self.path = path
         self._handle = fs._run(_create, path, mode, path=path)
+        self._generation = fs._core.generation
         self._pos = fs._core.run_sync(lambda core, h: h.node.entry.size or 0, self._handle) \
             if mode == "ab" else 0
 
@@ -403,6 +417,7 @@ class _Writer(io.RawIOBase):
         if self.closed:
             raise ValueError("I/O operation on closed file")
         data = bytes(data)
+        _same_core(self._fs, self._generation, self.path)
         n = self._fs._run(_write, self._handle, self._pos, data, path=self.path, sync=True)
         self._pos += n
         return n
@@ -410,6 +425,8 @@ class _Writer(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
+                # a core closed first leaves the file staged, never sent (U4 in uploads.py)
+                _same_core(self._fs, self._generation, self.path)
                 self._fs._run(_close_written, self._handle, path=self.path)
             finally:
                 super().close()
@@ -669,6 +686,7 @@ class RecfsFileSystem(AbstractFileSystem):
         """One file to local disk: its first COPY_BLOCK bytes come with the open (one
         call for a recording of usual size), the rest COPY_BLOCK at a time."""
         node, handle, size, data = self._run(_open_read, rpath, COPY_BLOCK, path=rpath)
+        generation = self._core.generation
         try:
             callback.set_size(size)
             own = not hasattr(lpath, "write")
@@ -685,12 +703,14 @@ class RecfsFileSystem(AbstractFileSystem):
                     callback.relative_update(len(data))
                     if pos >= size or not data:
                         break
+                    _same_core(self, generation, rpath)
                     data = self._run(_read, node, handle, pos, COPY_BLOCK, path=rpath)
             finally:
                 if own:
                     out.close()
         finally:
-            self._core.run_sync(_release, handle)
+            if _alive(self, generation):
+                self._core.run_sync(_release, handle)
 
     # -- changes (S4)
     def mkdir(self, path, create_parents=True, **kwargs):

@@ -61,6 +61,7 @@ class CoreThread:
         self._error: BaseException | None = None
         self._slot_fd: int | None = None
         self._pid = os.getpid()
+        self.generation = 0         # how many times it started: open files belong to one
 
     # -- the caller's side
     def run(self, afn: Callable[..., Awaitable[Any]], *args) -> Any:
@@ -70,6 +71,8 @@ class CoreThread:
 
     def run_sync(self, fn: Callable[..., Any], *args) -> Any:
         """`fn(core, *args)` on the core's thread (for the core's synchronous methods)."""
+        if threading.current_thread() is self._thread:     # a file closed by the collector there
+            return fn(self.core, *args)
         token = self._started()
         return trio.from_thread.run_sync(fn, self.core, *args, trio_token=token)
 
@@ -80,6 +83,8 @@ class CoreThread:
     def _started(self) -> trio.lowlevel.TrioToken:
         if self.running and self._pid == os.getpid():
             return self._token
+        if _exiting:
+            raise RuntimeError("recfs: the interpreter is exiting; the core is closed")
         with self._lock:
             if self._pid != os.getpid():        # C3: forked: the thread is not here
                 self._forget_after_fork()
@@ -93,6 +98,7 @@ class CoreThread:
         self._ready.clear()
         self._error = None
         self.core = None
+        self.generation += 1
         self._take_slot()
         self._thread = threading.Thread(target=self._main, name="recfs-core", daemon=True)
         self._thread.start()
@@ -212,7 +218,13 @@ def core_thread(key: tuple, make: Callable[[], CoreThread]) -> CoreThread:
         return thread
 
 
+_exiting = False
+
+
 def close_all() -> None:
+    """At exit: stop every core, and start none again (files left open are dropped)."""
+    global _exiting
+    _exiting = True
     with _threads_lock:
         threads = list(_threads.values())
     for thread in threads:

@@ -252,6 +252,23 @@ def test_one_core_per_config_per_process_started_lazily_and_closed(emu, tmp_path
     fs.close()
 
 
+def test_files_open_when_the_filesystem_closes_fail_and_start_nothing(emu, tmp_path):
+    fs = filesystem(write_config([alvaria_table(emu, "alv")], tmp_path))
+    reader = fs.open(f"{CALLS}/d0/c005.wav", block_size=1024)
+    assert reader.read(10) == blob(emu, f"{CALLS}/d0/c005.wav")[:10]
+    writer = fs.open("alv/imports/late.csv", "wb")
+    fs.close()
+    with pytest.raises(OSError) as e:
+        reader.read(5000)
+    assert e.value.errno == errno.EBADF
+    reader.close()
+    with pytest.raises(OSError):
+        writer.close()
+    assert not fs._core.running and "imports/late.csv" not in emu.objects
+    assert fs.cat_file(f"{CALLS}/d0/c005.wav") == blob(emu, f"{CALLS}/d0/c005.wav")   # a new start
+    fs.close()
+
+
 def test_a_second_process_takes_its_own_cache(emu, tmp_path):
     config = write_config([alvaria_table(emu, "alv")], tmp_path)
     fs = RecfsFileSystem(config=str(config))

@@ -53,6 +53,9 @@ class Entry:
     rounded size or none); `size_hint` is the best guess until then.
     `version` changes whenever the content may have changed: it is part of the
     cache key, so a new version never serves old bytes.
+    `xattrs` is the metadata users read (`user.*` attributes). Once listed, a file's
+    metadata lives in the metadata index only (tree.py T7): the entries the core hands
+    back to a verb carry none, so what a verb needs (an owner, a duration) goes in `ref`.
     """
     name: str
     kind: Kind
