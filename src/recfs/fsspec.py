@@ -154,15 +154,18 @@ async def _tree(core: Core, path: str, maxdepth: int | None, sizes: bool,
     if not root.is_dir:
         return []
     found: dict[str, list[tuple[Node, dict]]] = {}
+    failed: list[Exception] = []
     limiter = trio.CapacityLimiter(LIST_CONCURRENCY)
 
     async def visit(nursery: trio.Nursery, node: Node, where: str, depth: int) -> None:
         try:
             async with limiter:
                 listed = await _listing(core, node, where, sizes)
-        except Exception:
-            if on_error == "raise":
-                raise
+        except Exception as exc:
+            if on_error == "raise":         # the first failure ends the walk, as itself
+                failed.append(exc)
+                nursery.cancel_scope.cancel()
+                return
             listed = []
         found[where] = listed
         if maxdepth is None or depth < maxdepth:
@@ -172,6 +175,8 @@ async def _tree(core: Core, path: str, maxdepth: int | None, sizes: bool,
 
     async with trio.open_nursery() as nursery:
         await visit(nursery, root, path, 1)
+    if failed:
+        raise failed[0]
     out: list[tuple[str, list[dict]]] = []
     stack = [path]
     while stack:

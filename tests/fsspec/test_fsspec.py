@@ -90,6 +90,19 @@ def test_listings_find_walk_and_glob_agree(fs, emu):
     assert fs.find(f"{CALLS}/d9") == [] and not fs.exists(f"{CALLS}/d9")
 
 
+def test_a_folder_that_cannot_be_listed_is_eio_or_left_out(fs, emu):
+    fs.ls(CALLS, detail=False)
+    emu.faults.add(Fault("status", route="objectKeys", times=-1, status=500))
+    assert list(fs.walk(CALLS)) == [(CALLS, ["d0", "d1"], []), (f"{CALLS}/d0", [], []),
+                                    (f"{CALLS}/d1", [], [])]
+    with pytest.raises(OSError) as e:
+        list(fs.walk(CALLS, on_error="raise"))
+    assert e.value.errno == errno.EIO and "500" in str(e.value)
+    with pytest.raises(OSError) as e:
+        fs.ls(f"{CALLS}/d0")
+    assert e.value.errno == errno.EIO
+
+
 def test_a_new_recording_appears_after_invalidate_cache(fs, emu):
     assert not fs.exists(f"{CALLS}/d0/new.wav")
     emu.put("exports/calls/d0/new.wav", b"RIFF....", T0)
