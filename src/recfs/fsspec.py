@@ -205,9 +205,11 @@ async def _plan(core: Core, paths: list[str]) -> list[tuple[int, bool]]:
     return order
 
 
-async def _open_read(core: Core, path: str, first: int) -> tuple[Node, Any, int, bytes]:
+async def _open_read(core: Core, path: str, first: int, whole_closes: bool = False
+                     ) -> tuple[Node, Any, int, bytes]:
     """Stat and open a file, as `cp` does through the mount, and read its first
-    `first` bytes: (node, handle, size, bytes)."""
+    `first` bytes: (node, handle, size, bytes). `whole_closes`: a file that came whole
+    is released at once (its handle None)."""
     node = await _resolve(core, path)
     if node.is_dir:
         raise CoreError(errno.EISDIR)
@@ -218,7 +220,11 @@ async def _open_read(core: Core, path: str, first: int) -> tuple[Node, Any, int,
     except BaseException:
         core.release(handle)
         raise
-    return node, handle, node.entry.size or 0, data
+    size = node.entry.size or 0
+    if whole_closes and len(data) >= size:
+        core.release(handle)
+        handle = None
+    return node, handle, size, data
 
 
 async def _read_range(core: Core, path: str, start: int, end: int | None) -> bytes:
@@ -688,9 +694,10 @@ class RecfsFileSystem(AbstractFileSystem):
         self._get_one(_strip(rpath), outfile if outfile is not None else lpath, callback)
 
     def _get_one(self, rpath: str, lpath, callback=DEFAULT_CALLBACK) -> None:
-        """One file to local disk: its first COPY_BLOCK bytes come with the open (one
-        call for a recording of usual size), the rest COPY_BLOCK at a time."""
-        node, handle, size, data = self._run(_open_read, rpath, COPY_BLOCK, path=rpath)
+        """One file to local disk: its first COPY_BLOCK bytes come with the open, and a
+        file no bigger is released in that same call (one call to the core's thread
+        for a recording of usual size); the rest COPY_BLOCK at a time."""
+        node, handle, size, data = self._run(_open_read, rpath, COPY_BLOCK, True, path=rpath)
         generation = self._core.generation
         try:
             callback.set_size(size)
@@ -714,7 +721,7 @@ class RecfsFileSystem(AbstractFileSystem):
                 if own:
                     out.close()
         finally:
-            if _alive(self, generation):
+            if handle is not None and _alive(self, generation):
                 self._core.run_sync(_release, handle)
 
     # -- changes (S4)
