@@ -288,12 +288,9 @@ class Tree:
             return
         listed = [(c.ino, name, c.entry) for name, c in node.children.items() if c.local is None]
         self.index.save(node.ino, node.listed_at, node.ttl, listed)
-        for _, name, entry in listed:
-            if entry.kind is Kind.FILE and entry.xattrs:
-                # a copy: the source may hold the listed entry and read its metadata
-                node.children[name].entry = Entry(entry.name, entry.kind, entry.ref, entry.mtime,
-                                                  entry.size, entry.size_hint, entry.id,
-                                                  entry.version, NO_XATTRS)
+        for _, _, entry in listed:
+            if entry.kind is Kind.FILE:
+                entry.xattrs = NO_XATTRS    # a source keeps what its verbs need in `ref`
 
     def _read_back(self, node: Node, *, fresh_only: bool) -> bool:
         """Put the folder's snapshot from the index back into RAM (T7), with the nodes'
@@ -615,9 +612,7 @@ class Tree:
                 if self._sizing.get(c.ino) is chunk:
                     del self._sizing[c.ino]
             if self.cache is not None and learnt:
-                self.cache.remember_sizes(learnt)
-            if self.index is not None:
-                self.index.set_sizes([(c.ino, c.entry.size) for c in nodes if c.entry.size is not None])
+                self.cache.remember_sizes(learnt)   # a snapshot read back finds them there (T7)
             chunk.done.set()
 
 
