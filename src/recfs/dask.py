@@ -37,6 +37,7 @@ import sys
 import time
 import wave
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from .config import Tuning
@@ -114,10 +115,10 @@ def _cut(group: list[tuple[str, int]], target: int) -> list[list[tuple[str, int]
     """A folder's files in at most as many consecutive runs of equal count as its weight
     holds targets, each run at least CUT_COST_FACTOR times what a cut costs (D1)."""
     weight = sum(s + PER_FILE_WEIGHT for _, s in group)
-    # a copy's reads run ahead of the file it reads: the next folder's sizes up to
-    # AHEAD files on, the small ones fetched whole, and the next small files fetched
-    # ahead; at a cut those belong to another unit, fetched twice if another worker
-    # takes it
+    # a copy's reads run ahead of the file it reads: the sizes of the folder's next
+    # files up to AHEAD files on, the small ones fetched whole, and the next small
+    # files fetched ahead; past a cut those belong to the next unit, fetched twice if
+    # another worker takes it
     small = sum(s for _, s in group if s <= WHOLE_PROBE) / len(group)
     cost = AHEAD * (small + PER_FILE_WEIGHT)
     runs = max(1, min(math.ceil(weight / target), int(weight // (CUT_COST_FACTOR * cost)), len(group)))
@@ -159,6 +160,10 @@ def map_recordings(func: Callable[[str, Any], Any], path: str, *, config, client
     from distributed import as_completed, default_client
 
     client = client or default_client()
+    if not isinstance(config, dict):        # the workers' working directory may be another
+        config = str(Path(config).expanduser().resolve())
+    if cache_dir:
+        cache_dir = str(Path(cache_dir).expanduser().resolve())
     fs_options = {"config": config, "cache_dir": cache_dir, "cache_size": cache_size}
     fs = RecfsFileSystem(**fs_options)
     started = time.monotonic()
