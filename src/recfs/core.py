@@ -25,7 +25,7 @@ from .content.uploads import Staged, Uploads
 from .control import Control
 from .http import Http
 from .index import MetadataIndex
-from .sources.base import Entry, Kind, Source
+from .sources.base import Entry, Kind, Source, SourceError
 from .tree import Local, Node, Tree
 
 log = logging.getLogger("recfs.core")
@@ -313,6 +313,30 @@ class Core:
         await node.source.delete(node.entry)
         log.info("deleted %s", node.path())
         self.tree.remove(node)
+
+    async def rename(self, old_folder: Node, old_name: str, new_folder: Node, new_name: str) -> None:
+        """mv of a service's file within its source, where the source can do it (Kazoo:
+        a soft-deleted recording moved out of deleted/ is restored); everything else is
+        EROFS. The file leaves its folder at once; the folder it went to is listed again
+        at its next access."""
+        node = await self.tree.lookup(old_folder, old_name) if old_folder.is_dir else None
+        if node is None:
+            raise CoreError(errno.ENOENT)
+        if not new_folder.is_dir:
+            raise CoreError(errno.ENOTDIR)
+        if node.is_dir or node.local is not None or node.source is None \
+                or new_folder.source is not node.source or new_folder.local is not None:
+            raise CoreError(errno.EROFS)
+        try:
+            await node.source.rename(node.entry, old_folder.entry.ref, new_folder.entry.ref, new_name)
+        except SourceError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            log.info("mv %s: %s", node.path(), exc)     # a refusal, said once, not an error
+            raise CoreError(errno.EROFS) from None
+        log.info("moved %s to %s/%s", node.path(), new_folder.path(), new_name)
+        self.tree.remove(node)
+        self.tree.invalidate(new_folder)
 
     async def rmdir(self, folder: Node, name: str) -> None:
         node = await self.tree.lookup(folder, name) if folder.is_dir else None

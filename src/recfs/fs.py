@@ -27,6 +27,7 @@ FILE_TIMEOUT = 300.0        # recordings do not change: let the kernel keep what
 NEGATIVE_TIMEOUT = 10.0
 CONTROL_PREFIX = b"user.recfs."
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+RENAME_EXCHANGE = 2         # renameat2(2): swap two names; nothing here can
 
 
 class Operations(pyfuse3.Operations):
@@ -317,7 +318,13 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        if flags & RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        old, new = self._node(parent_inode_old), self._node(parent_inode_new)
+        try:
+            await self.core.rename(old, os.fsdecode(name_old), new, os.fsdecode(name_new))
+        except Exception as exc:
+            raise self._fail(exc, f"moving {os.fsdecode(name_old)} in {old.path()}")
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         raise pyfuse3.FUSEError(errno.EROFS)

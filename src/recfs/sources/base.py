@@ -12,7 +12,8 @@ nothing of the cache or of access patterns. It answers storage verbs:
   bytes over itself;
 - optional capabilities, declared: `bulk` (zip jobs of many files, run by
   `content/bulk.py`), `upload_dir`/`upload` (a folder that takes new files),
-  `delete` (behind the `allow_delete` key).
+  `delete` (behind the `allow_delete` key), `rename` (where the service can move an
+  object; by default EROFS).
 
 The core (tree, reader, cache, access policy) decides what is fetched when; providers
 are asked for listings, sizes, targets and jobs.
@@ -210,6 +211,12 @@ class Source:
         """Delete the object on the service (only called when `allow_delete` is set).
         Raise SourceError (errno EROFS when this kind of object cannot be deleted)."""
         raise SourceError(f"{self.name}: this service offers no delete", errno.EROFS)
+
+    async def rename(self, entry: Entry, from_ref: Hashable, to_ref: Hashable, new_name: str) -> None:
+        """Move the object `entry`, listed in folder `from_ref`, to folder `to_ref` as
+        `new_name`, where the service can (Kazoo: a soft-deleted recording moved out of
+        deleted/ is restored). Raise SourceError (errno EROFS where it cannot)."""
+        raise SourceError(f"{self.name}: this service cannot move or rename objects", errno.EROFS)
 
     def upload_dir(self, ref: Hashable) -> bool:
         """Whether files may be created in the folder `ref` (e.g. Alvaria imports/)."""
