@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from . import fsspec_bench
+from . import fsspec_bench, scale
 from .mounts import RcloneMount, RecfsMount, Server, Trash
 from .servers import DataSet, RingBlob
 
@@ -40,7 +40,7 @@ GB = 1e9
 NO_URLS = ", no URLs in listings"      # the rows measured with Server.listing_urls(False)
 # every benchmark --only can name, in the order they run (B8 last, after B7)
 BENCHMARKS = ("B1", "B3", "B4", "B4nourl", "B5", "B5nourl", "B1wan", "B4wan", "B4wannourl",
-              "B5wan", "B5wannourl", "B10", "B8")
+              "B5wan", "B5wannourl", "B10", "B9", "B8")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -672,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wan-all-runs", action="store_true",
                    help="measure the WAN single-stream limits and rclone every run (27 s each; "
                         "B4 WAN's rclone 6 s each)")
+    p.add_argument("--b9-entries", type=int, help="B9: about how many generated recordings to find "
+                                                   "(default 1,000,000; 20,000 with --quick)")
     p.add_argument("--json", help="also write the raw figures to this file")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -723,7 +725,8 @@ def main(argv: list[str] | None = None) -> int:
                  "B5nourl": partial(bench.b5_b6, listing_urls=False),
                  "B1wan": partial(bench.b1_b2, wan=True), "B4wan": bench.b4_wan,
                  "B4wannourl": partial(bench.b4_wan, listing_urls=False), "B5wan": bench.b5_wan,
-                 "B5wannourl": partial(bench.b5_wan, listing_urls=False), "B10": partial(fsspec_bench.run, bench)}
+                 "B5wannourl": partial(bench.b5_wan, listing_urls=False), "B10": partial(fsspec_bench.run, bench),
+                 "B9": partial(scale.run, bench)}
         for name in BENCHMARKS:
             if name in only and name in steps:
                 steps[name]()
