@@ -92,7 +92,7 @@ def test_metadata_as_xattrs(emu, mnt):
 
 
 def test_a_429_storm_is_survived(recfs_mount):
-    with demo(SEED, bucket_tokens=5, fill_rate=100) as emu:
+    with demo(SEED, bucket_tokens=5, fill_rate=100, api_auth_tokens=5) as emu:
         mnt = recfs_mount(toml_config([source_table(emu, "kazoo")]), name="storm") / "kazoo"
         want = expected_files(emu)
         emu.drain_bucket()

@@ -1,11 +1,13 @@
 """The Kazoo client against scripted HTTP answers (respx): windows, Gregorian
-seconds, the 31-day limit, cursor paging, re-authentication mid-crawl, 429 on the
-media GET that learns a recording's size."""
+seconds, the server's maximum range (learnt from its 400), cursor paging,
+re-authentication mid-crawl, bounded probes for the year, month and day levels, the
+API key refused, 429 on the media GET that learns a recording's size."""
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import json
+import logging
 
 import httpx
 import pytest
@@ -15,9 +17,10 @@ from recfs.content.cache import Cache
 from recfs.content.reader import Reader
 from recfs.http import Http, HttpError, RetryPolicy
 from recfs.sources import kazoo
-from recfs.sources.kazoo import (GREGORIAN_OFFSET, MAX_WINDOW, SERVICE_MAX_RANGE, KazooClient,
-                                 KazooSource, Options, file_name, gregorian_to_unix, jwt_lifetime,
-                                 media_type_of, month_windows, unix_to_gregorian)
+from recfs.sources.base import SourceError
+from recfs.sources.kazoo import (GREGORIAN_OFFSET, SERVICE_MAX_RANGE, KazooClient, KazooSource,
+                                 Options, file_name, gregorian_to_unix, jwt_lifetime,
+                                 media_type_of, period_bounds, unix_to_gregorian)
 
 API = "https://kazoo.test:8000/v2"
 ACCOUNT = "a" * 32
@@ -105,12 +108,11 @@ def test_gregorian_conversion():
     assert gregorian_to_unix(63713520000) == utc(2019, 1, 1)
 
 
-def test_month_windows_cross_months_and_years_within_31_days():
-    windows = month_windows(utc(2023, 11, 15, 0), utc(2024, 3, 2, 12))
-    assert windows == [(utc(2023, 11, 15), utc(2023, 12, 1)), (utc(2023, 12, 1), utc(2024, 1, 1)),
-                       (utc(2024, 1, 1), utc(2024, 2, 1)), (utc(2024, 2, 1), utc(2024, 3, 1)),
-                       (utc(2024, 3, 1), utc(2024, 4, 1))]
-    assert all(b - a <= MAX_WINDOW < SERVICE_MAX_RANGE for a, b in windows)
+def test_period_bounds_cross_months_and_years():
+    assert period_bounds((2024,)) == (utc(2024, 1, 1), utc(2025, 1, 1))
+    assert period_bounds((2024, 12)) == (utc(2024, 12, 1), utc(2025, 1, 1))
+    assert period_bounds((2024, 2)) == (utc(2024, 2, 1), utc(2024, 3, 1))
+    assert period_bounds((2024, 2, 29)) == (utc(2024, 2, 29), utc(2024, 3, 1))
 
 
 def test_names_take_the_extension_of_the_stored_media_type():
@@ -186,22 +188,111 @@ async def test_reauth_mid_crawl_resumes_with_the_same_cursor(respx_mock, http):
     assert tokens[0] == tokens[1] != tokens[2] == tokens[3]
 
 
+class Crossbar(FakeKazoo):
+    """Listings as crossbar_view answers them: documents created in the window (each
+    doc's `created`, Unix seconds, stands for pvt_created), newest first unless
+    ascending, `page_size` of them and a cursor; a window wider than `max_range` is a
+    400 date_range with Crossbar's message (or `message`); PATCH is not allowed (4.3);
+    the users API lists `users`."""
+
+    def __init__(self, mock: respx.MockRouter, store: list[dict], max_range: int = SERVICE_MAX_RANGE,
+                 message: str | None = None, users: list[dict] = ()):
+        super().__init__(mock)
+        self.store = store
+        self.max_range = max_range
+        self.message = message
+        self.users = list(users)
+        mock.patch(path__regex=r"^/v2/accounts/\w+/recordings/[^/]+$").mock(
+            return_value=httpx.Response(405, json={"error": "405", "message": "invalid_method"}))
+        mock.get(path__regex=r"^/v2/accounts/\w+/users$").mock(side_effect=self.list_users)
+
+    def listing(self, request: httpx.Request) -> httpx.Response:
+        q = request.url.params
+        frm, to = int(q["created_from"]), int(q["created_to"])
+        if to - frm > self.max_range:
+            self.listings.append(request)
+            message = self.message if self.message is not None else \
+                f"created_to {to} is more than {self.max_range} seconds from created_from {frm}"
+            return httpx.Response(400, json={"error": "400", "message": "validation error",
+                                             "status": "error", "data": {"created_from": {
+                                                 "date_range": {"message": message, "cause": to}}}})
+        return super().listing(request)
+
+    def page(self, request, frm, to) -> httpx.Response:
+        q = request.url.params
+        ascending = q.get("ascending") == "true"
+        rows = sorted((d for d in self.store if frm <= unix_to_gregorian(d["created"]) <= to),
+                      key=lambda d: (d["created"], d["id"]), reverse=not ascending)
+        start = int(q.get("start_key", "0"))
+        size = int(q["page_size"])
+        chunk = rows[start:start + size]
+        body = {"data": [{k: v for k, v in d.items() if k != "created"} for d in chunk],
+                "page_size": len(chunk), "status": "success"}
+        if start + size < len(rows):
+            body["next_start_key"] = str(start + size)
+        return httpx.Response(200, json=body)
+
+    def list_users(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": self.users, "status": "success"})
+
+    def windows(self) -> list[tuple[int, int]]:
+        return [(int(r.url.params["created_from"]) - GREGORIAN_OFFSET,
+                 int(r.url.params["created_to"]) - GREGORIAN_OFFSET + 1) for r in self.listings]
+
+
+def stored(rid: str, start: int, after: int = 120, **extra) -> dict:
+    """A recording document stored `after` seconds after its call started."""
+    return dict(doc(rid, start, **extra), created=start + after)
+
+
 @respx.mock(assert_all_called=False)
-async def test_a_window_wider_than_31_days_is_never_asked(respx_mock, http):
-    fake = FakeKazoo(respx_mock)
+async def test_a_window_wider_than_the_servers_range_is_listed_in_pieces(respx_mock, http):
+    store = [stored(f"2024{1 + i // 31:02d}-{i:032x}", utc(2024, 1, 1) + i * 86400) for i in range(70)]
+    fake = Crossbar(respx_mock, store)
+    got = await KazooClient(http, API, KEY).list_window(ACCOUNT, utc(2024, 1, 1), utc(2024, 3, 15))
+    assert [d["id"] for d in got] == [d["id"] for d in sorted(store, key=lambda d: -d["created"])]
+    assert all(b - a <= SERVICE_MAX_RANGE for a, b in fake.windows())
+    assert len(fake.listings) == 3
+
+
+@respx.mock(assert_all_called=False)
+async def test_a_lower_maximum_range_is_learnt_from_the_400_and_told_once(respx_mock, http, caplog):
+    """crossbar.maximum_range is an operator setting: a cluster set to 8 days answers a
+    wider window 400 date_range, naming its limit; the client lists on in pieces."""
+    eight_days = 8 * 86400
+    store = [stored(f"202401-{i:032x}", utc(2024, 1, 1) + i * 86400) for i in range(60)]
+    fake = Crossbar(respx_mock, store, max_range=eight_days)
     client = KazooClient(http, API, KEY)
-    with pytest.raises(ValueError):
-        await client.list_window(ACCOUNT, utc(2024, 1, 1), utc(2024, 1, 1) + MAX_WINDOW + 1)
-    assert fake.listings == []
+    caplog.set_level(logging.WARNING, logger="recfs")
+    got = await client.list_window(ACCOUNT, utc(2024, 1, 1), utc(2024, 3, 1))
+    assert sorted(d["id"] for d in got) == sorted(d["id"] for d in store)
+    refused = [r for r in fake.listings if (int(r.url.params["created_to"]) -
+                                            int(r.url.params["created_from"])) > eight_days]
+    assert len(refused) == 1 and client.max_range == eight_days
+    await client.list_window(ACCOUNT, utc(2024, 1, 1), utc(2024, 2, 1))
+    assert len(refused) == 1                         # remembered: never asked too wide again
+    told = [r for r in caplog.records if "maximum_range" in r.getMessage()]
+    assert len(told) == 1 and str(eight_days) in told[0].getMessage()
 
 
 @respx.mock(assert_all_called=False)
-async def test_date_range_error_is_reported(respx_mock, http):
+async def test_a_date_range_400_that_names_no_limit_halves_the_window(respx_mock, http):
+    store = [stored(f"202401-{i:032x}", utc(2024, 1, 1) + i * 86400) for i in range(40)]
+    fake = Crossbar(respx_mock, store, max_range=5 * 86400, message="date range too wide")
+    client = KazooClient(http, API, KEY)
+    got = await client.list_window(ACCOUNT, utc(2024, 1, 1), utc(2024, 2, 10))
+    assert sorted(d["id"] for d in got) == sorted(d["id"] for d in store)
+    assert client.max_range <= 5 * 86400
+    assert sum(1 for r in fake.listings if r.url.params.get("start_key") is None) <= 4 + 40 // 3
+
+
+@respx.mock(assert_all_called=False)
+async def test_another_400_is_reported(respx_mock, http):
     respx_mock.put(f"{API}/api_auth").mock(return_value=httpx.Response(
         201, json={"auth_token": "t", "data": {"account_id": ACCOUNT}}))
     respx_mock.get(f"{API}/accounts/{ACCOUNT}/recordings").mock(return_value=httpx.Response(
         400, json={"error": "400", "message": "validation error", "status": "error",
-                   "data": {"created_from": {"date_range": {"message": "too wide"}}}}))
+                   "data": {"created_from": {"type": {"message": "Value is not of type integer"}}}}))
     client = KazooClient(http, API, KEY)
     with pytest.raises(HttpError) as err:
         await client.list_window(ACCOUNT, utc(2024, 1, 1), utc(2024, 1, 2))
@@ -210,45 +301,82 @@ async def test_date_range_error_is_reported(respx_mock, http):
 
 
 @respx.mock(assert_all_called=False)
-async def test_history_pass_walks_month_windows_once(respx_mock, http):
-    """Year, month and users/ levels come from one pass; only the open month is asked
-    again once the listing TTL has passed."""
-    fake = FakeKazoo(respx_mock)
-    store = [doc("202401-" + "1" * 32, utc(2024, 1, 20, 9), owner_id="u1"),
-             doc("202402-" + "2" * 32, utc(2024, 2, 29, 23, 58), owner_id="u2"),
-             doc("202403-" + "3" * 32, utc(2024, 3, 31, 12)),
-             doc("202404-" + "4" * 32, utc(2024, 4, 9, 8), owner_id="u1"),
-             doc("202404-" + "5" * 32, utc(2024, 4, 9, 9), _read_only={"content_types": []})]
-
-    def page(request, frm, to):
-        hits = [d for d in store if frm <= d["start"] + 60 <= to]   # stored a minute after start
-        return httpx.Response(200, json={"data": hits, "page_size": len(hits)})
-    fake.page = page
+async def test_the_account_level_of_a_long_history_costs_a_few_probes(respx_mock, http):
+    """No pass over the history: the years of an account come from probes of one
+    document, the newest window of each year first; months from one probe each; the
+    days of a month from one page of it when it fits."""
+    store = [stored(f"{(dt.date(2023, 3, 1) + dt.timedelta(days=i)):%Y%m}-{i:032x}",
+                    utc(2023, 3, 1, 10) + i * 86400, owner_id=f"u{i // 3 % 3}")
+             for i in range(0, 400, 3)]
+    fake = Crossbar(respx_mock, store, users=[{"id": "u0", "first_name": "Ana", "last_name": "Lopez"},
+                                              {"id": "u1"}])
     now = [utc(2024, 4, 10, 12)]
-    src = kazoo.Source("kz", options(since=dt.date(2024, 1, 15)), http, clock=lambda: now[0])
-    root = await src.list_dir(src.root_ref())
-    assert [e.name for e in root.entries] == [ACCOUNT]
-    acct = await src.list_dir(root.entries[0].ref)
-    assert [e.name for e in acct.entries] == ["2024", "users"]
-    windows = [(int(r.url.params["created_from"]) - GREGORIAN_OFFSET,
-                int(r.url.params["created_to"]) - GREGORIAN_OFFSET + 1) for r in fake.listings]
-    assert windows == [(utc(2024, 1, 15), utc(2024, 2, 1)), (utc(2024, 2, 1), utc(2024, 3, 1)),
-                       (utc(2024, 3, 1), utc(2024, 4, 1)), (utc(2024, 4, 1), utc(2024, 5, 1))]
+    src = kazoo.Source("kz", options(since=dt.date(2023, 3, 1), accounts=[ACCOUNT]), http,
+                       clock=lambda: now[0])
+    acct = await src.list_dir(("acct", ACCOUNT))
+    assert [e.name for e in acct.entries] == ["2023", "2024", "users"]
+    assert len(fake.listings) == 2                   # one document of each year's newest window
+    assert all(r.url.params["page_size"] == "1" for r in fake.listings)
     year = await src.list_dir(acct.entries[0].ref)
-    assert [e.name for e in year.entries] == ["01", "02", "03", "04"]
-    days = {}
-    for month in year.entries:
-        days[month.name] = [e.name for e in (await src.list_dir(month.ref)).entries]
-    assert days == {"01": ["20"], "02": ["29"], "03": ["31"], "04": ["09"]}
-    users = await src.list_dir(acct.entries[1].ref)
-    assert [e.name for e in users.entries] == ["u1", "u2"]
-    u1_year = await src.list_dir((await src.list_dir(users.entries[0].ref)).entries[0].ref)
-    assert [e.name for e in u1_year.entries] == ["01", "04"]
-    assert len(fake.listings) == 4                  # one pass for every level above the days
+    assert [e.name for e in year.entries] == [f"{m:02d}" for m in range(3, 13)]
+    assert len(fake.listings) == 2 + 10
+    month = await src.list_dir(year.entries[0].ref)            # March 2023
+    assert [e.name for e in month.entries] == [f"{d:02d}" for d in range(1, 32, 3)]
+    assert len(fake.listings) == 12 + 2                        # one page of it, and the hours after
+    day = await src.list_dir(month.entries[0].ref)
+    assert [e.name for e in day.entries] == [store[0]["name"]]
+    assert len(fake.listings) == 14                            # the page told every day
+    # users/: the users API and the owners met; their March from what is known
+    users = await src.list_dir(acct.entries[2].ref)
+    assert [e.name for e in users.entries] == ["u0", "u1", "u2"]
+    assert users.entries[0].xattrs["kazoo.user_name"] == "Ana Lopez"
+    assert "kazoo.user_name" not in users.entries[2].xattrs
+    u2_march = ("month", ACCOUNT, "u2", 2023, 3)
+    assert [e.name for e in (await src.list_dir(u2_march)).entries] == ["07", "16", "25"]
+    assert [e.name for e in (await src.list_dir(("day", ACCOUNT, "u2", 2023, 3, 7))).entries] == \
+        [store[2]["name"]]
+    assert len(fake.listings) == 14
+    # a closed period is never asked again; the open month once its answer is old
+    await src.list_dir(("acct", ACCOUNT))
+    await src.list_dir(year.entries[0].ref)
+    assert len(fake.listings) == 14
     now[0] += src.listing_ttl + 1
-    await src.list_dir(acct.entries[0].ref)
-    assert len(fake.listings) == 5                  # only the open month again
-    assert fake.listings[-1].url.params["created_from"] == str(utc(2024, 4, 1) + GREGORIAN_OFFSET)
+    await src.list_dir(("acct", ACCOUNT))
+    assert len(fake.listings) == 15
+    assert fake.windows()[-1][1] > utc(2024, 4, 10)
+
+
+@respx.mock(assert_all_called=False)
+async def test_a_day_is_shown_when_its_only_call_was_stored_after_midnight(respx_mock, http):
+    """The probe of a period looks at the hours after it too: a call that started on a
+    day and was stored after its end belongs to that day."""
+    store = [stored("202403-" + "1" * 32, utc(2024, 3, 9, 23, 50), after=1200),
+             stored("202403-" + "2" * 32, utc(2024, 3, 10, 0, 5), after=60)]
+    fake = Crossbar(respx_mock, store)
+    src = kazoo.Source("kz", options(since=dt.date(2024, 3, 1), accounts=[ACCOUNT]), http,
+                       clock=lambda: utc(2024, 5, 1))
+    assert await src._newest(ACCOUNT, None, (2024, 3, 9)) == utc(2024, 3, 9, 23, 50)
+    assert await src._newest(ACCOUNT, None, (2024, 3, 8)) is None
+    assert len(fake.listings) <= 5
+
+
+@respx.mock(assert_all_called=False)
+async def test_the_api_key_refused_is_one_clear_line_and_asked_once(respx_mock, http):
+    """cb_api_auth: an unknown 64-character key is 404, another length 400 (the schema);
+    both are "the API key was refused", and a refused key is not offered again at once
+    (each api_auth costs 35 rate-limit tokens)."""
+    for status in (404, 400):
+        route = respx_mock.put(f"{API}/api_auth").mock(return_value=httpx.Response(
+            status, json={"error": str(status), "status": "error", "data": [KEY]}))
+        src = kazoo.Source("kz", options(accounts=[ACCOUNT]), http)
+        with pytest.raises(SourceError) as err:
+            await src.start()
+        assert str(err.value) == f"the API key was refused by {API}/api_auth"
+        assert KEY not in str(err.value)
+        with pytest.raises(HttpError):
+            await src.auth.headers()
+        assert route.call_count == 1
+        respx_mock.reset()
 
 
 @respx.mock(assert_all_called=False)
@@ -267,7 +395,7 @@ async def test_day_folder_is_one_window_keeping_calls_started_that_day(respx_moc
     frm = int(req.url.params["created_from"]) - GREGORIAN_OFFSET
     to = int(req.url.params["created_to"]) - GREGORIAN_OFFSET
     assert frm <= utc(2024, 2, 29) and to >= utc(2024, 3, 1) + 6 * 3600 - 1
-    assert to - frm <= MAX_WINDOW
+    assert to - frm <= SERVICE_MAX_RANGE
     entry = listing.entries[0]
     assert entry.size is None and entry.mtime == utc(2024, 2, 29, 23, 58)
     assert entry.xattrs["kazoo.owner_id"] == "u2"

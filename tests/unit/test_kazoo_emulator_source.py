@@ -4,6 +4,7 @@ the tree has them learnt (`Reader.learn_sizes`), bytes read as the reader reads 
 (`Http.get_range` of the source's target)."""
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import errno
 import logging
@@ -19,7 +20,6 @@ from recfs.emulators.kazoo import KazooEmulator, demo, from_gregorian, source_ta
 from recfs.http import Http, HttpError, RetryPolicy
 from recfs.sources import kazoo
 from recfs.sources.base import Entry, SourceError
-from recfs.sources.kazoo import month_windows
 
 SEED = 7
 
@@ -132,13 +132,15 @@ async def test_tree_of_two_accounts_and_the_user_view(emu, http, cache, nursery)
     assert any(n.startswith("voicemail ") and n.endswith(".wav") for n in names)
     hidden = [r for r in emu.recordings.values() if r.blob is None or r.deleted]
     assert len(hidden) == 4 and not any(r.id in {e.id for e in files.values()} for r in hidden)
-    # one pass over the history per account for all levels above the day folders
-    windows = len(month_windows(src.since, src.clock()))
-    # history windows start at midnight; day folders' an hour before; start()'s last 1 s
-    history = [q for q in emu.listings if q["owner"] is None
-               and from_gregorian(int(q["created_from"])) % 86400 == 0
-               and int(q["created_to"]) > int(q["created_from"])]
-    assert len(history) == windows * 2
+    # no pass over the history: a window wider than a day folder's (a day and the
+    # hours around it) is never walked past its first page (a probe's one document, or
+    # a month's survey page)
+    for q in emu.listings:
+        span = int(q["created_to"]) - int(q["created_from"])
+        assert span <= 86400 + 3600 + 6 * 3600 or "start_key" not in q, q
+    # users/ lists the users API's users (none of these is departed) without asking
+    # each user's own listing: their days come from the account's day listings
+    assert emu.count("users") == 2
     # every file's size was probed once, however many views show it: both views give a
     # recording the same cache key, under which its size is remembered
     assert emu.count("media") == len({e.id for e in files.values()})
@@ -173,7 +175,13 @@ async def test_token_expiry_mid_crawl_resumes_with_the_same_cursor(emu, http):
             emu.advance(emu.token_lifetime + 1)
     emu.on_listing = expire_after_second_page
     account = emu.demo_accounts[0]
-    first_pass = await src.list_dir(("acct", account))
+    busiest = collections.Counter(
+        dt.datetime.fromtimestamp(from_gregorian(r.public["start"]), dt.timezone.utc).date()
+        for r in emu.recordings.values() if r.account_id == account and not r.deleted)
+    day, count = busiest.most_common(1)[0]
+    assert count >= 5                        # three pages at least
+    ref = ("day", account, None, day.year, day.month, day.day)
+    first_pass = await src.list_dir(ref)
     refused = [i for i, q in enumerate(emu.listings) if q["status"] == 401]
     assert len(refused) == 1 and emu.count("api_auth") == 2
     before, again = emu.listings[refused[0]], emu.listings[refused[0] + 1]
@@ -184,7 +192,7 @@ async def test_token_expiry_mid_crawl_resumes_with_the_same_cursor(emu, http):
     # the result is that of a crawl that never expired
     fresh = make_source(emu, http, page_size=2)
     assert [e.name for e in first_pass.entries] == \
-        [e.name for e in (await fresh.list_dir(("acct", account))).entries]
+        [e.name for e in (await fresh.list_dir(ref)).entries]
 
 
 async def test_token_expiry_mid_read_reauthenticates(emu, http, cache, nursery):
@@ -206,7 +214,7 @@ async def test_token_expiry_mid_read_reauthenticates(emu, http, cache, nursery):
 
 async def test_a_429_storm_is_survived(cache, nursery):
     # a small bucket, emptied before the first request: every burst overdraws it
-    with demo(SEED, bucket_tokens=5, fill_rate=100) as emu:
+    with demo(SEED, bucket_tokens=5, fill_rate=100, api_auth_tokens=5) as emu:
         client = Http(retry=RetryPolicy(attempts=12, base_delay=0.05, max_delay=0.5, budget=60))
         try:
             src = make_source(emu, client)
@@ -377,9 +385,21 @@ def test_emulator_media_rules(emu):
     assert r.headers["content-range"] == f"bytes 10-19/{wav.blob.size}"
     assert r.content == wav.blob.read(10, 10)
     assert r.headers["content-disposition"] == f"attachment; filename={wav.attachment_name}"
-    for rng in (f"bytes=0-{wav.blob.size - 1}", "bytes=-100", f"bytes={wav.blob.size + 5}-"):
+    # api_resource:get_range: 206 only for `bytes=S-E` with E < the file's length (or
+    # an open `bytes=S-`); a range ending past the end, a suffix range, several ranges:
+    # the whole file, as a 200, from byte 0
+    size = wav.blob.size
+    tail = httpx.get(url, headers={**media, "Range": f"bytes={size - 10}-{size - 1}"})
+    assert tail.status_code == 206 and tail.content == wav.blob.read(size - 10, 10)
+    open_ended = httpx.get(url, headers={**media, "Range": f"bytes={size - 10}-"})
+    assert open_ended.status_code == 206 and open_ended.content == wav.blob.read(size - 10, 10)
+    for rng in (f"bytes=0-{size - 1}", f"bytes=100-{size}", f"bytes=100-{size + 5}",
+                "bytes=-100", "bytes=0-9,20-29"):
         whole = httpx.get(url, headers={**media, "Range": rng})
-        assert whole.status_code == 200 and len(whole.content) == wav.blob.size, rng
+        assert whole.status_code == 200 and whole.content == wav.blob.all_bytes(), rng
+        assert whole.headers["content-range"] == f"bytes 0-{size - 1}/{size}"
+    # an open range starting past the end fails the handler's binary match
+    assert httpx.get(url, headers={**media, "Range": f"bytes={size + 5}-"}).status_code == 500
     assert httpx.get(url, params={"accept": "audio/mpeg"}, headers=h).content == wav.blob.all_bytes()
     assert httpx.get(url, headers=h).json()["data"]["id"] == wav.id
     no_media = next(r for r in emu.recordings.values() if r.blob is None)
@@ -393,12 +413,41 @@ def test_emulator_media_rules(emu):
 
 def test_emulator_token_buckets_answer_429_without_retry_after():
     with KazooEmulator(bucket_tokens=3, fill_rate=0.001) as emu:
-        codes = [httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": "x"}})
-                 for _ in range(5)]
+        acct = emu.add_account("A")
+        url = f"{emu.url}/v2/accounts/{acct}/recordings"
+        codes = [httpx.get(url) for _ in range(5)]
         assert [c.status_code for c in codes] == [401, 401, 401, 429, 429]
         assert codes[-1].json()["message"] == "too_many_requests"
         assert "retry-after" not in codes[-1].headers
         assert emu.count("throttled") == 2
+
+
+def test_emulator_api_auth_costs_35_tokens_all_or_none():
+    """cb_api_auth: each call takes crossbar.api_auth_tokens (35) with
+    consume_tokens_until, which empties the bucket when it holds too few."""
+    with KazooEmulator(bucket_tokens=100, fill_rate=0.001) as emu:
+        acct = emu.add_account("A")
+        key = "f" * 64
+        auths = [httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": key}}).status_code
+                 for _ in range(3)]
+        assert auths == [404, 404, 429]                 # 100 - 35 - 35 = 30 < 35
+        # the failed third call emptied the bucket: even a one-token request waits
+        assert httpx.get(f"{emu.url}/v2/accounts/{acct}/recordings").status_code == 429
+
+
+def test_emulator_api_auth_refuses_unknown_keys_and_keys_of_another_length():
+    with KazooEmulator(bucket_tokens=None) as emu:
+        emu.add_api_key(emu.add_account("A"), "a" * 64)
+        url = f"{emu.url}/v2/api_auth"
+        unknown = httpx.put(url, json={"data": {"api_key": "b" * 64}})
+        assert unknown.status_code == 404 and unknown.json()["message"] == "bad identifier"
+        assert unknown.json()["data"] == ["b" * 64]          # Crossbar echoes the key
+        for key in ("short", "c" * 65):
+            wrong = httpx.put(url, json={"data": {"api_key": key}})
+            assert wrong.status_code == 400, key
+            assert wrong.json()["message"] == "validation error"
+            assert "api_key" in wrong.json()["data"]
+        assert httpx.put(url, json={"data": {"api_key": "a" * 64}}).status_code == 201
 
 
 def test_emulator_token_expiry():

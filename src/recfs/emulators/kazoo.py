@@ -53,12 +53,13 @@ cb_recordings, crossbar_view, crossbar_filter, cb_users, cb_api_auth, api_resour
 Counters: `counts` per route name (`api_auth`, `list`, `list_user`, `users`, `doc`,
 `media`, `delete`, `patch`, `throttled`, `unauthorized`, `method_not_allowed`);
 `listings` records the query of every listing request (tests check cursors and windows
-with it). Faults (base.py) match these route names, e.g. `Fault("status", route="delete")`.
+with it), `media_requests` the Range and status of every media GET. Faults (base.py) match these route names, e.g. `Fault("status", route="delete")`.
 """
 from __future__ import annotations
 
 import base64
 import bisect
+import collections
 import datetime as dt
 import hashlib
 import json
@@ -70,8 +71,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import (Blob, BytesBlob, Emulator, PatternBlob, Request, Response, json_response,
-                   precondition_failed)
+from .base import (Blob, BytesBlob, Emulator, Fault, PatternBlob, Request, Response,
+                   json_response, precondition_failed)
 
 GREGORIAN_OFFSET = 62167219200          # Unix epoch in Gregorian seconds
 MAX_RANGE = 31 * 86400 + 3600            # crossbar.maximum_range default
@@ -170,7 +171,8 @@ class KazooEmulator(Emulator):
     def __init__(self, *, token_lifetime: float = 3600.0, bucket_tokens: float | None = 100,
                  fill_rate: float = 10.0, max_range: int = MAX_RANGE,
                  default_page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0,
-                 patch_soft_delete: bool = False, api_auth_tokens: float = API_AUTH_TOKENS, **kw):
+                 patch_soft_delete: bool = False, api_auth_tokens: float = API_AUTH_TOKENS,
+                 cut_past_end: int | None = None, cut_past_end_times: int = 1, **kw):
         super().__init__(**kw)
         self.token_lifetime = token_lifetime
         self.max_range = max_range
@@ -179,6 +181,14 @@ class KazooEmulator(Emulator):
         self.api_auth_tokens = api_auth_tokens
         self.deletes: list[tuple[str, bool]] = []             # (recording id, soft)
         self.patches: list[tuple[str, str, Any]] = []         # (recording id, soft_delete|soft_restore, value)
+        self.media_requests: list[tuple[str, str | None, int]] = []   # (id, Range sent, status)
+        # a test's fault: the first `cut_past_end_times` media answers of each recording
+        # to a range that runs past its end (a whole-file probe) are cut after
+        # `cut_past_end` bytes (a reset), so the client asks again from there to past
+        # the end
+        self.cut_past_end = cut_past_end
+        self.cut_past_end_times = cut_past_end_times
+        self._cut: collections.Counter[str] = collections.Counter()
         self.rate_limit(bucket_tokens, fill_rate)
         self.rng = random.Random(seed)
         self.accounts: dict[str, Account] = {}
@@ -640,10 +650,18 @@ class KazooEmulator(Emulator):
                    # crossbar_doc:load_attachment: the document's revision (rev_to_etag);
                    # cowboy_rest answers a stale If-Match with 412
                    "ETag": f'"{rec.rev}-{hashlib.md5(rec.id.encode()).hexdigest()}"'}
-        failed = precondition_failed(req, headers["ETag"])
-        if failed is not None:
-            return failed
-        return kazoo_range_response(req, rec.blob, headers)
+        resp = precondition_failed(req, headers["ETag"])
+        if resp is None:
+            resp = kazoo_range_response(req, rec.blob, headers)
+            m = _RANGE_RE.match((req.header("range") or "").strip())
+            if self.cut_past_end and m and m.group(2) and int(m.group(2)) >= rec.blob.size \
+                    and self._cut[rec.id] < self.cut_past_end_times and resp.length > self.cut_past_end:
+                self._cut[rec.id] += 1
+                req.route = f"media-cut:{rec.id}"
+                self.faults.add(Fault("reset", route=req.route, after_bytes=self.cut_past_end))
+        with self._lock:
+            self.media_requests.append((rec.id, req.header("range"), resp.status))
+        return resp
 
     def _delete(self, req: Request) -> Response:
         rec = self._load(req)

@@ -4,33 +4,53 @@ Layout (UTC, by the recording's `start`):
 
     {account_id}/{YYYY}/{MM}/{DD}/{file}
     {account_id}/users/{owner_id}/{YYYY}/{MM}/{DD}/{file}
+    {account_id}/deleted/{YYYY}/{MM}/{DD}/{file}      (servers with PATCH soft_delete)
 
-How the API shapes the client (apis.md §4):
+How the API shapes the client (apis.md §4, and the server's own code):
 - Auth: `PUT {api_url}/api_auth` with the API key gives a JWT `auth_token` (its `exp`
   claim tells the lifetime) sent as `X-Auth-Token`. The shared Http layer repeats a
   request that got 401 once with a fresh token, with the same query string, so a
-  crawl resumes at the same `start_key`.
+  crawl resumes at the same `start_key`. A key the service refuses (404: no such key;
+  400: not 64 characters; 401/403) is "the API key was refused", and is not offered
+  again for a while: each api_auth costs 35 of the client's rate-limit tokens.
 - Listings are windows of creation time (`created_from`/`created_to`, Gregorian
-  seconds, at most 31 days + 1 hour) walked page by page with `start_key` /
-  `next_start_key`. The year, month and `users/` levels come from one pass over the
-  history from `since` to now in calendar-month windows; a closed month is never
-  asked again, the current one at most once per `listing_ttl`. A day folder is one
-  window: [day − 1 h, day end + `created_lag_hours`), because a document is stored
-  when its call ends, later than its `start`; only documents whose `start` falls in
-  the day are shown.
+  seconds) walked page by page with `start_key` / `next_start_key`. A window is at
+  most the server's `crossbar.maximum_range` (31 days + 1 hour unless the operator set
+  less): a 400 `date_range` teaches the mount the server's limit (from its message, or
+  by halving) and the window is listed again in pieces that fit.
+- The year, month and day levels come from bounded probes, never from a pass over the
+  history: a window listed with `page_size=1` tells whether a period holds a
+  recording (the server reads one row, plus one to know there are more). A period is
+  probed newest window first and the probe stops at the first recording whose
+  `start` falls in it; a closed period's answer is kept for the mount. A day folder
+  is one window: [day − 1 h, day end + `created_lag_hours`), because a document is
+  stored when its call ends, later than its `start`; only documents whose `start`
+  falls in the day are shown.
+- `users/` lists the account's users (`GET …/users`) and every owner met in the
+  account's day listings. A user's day folder is the account's day listing filtered
+  by `owner_id`: one listing serves the account view and every user under it, so
+  users whose document was deleted (their `/users/{U}/recordings` answers 404) keep
+  their recordings. A user's year and month levels come from what the account's day
+  listings and probes already told, else from probes of the user's own listing
+  (`/users/{U}/recordings`, or the account listing with `filter_owner_id` for a
+  departed user).
 - Sizes are not in the listing: the core learns them from the media (a ranged GET
   whose answer states the total), with `Accept: audio/mpeg`.
 - The file's extension comes from the listing's `_read_only.content_types` (the
   stored attachment's type, which is exactly the Content-Type the media GET
   answers, e.g. audio/wav although audio/mpeg is asked for), else `content_type`,
   else `media_type`. A document whose `content_types` is empty has no media and is
-  not shown; one that answers 404 anyway keeps no size (hidden) and its reads fail
-  with EIO and a log line naming it.
-- Deletes (only with `allow_delete = true`): `DELETE …/recordings/{id}`, Kazoo's
-  default soft delete. A 404 means the document is already gone (deleted by someone
-  else, or by an earlier try of ours that timed out) and counts as success. The API
-  offers no listing of soft-deleted documents and no restore (apis.md §4.6), so
-  recfs shows no "deleted" view; see docs/providers/kazoo.md.
+  not shown; one that answers 404 anyway keeps no size and its reads fail with EIO and
+  a log line naming it. A recording's id names the month its call started, and a GET
+  or DELETE by id looks in that month's database, but the document is saved where
+  the call ended: a call over a month's end is listed yet answers 404 by id, and the
+  log line says so.
+- Deletes (only with `allow_delete = true`): where the server offers PATCH
+  `soft_delete` (seed 003; detected once per mount, a 405 means no), `rm` marks the
+  recording deleted, naming who deleted it, `deleted/` shows the marked recordings and
+  `mv` of one back into its day folder restores it (PATCH `soft_restore`). Elsewhere
+  `DELETE …/recordings/{id}`, Kazoo's default soft delete. A 404 means the document is
+  already gone and counts as success, unless a listing still shows it.
 """
 from __future__ import annotations
 
@@ -42,27 +62,41 @@ import json
 import logging
 import mimetypes
 import os
+import re
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 import trio
 
 from ..config import Secret, SourceOptions, option
-from ..http import CachedToken, ForbiddenError, Http, HttpError, Target, AuthTarget, safe_url
+from ..http import (AuthError, CachedToken, ForbiddenError, Http, HttpError, Target, AuthTarget,
+                    describe_error_body, safe_url)
 from .base import Entry, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.kazoo")
 
 GREGORIAN_OFFSET = 62167219200       # Unix epoch in Gregorian seconds (kz_types.hrl)
-SERVICE_MAX_RANGE = 31 * 86400 + 3600
-MAX_WINDOW = 31 * 86400              # what we ask for: inside the service's limit
+SERVICE_MAX_RANGE = 31 * 86400 + 3600  # crossbar.maximum_range unless the operator set less
+MIN_RANGE = 3600                     # a server that takes less per query is not worth listing
 DAY = 86400
 CLOCK_SKEW = 3600                    # seconds of disagreement tolerated between clocks
 DEFAULT_SINCE_DAYS = 90
 DEFAULT_TOKEN_LIFETIME = 3600.0
+REFUSED_PAUSE = 300.0                # seconds a refused API key is not offered again
 CLOSED_DAY_TTL = 6 * 3600.0          # a past day's listing rarely changes
+PROBES_AT_ONCE = 8                   # probes of one folder's periods in flight
+# a day's documents, as listed for the account view, are kept (compressed, per owner)
+# so that users/{owner}/…/{day} needs no request of its own; at most this many bytes
+MEMO_BYTES = 64 << 20
+MEMO_FIELDS = ("id", "name", "start", "duration_ms", "content_type", "media_type", "url",
+               "_read_only", "soft_delete", "call_id", "caller_id_name", "caller_id_number",
+               "callee_id_name", "callee_id_number", "direction", "owner_id")
+DELETED = ("deleted",)               # the view of soft-deleted recordings (never an owner id)
+NO_SUCH_ID = "0" * 32                # a recording id no server holds (soft-delete detection)
+STORE_MARGIN = 600                   # seconds after its end within which a call is stored
 
 MIME_EXTENSIONS = {
     "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/mpeg3": ".mp3", "audio/x-mpeg": ".mp3",
@@ -75,6 +109,7 @@ EXTENSION_MIMES = {"mp3": "audio/mpeg", "wav": "audio/wav", "wave": "audio/wav",
                    "m4a": "audio/mp4", "mp4": "audio/mp4", "flac": "audio/flac"}
 XATTR_FIELDS = ("call_id", "caller_id_name", "caller_id_number", "callee_id_name",
                 "callee_id_number", "direction", "duration_ms", "owner_id")
+_MORE_THAN = re.compile(r"more than (\d+) seconds")
 
 
 def unix_to_gregorian(t: float) -> int:
@@ -93,18 +128,19 @@ def utc_date(t: float) -> dt.date:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).date()
 
 
-def month_windows(since: float, until: float) -> list[tuple[int, int]]:
-    """Calendar-month windows [a, b) in Unix seconds covering [since, until]; the first
-    starts at `since`. A month has at most 31 days, so every window fits the API."""
-    out = []
-    a = int(since)
-    d = utc_date(a)
-    while a <= until:
-        nxt = dt.date(d.year + (d.month == 12), d.month % 12 + 1, 1)
-        b = day_start(nxt)
-        out.append((a, b))
-        a, d = b, nxt
-    return out
+def period_bounds(period: tuple[int, ...]) -> tuple[int, int]:
+    """[start, end) in Unix seconds of a year (Y,), a month (Y, M) or a day (Y, M, D)."""
+    if len(period) == 1:
+        return day_start(dt.date(period[0], 1, 1)), day_start(dt.date(period[0] + 1, 1, 1))
+    if len(period) == 2:
+        y, m = period
+        return day_start(dt.date(y, m, 1)), day_start(dt.date(y + (m == 12), m % 12 + 1, 1))
+    first = day_start(dt.date(*period))
+    return first, first + DAY
+
+
+def month_name(t: float) -> str:
+    return f"{utc_date(t):%Y-%m}"
 
 
 # --------------------------------------------------------------------------- config
@@ -158,25 +194,55 @@ def jwt_lifetime(token: str) -> float | None:
         return None
 
 
-class KazooAuth(CachedToken):
-    """`PUT /api_auth` with the API key; the token goes in X-Auth-Token."""
+class KeyRefused(AuthError):
+    """api_auth refused the API key. `reason` is the line a user reads at mount time."""
 
-    def __init__(self, http: Http, api_url: str, api_key: Secret | str, what: str = "kazoo"):
+    def __init__(self, message: str, status: int, reason: str):
+        super().__init__(message, status)
+        self.reason = reason
+
+
+class UnknownUser(HttpError):
+    """`/users/{U}/recordings` answered 404: the user document is deleted (cb_users)."""
+
+
+class KazooAuth(CachedToken):
+    """`PUT /api_auth` with the API key; the token goes in X-Auth-Token.
+
+    A refusal is remembered for REFUSED_PAUSE seconds: every request of the mount
+    would otherwise ask api_auth again, and each ask costs 35 rate-limit tokens."""
+
+    def __init__(self, http: Http, api_url: str, api_key: Secret | str, what: str = "kazoo",
+                 clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.http = http
         self.url = f"{api_url.rstrip('/')}/api_auth"
         self.api_key = api_key
         self.what = what
+        self.clock = clock
         self.account_id: str | None = None
+        self.owner_id: str | None = None
+        self.asked = 0
+        self._refused: tuple[float, KeyRefused] | None = None
 
     async def fetch(self) -> tuple[str, float]:
+        if self._refused is not None:
+            until, refusal = self._refused
+            if self.clock() < until:
+                raise refusal
+            self._refused = None
         key = self.api_key.reveal() if isinstance(self.api_key, Secret) else self.api_key
+        self.asked += 1
         resp = await self.http.request("PUT", self.url, name=f"{self.what}: api_auth",
                                        json={"data": {"api_key": key}},
                                        headers={"Accept": "application/json"}, expect=None)
         if resp.status_code in (400, 401, 403, 404):
-            raise HttpError(f"{self.what}: the service refused the API key (HTTP "
-                            f"{resp.status_code}) at {safe_url(self.url)}", resp.status_code)
+            # 404: no account has the key; 400: not a 64-character key (the answer
+            # repeats the key, so nothing of it is kept)
+            reason = f"the API key was refused by {safe_url(self.url)}"
+            refusal = KeyRefused(f"{self.what}: {reason}", resp.status_code, reason)
+            self._refused = (self.clock() + REFUSED_PAUSE, refusal)
+            raise refusal
         if resp.status_code not in (200, 201):
             raise HttpError(f"{self.what}: api_auth answered HTTP {resp.status_code} at "
                             f"{safe_url(self.url)}", resp.status_code)
@@ -184,7 +250,9 @@ class KazooAuth(CachedToken):
             body = resp.json()
             token = str(body["auth_token"])
             self.account_id = str(body["data"]["account_id"])
-        except (ValueError, KeyError, TypeError) as exc:
+            owner = body["data"].get("owner_id")
+            self.owner_id = owner if isinstance(owner, str) and owner else None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise HttpError(f"{self.what}: malformed api_auth response ({type(exc).__name__})") from None
         lifetime = jwt_lifetime(token)
         if lifetime is None or lifetime <= 0:
@@ -193,6 +261,16 @@ class KazooAuth(CachedToken):
 
     def render(self, token: str) -> dict[str, str]:
         return {"X-Auth-Token": token}
+
+
+STOPPED, DONE, CUT = "stopped", "done", "cut"      # how a scan ended
+
+
+class _TooWide(Exception):
+    """A listing window was wider than the server takes; the limit is learnt."""
+
+
+Visit = Callable[[dict[str, Any]], bool]     # a document -> stop here?
 
 
 class KazooClient:
@@ -205,6 +283,7 @@ class KazooClient:
         self.page_size = page_size
         self.what = what
         self.auth = KazooAuth(http, self.api_url, api_key, what)
+        self.max_range = SERVICE_MAX_RANGE      # seconds one listing may span; learnt lower
         self.pages = 0
 
     async def own_account(self) -> str:
@@ -221,57 +300,163 @@ class KazooClient:
     def media_url(self, account_id: str, recording_id: str) -> str:
         return f"{self.api_url}/accounts/{account_id}/recordings/{recording_id}"
 
-    async def list_window(self, account_id: str, start: int, end: int,
-                          owner_id: str | None = None) -> list[dict[str, Any]]:
+    async def list_window(self, account_id: str, start: int, end: int, owner_id: str | None = None,
+                          extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Every document created in [start, end) (Unix seconds), all pages, newest first."""
-        if end - start > MAX_WINDOW or end <= start:
-            raise ValueError(f"window {start}..{end} is empty or wider than 31 days")
-        url = self.recordings_url(account_id, owner_id)
-        params: dict[str, Any] = {"created_from": unix_to_gregorian(start),
-                                  "created_to": unix_to_gregorian(end) - 1,
-                                  "page_size": self.page_size}
         docs: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        while True:
-            resp = await self.http.request("GET", url, name=f"{self.what}: list recordings",
-                                           auth=self.auth, params=params,
-                                           headers={"Accept": "application/json"})
-            self.pages += 1
+
+        def keep(doc: dict[str, Any]) -> bool:
+            docs.append(doc)
+            return False
+        await self.scan(account_id, start, end, keep, owner_id=owner_id, extra=extra)
+        return docs
+
+    async def scan(self, account_id: str, start: int, end: int, visit: Visit, *,
+                   owner_id: str | None = None, extra: dict[str, str] | None = None,
+                   first_page: int | None = None, ascending: bool = False,
+                   pages_per_window: int | None = None) -> str:
+        """Hand each document created in [start, end) (Unix seconds) to `visit`, newest
+        first (oldest first with `ascending`), until it returns True. The span is listed
+        in windows the server takes, each walked page by page; `first_page` is the page
+        size of each window's first request (a probe asks for one document), later pages
+        are `page_size`; `pages_per_window` stops each window after that many pages.
+        `extra` adds query parameters (crossbar filters). Returns STOPPED (`visit` said
+        so), DONE (every document seen) or CUT (a window had more pages)."""
+        lo, hi = int(start), int(end)
+        outcome = DONE
+        while lo < hi:
+            span = self.max_range
+            a, b = (lo, min(hi, lo + span)) if ascending else (max(lo, hi - span), hi)
             try:
-                body = resp.json()
-                data = body.get("data")
-                if not isinstance(data, list):
-                    raise TypeError("data is not a list")
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise SourceError(f"{self.what}: malformed listing from {safe_url(url)} "
-                                  f"({exc})") from None
-            docs.extend(d for d in data if isinstance(d, dict))
+                got = await self._window(account_id, a, b, visit, owner_id, extra, first_page,
+                                         ascending, pages_per_window)
+            except _TooWide:
+                continue                        # the same span again, in the learnt width
+            if got == STOPPED:
+                return STOPPED
+            if got == CUT:
+                outcome = CUT
+            if ascending:
+                lo = b
+            else:
+                hi = a
+        return outcome
+
+    async def _window(self, account_id: str, a: int, b: int, visit: Visit, owner_id: str | None,
+                      extra: dict[str, str] | None, first_page: int | None, ascending: bool,
+                      pages: int | None) -> str:
+        url = self.recordings_url(account_id, owner_id)
+        params: dict[str, Any] = {"created_from": unix_to_gregorian(a),
+                                  "created_to": unix_to_gregorian(b) - 1,
+                                  "page_size": first_page or self.page_size, **(extra or {})}
+        if ascending:
+            params["ascending"] = "true"
+        seen: set[str] = set()
+        first = True
+        while True:
+            body = await self._listing(url, params, (a, b) if first else None, owner_id)
+            first = False
+            for doc in body["data"]:
+                if isinstance(doc, dict) and visit(doc):
+                    return STOPPED
             nxt = body.get("next_start_key")
             if not nxt:
-                return docs
-            if nxt in seen:
+                return DONE
+            if pages is not None:
+                pages -= 1
+                if pages <= 0:
+                    return CUT
+            if not isinstance(nxt, str) or nxt in seen:
                 raise SourceError(f"{self.what}: the listing cursor of {safe_url(url)} "
                                   f"went round in a loop")
             seen.add(nxt)
+            params = dict(params, start_key=nxt, page_size=self.page_size)
+
+    async def _listing(self, url: str, params: dict[str, Any], window: tuple[int, int] | None,
+                       owner_id: str | None) -> dict[str, Any]:
+        resp = await self.http.request("GET", url, name=f"{self.what}: list recordings",
+                                       auth=self.auth, params=params,
+                                       headers={"Accept": "application/json"}, expect=None)
+        self.pages += 1
+        if resp.status_code == 400 and window is not None and "date_range" in resp.text:
+            self._learn_range(resp, window)
+            raise _TooWide()
+        if resp.status_code == 404 and owner_id:
+            raise UnknownUser(f"{self.what}: user {owner_id} is not in the users API (HTTP 404)", 404)
+        if resp.status_code != 200:
+            cls = ForbiddenError if resp.status_code == 403 else HttpError
+            raise cls(f"{self.what}: list recordings: HTTP {resp.status_code} from {safe_url(url)}"
+                      f"{describe_error_body(resp)}", resp.status_code)
+        try:
+            body = resp.json()
+            if not isinstance(body.get("data"), list):
+                raise TypeError("data is not a list")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SourceError(f"{self.what}: malformed listing from {safe_url(url)} ({exc})") from None
+        return body
+
+    def _learn_range(self, resp, window: tuple[int, int]) -> None:
+        """A 400 date_range: the server's crossbar.maximum_range is below the window.
+        Its message names the limit ("created_to T is more than N seconds from
+        created_from F"); without one, half the window is tried."""
+        width = window[1] - window[0]
+        limit = None
+        match = _MORE_THAN.search(resp.text)
+        if match and 0 < int(match.group(1)) < width:
+            limit = int(match.group(1))
+        learnt = limit if limit is not None else width // 2
+        if learnt < MIN_RANGE:
+            raise SourceError(f"{self.what}: the service refuses every listing window "
+                              f"(400 date_range for {width} seconds)")
+        if learnt >= self.max_range:
+            return                      # learnt meanwhile, from another listing's answer
+        self.max_range = learnt
+        log.warning("%s: the service lists at most %d seconds (%.1f days) of recordings per "
+                    "query (its crossbar.maximum_range%s); listings are split into windows "
+                    "that fit", self.what, self.max_range, self.max_range / DAY,
+                    "" if limit is not None else ", found by halving")
+
+    async def users(self, account_id: str) -> list[dict[str, Any]]:
+        """The account's users (`GET …/users`, every page)."""
+        url = f"{self.api_url}/accounts/{account_id}/users"
+        params: dict[str, Any] = {"page_size": self.page_size}
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        while True:
+            resp = await self.http.request("GET", url, name=f"{self.what}: list users",
+                                           auth=self.auth, params=params,
+                                           headers={"Accept": "application/json"})
+            try:
+                body = resp.json()
+                data = body["data"]
+                if not isinstance(data, list):
+                    raise TypeError("data is not a list")
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise SourceError(f"{self.what}: malformed users listing ({exc})") from None
+            out.extend(u for u in data if isinstance(u, dict))
+            nxt = body.get("next_start_key")
+            if not nxt or not isinstance(nxt, str) or nxt in seen:
+                return out
+            seen.add(nxt)
             params = dict(params, start_key=nxt)
+
+    async def patch_recording(self, account_id: str, recording_id: str, data: dict[str, Any]):
+        """PATCH a recording document (seed 003's soft_delete / soft_restore); the answer,
+        whatever its status."""
+        return await self.http.request("PATCH", self.media_url(account_id, recording_id),
+                                       name=f"{self.what}: patch recording", auth=self.auth,
+                                       json={"data": data}, headers={"Accept": "application/json"},
+                                       expect=None)
 
     async def delete_recording(self, account_id: str, recording_id: str) -> bool:
         """Soft-delete a recording (the API's default). True when this request deleted
-        it, False when the service says it is already gone (404)."""
+        it, False when the service says it is not there (404)."""
         url = self.media_url(account_id, recording_id)
         # a retried DELETE whose first try went through answers 404: still a success
         resp = await self.http.request("DELETE", url, name=f"{self.what}: delete recording",
                                        auth=self.auth, headers={"Accept": "application/json"},
                                        expect=(200, 404))
         return resp.status_code == 200
-
-
-def _error_message(resp) -> str:
-    try:
-        body = resp.json()
-        return str(body.get("message") or "")
-    except ValueError:
-        return ""
 
 
 # --------------------------------------------------------------------------- naming
@@ -326,36 +511,39 @@ def start_of(doc: dict[str, Any]) -> int | None:
         return None
 
 
-# --------------------------------------------------------------------------- the index
+def _is_soft_deleted(doc: dict[str, Any]) -> bool:
+    """Marked by seed 003's PATCH soft_delete (listed only with include=soft_delete)."""
+    return bool(doc.get("soft_delete"))
 
-@dataclass
-class WindowSummary:
-    """What one history window taught: the recordings of each day, per account and
-    owner (day -> recording id -> start). Ids, not just days, are kept so a delete can
-    take its recording out, and a day left empty disappears without asking again."""
-    fetched_at: float
+
+def _pack(docs: list[dict[str, Any]]) -> bytes:
+    return zlib.compress(json.dumps([{k: d[k] for k in MEMO_FIELDS if k in d} for d in docs],
+                                    separators=(",", ":")).encode())
+
+
+def _unpack(packed: bytes) -> list[dict[str, Any]]:
+    return json.loads(zlib.decompress(packed))
+
+
+# --------------------------------------------------------------------------- what is known
+
+@dataclass(slots=True)
+class Probe:
+    """Whether a period of one view holds a recording: the newest start found (None:
+    nothing), when that was asked, and whether the period is over (the answer stays)."""
+    newest: int | None
+    at: float
     closed: bool
-    days: dict[dt.date, dict[str, int]] = field(default_factory=dict)
-    user_days: dict[str, dict[dt.date, dict[str, int]]] = field(default_factory=dict)
-
-    def forget(self, rid: str) -> None:
-        for days in (self.days, *self.user_days.values()):
-            for day in [d for d, recs in days.items() if rid in recs]:
-                del days[day][rid]
-                if not days[day]:
-                    del days[day]
-        for owner in [o for o, days in self.user_days.items() if not days]:
-            del self.user_days[owner]
 
 
-def _bump(days: dict[dt.date, int], day: dt.date, start: int) -> None:
-    if days.get(day, -1) < start:
-        days[day] = start
-
-
-def _newest(days: dict[dt.date, dict[str, int]]) -> dict[dt.date, int]:
-    """day -> newest start (for folder mtimes)."""
-    return {day: max(recs.values()) for day, recs in days.items() if recs}
+@dataclass(slots=True)
+class DaySummary:
+    """What the account's listing of one day said: its newest start and, per owner, the
+    newest start of theirs (the users/ levels are derived from it)."""
+    at: float
+    closed: bool
+    newest: int | None
+    owners: dict[str, int]
 
 
 # --------------------------------------------------------------------------- source
@@ -379,12 +567,19 @@ class KazooSource(Source):
         self.lag = int(3600 * options.created_lag_hours)
         self.user_view = options.user_view
         self.size_probes = options.size_concurrency
-        self._windows: dict[str, dict[tuple[int, int], WindowSummary]] = defaultdict(dict)
-        self._index_locks: dict[str, trio.Lock] = defaultdict(trio.Lock)
         self._accounts: list[str] | None = None
-        # (account, recording id) deleted through this mount: a listing that was in
-        # flight while the delete ran must not bring them back
+        self._probes: dict[tuple, Probe] = {}
+        self._days: dict[tuple[str, dt.date], DaySummary] = {}
+        self._memo: OrderedDict[tuple[str, dt.date], dict[str, bytes]] = OrderedDict()
+        self._memo_bytes = 0
+        self._locks: dict[Hashable, trio.Lock] = {}
+        self._users: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
+        self._departed: set[tuple[str, str]] = set()     # (account, owner): users API says 404
+        self._soft_delete: bool | None = None            # PATCH soft_delete offered? (once)
+        # (account, recording id) deleted or restored through this mount: a listing that
+        # was in flight meanwhile (or a lazily updated view) must not undo it here
         self._deleted: set[tuple[str, str]] = set()
+        self._restored: set[tuple[str, str]] = set()
 
     @property
     def auth(self) -> KazooAuth:
@@ -393,6 +588,8 @@ class KazooSource(Source):
     async def start(self) -> None:
         try:
             own = await self.client.own_account()
+        except KeyRefused as exc:
+            raise SourceError(exc.reason) from None
         except HttpError as exc:
             raise SourceError(str(exc)) from None
         self._accounts = self.configured_accounts or [own]
@@ -412,124 +609,409 @@ class KazooSource(Source):
     def root_ref(self) -> Hashable:
         return ("root",)
 
-    # -- the history index (year, month and users/ levels)
+    def _lock(self, key: Hashable) -> trio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = trio.Lock()
+        return lock
 
-    async def _index(self, account: str) -> list[WindowSummary]:
-        async with self._index_locks[account]:
-            now = self.clock()
-            cached = self._windows[account]
-            out = []
-            for window in month_windows(self.since, now):
-                summary = cached.get(window)
-                if summary is None or (not summary.closed
-                                       and now - summary.fetched_at >= self.listing_ttl):
-                    docs = await self.client.list_window(account, *window)
-                    summary = self._summarize(account, docs, fetched_at=now,
-                                              closed=window[1] + CLOCK_SKEW < now)
-                    cached[window] = summary
-                out.append(summary)
-            return out
+    def _closed(self, end: float, now: float) -> bool:
+        """A period ending at `end` is over: nothing it holds is stored any more."""
+        return end + self.lag + CLOCK_SKEW < now
 
-    def _summarize(self, account: str, docs: list[dict[str, Any]], fetched_at: float,
-                   closed: bool) -> WindowSummary:
-        summary = WindowSummary(fetched_at, closed)
-        for doc in docs:
-            start = start_of(doc)
-            rid = doc.get("id")
-            if start is None or start < self.since or has_no_media(doc) or \
-                    not isinstance(rid, str) or (account, rid) in self._deleted:
-                continue
-            day = utc_date(start)
-            summary.days.setdefault(day, {})[rid] = start
-            owner = doc.get("owner_id")
-            if isinstance(owner, str) and owner:
-                summary.user_days.setdefault(owner, {}).setdefault(day, {})[rid] = start
-        return summary
-
-    async def _days(self, account: str, owner: str | None) -> dict[dt.date, int]:
-        days: dict[dt.date, int] = {}
-        for summary in await self._index(account):
-            source = summary.days if owner is None else summary.user_days.get(owner, {})
-            for day, start in _newest(source).items():
-                _bump(days, day, start)
-        return days
+    def _valid(self, at: float, closed: bool, now: float) -> bool:
+        return closed or now - at < self.listing_ttl
 
     # -- listings
 
     async def list_dir(self, ref: Hashable) -> Listing:
         what = ref[0]
         if what == "root":
-            # the root must not cost a history pass, so accounts show the mount's start
+            # the root must not cost a probe, so accounts show the mount's start
             return Listing([self._dir(a, ("acct", a), mtime=self.created_at)
                             for a in await self.accounts()])
         if what == "acct":
             account = ref[1]
-            days = await self._days(account, None)
-            entries = self._period_dirs(days, account, None, "year", ())
+            entries = await self._period_dirs(account, None, ())
+            newest = max((e.mtime for e in entries), default=self.created_at)
             if self.user_view:
-                entries.append(self._dir("users", ("users", account),
-                                         mtime=max(days.values(), default=self.created_at)))
+                entries.append(self._dir("users", ("users", account), mtime=newest))
+            if await self._offers_soft_delete(account):
+                entries.append(self._dir("deleted", ("deleted", account), mtime=newest))
             return Listing(entries)
         if what == "users":
-            account = ref[1]
-            owners: dict[str, int] = {}
-            for summary in await self._index(account):
-                for owner, days in summary.user_days.items():
-                    newest = _newest(days)
-                    if newest:
-                        owners[owner] = max(owners.get(owner, 0), max(newest.values()))
-            return Listing([self._dir(o, ("user", account, o), mtime=t) for o, t in sorted(owners.items())])
+            return Listing(await self._owner_dirs(ref[1]))
         if what == "user":
             _, account, owner = ref
-            return Listing(self._period_dirs(await self._days(account, owner), account, owner, "year", ()))
+            return Listing(await self._period_dirs(account, owner, ()))
+        if what == "deleted":
+            return Listing(await self._period_dirs(ref[1], DELETED, ()))
         if what in ("year", "month"):
-            account, owner, *period = ref[1:]
-            level = "month" if what == "year" else "day"
-            return Listing(self._period_dirs(await self._days(account, owner), account, owner,
-                                             level, tuple(period)))
+            _, account, view, *period = ref
+            return Listing(await self._period_dirs(account, _view(view), tuple(period)))
         if what == "day":
-            return await self._list_day(*ref[1:])
+            _, account, view, y, m, d = ref
+            return await self._list_day(account, _view(view), dt.date(y, m, d))
         raise SourceError(f"kazoo source {self.name!r}: unknown folder {ref!r}", errno.ENOENT)
 
-    def _dir(self, name: str, ref: tuple, mtime: float = 0.0) -> Entry:
-        return Entry(name=name, kind=Kind.DIR, ref=ref, mtime=float(mtime), size=0)
+    def _dir(self, name: str, ref: tuple, mtime: float = 0.0,
+             xattrs: dict[str, str] | None = None) -> Entry:
+        return Entry(name=name, kind=Kind.DIR, ref=ref, mtime=float(mtime), size=0,
+                     xattrs=xattrs or {})
 
-    def _period_dirs(self, days: dict[dt.date, int], account: str, owner: str | None,
-                     level: str, period: tuple[int, ...]) -> list[Entry]:
-        """Folders of the next level under `period` ((), (Y,), (Y, M))."""
-        newest: dict[int, int] = {}
-        for day, start in days.items():
-            parts = (day.year, day.month, day.day)
-            if parts[:len(period)] != period:
-                continue
-            key = parts[len(period)]
-            newest[key] = max(newest.get(key, 0), start)
-        width = 4 if level == "year" else 2
-        return [self._dir(f"{key:0{width}d}", (level, account, owner, *period, key), mtime=t)
-                for key, t in sorted(newest.items())]
+    def _sub_periods(self, period: tuple[int, ...], now: float) -> list[tuple[int, ...]]:
+        """The years, months of a year or days of a month that lie between `since` and now."""
+        first, last = utc_date(self.since), utc_date(now)
+        if not period:
+            return [(y,) for y in range(first.year, last.year + 1)]
+        if len(period) == 1:
+            y = period[0]
+            return [(y, m) for m in range(1, 13)
+                    if (first.year, first.month) <= (y, m) <= (last.year, last.month)]
+        y, m = period
+        out = []
+        d = dt.date(y, m, 1)
+        while d.month == m:
+            if first <= d <= last:
+                out.append((y, m, d.day))
+            d += dt.timedelta(days=1)
+        return out
 
-    async def _list_day(self, account: str, owner: str | None, year: int, month: int,
-                        day: int) -> Listing:
-        first = day_start(dt.date(year, month, day))
-        last = first + DAY
-        window_end = min(last + self.lag, first - CLOCK_SKEW + MAX_WINDOW)
-        docs = await self.client.list_window(account, first - CLOCK_SKEW, window_end, owner)
+    async def _period_dirs(self, account: str, view, period: tuple[int, ...]) -> list[Entry]:
+        """The folders of the next level under `period` that hold a recording of `view`
+        (None: the account's; an owner id: theirs; DELETED: soft-deleted ones)."""
+        subs = self._sub_periods(period, self.clock())
+        if len(period) == 2:
+            await self._survey(account, view, period)
+        newest: dict[tuple[int, ...], int | None] = {}
+        limiter = trio.CapacityLimiter(PROBES_AT_ONCE)
+
+        async def one(sub: tuple[int, ...]) -> None:
+            async with limiter:
+                newest[sub] = await self._newest(account, view, sub)
+        async with trio.open_nursery() as nursery:
+            for sub in subs:
+                nursery.start_soon(one, sub)
+        level = ("year", "month", "day")[len(period)]
+        return [self._dir(f"{sub[-1]:0{4 if level == 'year' else 2}d}",
+                          (level, account, _stored(view), *sub), mtime=newest[sub])
+                for sub in subs if newest[sub] is not None]
+
+    # -- what a period holds: derived from what is known, else probed
+
+    async def _newest(self, account: str, view, period: tuple[int, ...]) -> int | None:
+        key = (account, _stored(view), period)
+        now = self.clock()
+        known = self._probes.get(key)
+        if known is not None and self._valid(known.at, known.closed, now):
+            return known.newest
+        async with self._lock(("probe", key)):
+            known = self._probes.get(key)
+            if known is not None and self._valid(known.at, known.closed, now):
+                return known.newest
+            derived, newest = self._derive(account, view, period, now)
+            if not derived:
+                newest = await self._probe(account, view, period)
+            self._probes[key] = Probe(newest, now, self._closed(period_bounds(period)[1], now))
+            return newest
+
+    def _day_known(self, account: str, day: dt.date, now: float) -> DaySummary | None:
+        """What is known of the account's recordings on `day` without asking: its day
+        listing, or a probe that found nothing in the day, its month or its year."""
+        summary = self._days.get((account, day))
+        if summary is not None and self._valid(summary.at, summary.closed, now):
+            return summary
+        for period in ((day.year, day.month, day.day), (day.year, day.month), (day.year,)):
+            probe = self._probes.get((account, None, period))
+            if probe is not None and probe.newest is None and self._valid(probe.at, probe.closed, now):
+                return DaySummary(now, probe.closed, None, {})
+        return None
+
+    def _derive(self, account: str, view, period: tuple[int, ...], now: float) -> tuple[bool, int | None]:
+        """(known, newest start) of a period from the account's day listings and probes;
+        known is False when a day of it is unknown and none tells it holds a recording."""
+        if view == DELETED:
+            return False, None
+        p0, p1 = period_bounds(period)
+        lo, hi = max(p0, self.since), min(p1, day_start(utc_date(now)) + DAY)
+        newest: int | None = None
+        complete = True
+        day = utc_date(lo) if lo < hi else None
+        while day is not None and day_start(day) < hi:
+            summary = self._day_known(account, day, now)
+            if summary is None:
+                complete = False
+            else:
+                t = summary.newest if view is None else summary.owners.get(view)
+                if t is not None and (newest is None or t > newest):
+                    newest = t
+            day += dt.timedelta(days=1)
+        return (complete or newest is not None), newest
+
+    async def _probe(self, account: str, view, period: tuple[int, ...]) -> int | None:
+        """The start of a recording of `view` whose call started in `period`, or None:
+        the period's creation window, newest first, one document a request until one
+        starts in the period; if none does, the hours after it (a call that started in
+        the period is stored when it ends)."""
+        p0, p1 = period_bounds(period)
+        lo = max(p0, self.since)
+        now = int(self.clock())
+        if lo >= p1 or lo > now + CLOCK_SKEW:
+            return None
+        found: list[int] = []
+
+        def visit(doc: dict[str, Any]) -> bool:
+            start = self._shown_start(account, view, doc)
+            if start is not None and lo <= start < p1:
+                found.append(start)
+                return True
+            return False
+        await self._scan(account, view, lo - CLOCK_SKEW, min(p1, now + CLOCK_SKEW), visit, first_page=1)
+        if not found and p1 < now + CLOCK_SKEW:
+            await self._scan(account, view, p1, min(p1 + self.lag, now + CLOCK_SKEW), visit,
+                             first_page=1, ascending=True)
+        return found[0] if found else None
+
+    async def _scan(self, account: str, view, start: int, end: int, visit: Visit, **kw) -> str:
+        """Scan a window of the listing that holds `view`'s recordings."""
+        if view is None:
+            return await self.client.scan(account, start, end, visit, **kw)
+        if view == DELETED:
+            return await self.client.scan(account, start, end, visit, **kw,
+                                          extra={"include": "soft_delete", "has_key": "soft_delete"})
+        if (account, view) not in self._departed:
+            try:
+                return await self.client.scan(account, start, end, visit, owner_id=view, **kw)
+            except UnknownUser:
+                self._departed.add((account, view))
+                log.info("%s: user %s of account %s is gone from the users API (404); their "
+                         "recordings are found in the account's listing", self.name, view, account)
+        return await self.client.scan(account, start, end, visit, **kw,
+                                      extra={"filter_owner_id": view})
+
+    def _shown_start(self, account: str, view, doc: dict[str, Any]) -> int | None:
+        """The start of `doc` if it is shown in `view`, else None."""
+        rid = doc.get("id")
+        start = start_of(doc)
+        if not isinstance(rid, str) or not rid or start is None or start < self.since \
+                or has_no_media(doc):
+            return None
+        marked = _is_soft_deleted(doc) and (account, rid) not in self._restored
+        if view == DELETED:
+            return start if marked else None
+        if marked or (account, rid) in self._deleted:
+            return None
+        if view is not None and doc.get("owner_id") != view:
+            return None
+        return start
+
+    # -- day folders
+
+    async def _list_day(self, account: str, view, day: dt.date) -> Listing:
+        first = day_start(day)
+        now = self.clock()
+        if view is None:
+            shown = await self._account_day(account, day)
+        elif view == DELETED:
+            shown = await self._day_of(account, DELETED, day)
+        else:
+            shown = await self._user_day(account, view, day)
         entries = []
-        for doc in docs:
-            start = start_of(doc)
-            if start is None:
-                log.debug("%s: recording %s has no start; not shown", self.name, doc.get("id"))
-                continue
-            if not (first <= start < last) or start < self.since or \
-                    (account, doc.get("id")) in self._deleted:
-                continue
-            entry = self._file_entry(account, doc, start)
+        for doc, start in shown:
+            entry = self._file_entry(account, doc, start, deleted=view == DELETED)
             if entry is not None:
                 entries.append(entry)
-        closed = window_end + CLOCK_SKEW < self.clock()
+        closed = self._closed(first + DAY, now)
         return Listing(entries, ttl=max(CLOSED_DAY_TTL, self.listing_ttl) if closed else None)
 
-    def _file_entry(self, account: str, doc: dict[str, Any], start: int) -> Entry | None:
+    async def _day_of(self, account: str, view, day: dt.date) -> list[tuple[dict[str, Any], int]]:
+        """`view`'s recordings that started on `day`: one window, from an hour before
+        the day to `created_lag_hours` after it."""
+        first = day_start(day)
+        docs: dict[str, tuple[dict[str, Any], int]] = {}
+
+        def visit(doc: dict[str, Any]) -> bool:
+            start = self._shown_start(account, view, doc)
+            if start is not None and first <= start < first + DAY:
+                docs.setdefault(doc["id"], (doc, start))
+            elif start_of(doc) is None:
+                log.debug("%s: recording %s has no start; not shown", self.name, doc.get("id"))
+            return False
+        await self._scan(account, view, first - CLOCK_SKEW, first + DAY + self.lag, visit)
+        return list(docs.values())
+
+    async def _account_day(self, account: str, day: dt.date) -> list[tuple[dict[str, Any], int]]:
+        """The account's recordings of `day`: from what this mount learnt of the day in
+        the last `listing_ttl` (a survey of its month, say), else listed now. (A past
+        day is listed again when its folder is: at its TTL, or after `recfs refresh`.)"""
+        async with self._lock(("day", account, day)):
+            now = self.clock()
+            kept = self._kept_docs(account, day, now, None, recent=True)
+            if kept is not None:
+                return kept
+            shown = await self._day_of(account, None, day)
+            self._learn_day(account, day, shown, now)
+            return shown
+
+    def _learn_day(self, account: str, day: dt.date, shown: list[tuple[dict[str, Any], int]],
+                   now: float) -> None:
+        """Keep what a complete listing of the account's `day` said: the summary per
+        owner always, the documents (compressed, per owner; "" for those without one)
+        within MEMO_BYTES."""
+        owners: dict[str, list[dict[str, Any]]] = {}
+        newest: dict[str, int] = {}
+        for doc, start in shown:
+            owner = doc.get("owner_id")
+            owner = owner if isinstance(owner, str) else ""
+            owners.setdefault(owner, []).append(doc)
+            if owner:
+                newest[owner] = max(newest.get(owner, 0), start)
+        self._days[(account, day)] = DaySummary(
+            now, self._closed(day_start(day) + DAY, now), max((s for _, s in shown), default=None),
+            newest)
+        self._remember(account, day, {o: _pack(docs) for o, docs in owners.items()})
+
+    def _kept_docs(self, account: str, day: dt.date, now: float, owner: str | None, *,
+                   recent: bool = False) -> list[tuple[dict[str, Any], int]] | None:
+        """`owner`'s (None: everybody's) recordings of `day` from the kept documents of
+        the account's day, or None when they are not kept or no longer current (with
+        `recent`: learnt more than `listing_ttl` ago, even for a past day)."""
+        summary = self._days.get((account, day))
+        packed = self._memo.get((account, day))
+        if summary is None or packed is None or \
+                not self._valid(summary.at, summary.closed and not recent, now):
+            return None
+        self._memo.move_to_end((account, day))
+        out = []
+        for who, blob in packed.items():
+            if owner is not None and who != owner:
+                continue
+            for doc in _unpack(blob):
+                start = self._shown_start(account, owner, doc)
+                if start is not None:
+                    out.append((doc, start))
+        return out
+
+    def _remember(self, account: str, day: dt.date, packed: dict[str, bytes]) -> None:
+        self._forget_memo(account, day)
+        self._memo[(account, day)] = packed
+        self._memo_bytes += sum(len(b) for b in packed.values())
+        while self._memo_bytes > MEMO_BYTES and len(self._memo) > 1:
+            old = next(iter(self._memo))
+            self._forget_memo(*old)
+
+    def _forget_memo(self, account: str, day: dt.date) -> None:
+        packed = self._memo.pop((account, day), None)
+        if packed is not None:
+            self._memo_bytes -= sum(len(b) for b in packed.values())
+
+    async def _user_day(self, account: str, owner: str, day: dt.date) -> list[tuple[dict[str, Any], int]]:
+        """An owner's recordings of `day`: from the account's listing of the day (made
+        now if this mount has not made it yet, for every owner at once), or, when that
+        listing's documents are no longer kept, from the owner's own listing."""
+        now = self.clock()
+        summary = self._day_known(account, day, now)
+        if summary is not None:
+            if owner not in summary.owners:
+                return []
+            kept = self._kept_docs(account, day, now, owner)
+            if kept is not None:
+                return kept
+            return await self._day_of(account, owner, day)
+        return [(doc, start) for doc, start in await self._account_day(account, day)
+                if doc.get("owner_id") == owner]
+
+    async def _survey(self, account: str, view, month: tuple[int, int]) -> None:
+        """Before a month's days are probed one by one: one page of the month's listing
+        (per window the server takes). When the month fits in it, every day of the
+        month is known from it, and for the account view every owner and document of
+        each day too; otherwise the days it showed are known to hold recordings."""
+        now = self.clock()
+        days = self._sub_periods(month, now)
+        if all(self._known(account, view, d, now) for d in days):
+            return
+        p0, p1 = period_bounds(month)
+        lo = max(p0, self.since)
+        seen: dict[str, tuple[dict[str, Any], int]] = {}
+
+        def visit(doc: dict[str, Any]) -> bool:
+            start = self._shown_start(account, view, doc)
+            if start is not None and lo <= start < p1:
+                seen.setdefault(doc["id"], (doc, start))
+            return False
+        async with self._lock(("survey", account, _stored(view), month)):
+            if all(self._known(account, view, d, now) for d in days):
+                return
+            end = min(p1, int(now) + CLOCK_SKEW)
+            complete = await self._scan(account, view, lo - CLOCK_SKEW, end, visit,
+                                        pages_per_window=1) == DONE
+            if complete and p1 < now + CLOCK_SKEW and self.lag:
+                complete = await self._scan(account, view, p1, min(p1 + self.lag, int(now) + CLOCK_SKEW),
+                                            visit, ascending=True, pages_per_window=1) == DONE
+            by_day: dict[dt.date, list[tuple[dict[str, Any], int]]] = {}
+            for doc, start in seen.values():
+                by_day.setdefault(utc_date(start), []).append((doc, start))
+            stored = _stored(view)
+            for d in days:
+                day = dt.date(*d)
+                shown = by_day.get(day, [])
+                if not shown and not complete:
+                    continue
+                newest = max((start for _, start in shown), default=None)
+                self._probes[(account, stored, d)] = Probe(newest, now, self._closed(day_start(day) + DAY, now))
+                if complete and view is None:
+                    self._learn_day(account, day, shown, now)
+
+    def _known(self, account: str, view, day: tuple[int, ...], now: float) -> bool:
+        probe = self._probes.get((account, _stored(view), day))
+        if probe is not None and self._valid(probe.at, probe.closed, now):
+            return True
+        return self._derive(account, view, day, now)[0]
+
+    # -- users/
+
+    async def _owner_dirs(self, account: str) -> list[Entry]:
+        """The account's users (users API) and every owner met in its day listings,
+        each with their name where the users API gives one."""
+        users = await self._users_of(account)
+        newest: dict[str, float] = {}
+        for (acct, _), summary in self._days.items():
+            if acct == account:
+                for owner, t in summary.owners.items():
+                    newest[owner] = max(newest.get(owner, 0), t)
+        entries = []
+        for owner in sorted(set(users) | set(newest)):
+            xattrs = {"kazoo.owner_id": owner}
+            user = users.get(owner)
+            if user is not None:
+                name = " ".join(str(user.get(k) or "") for k in ("first_name", "last_name")).strip()
+                if name:
+                    xattrs["kazoo.user_name"] = name
+                if user.get("username"):
+                    xattrs["kazoo.username"] = str(user["username"])
+            else:
+                xattrs["kazoo.user_status"] = "not in the users API (deleted)"
+            entries.append(self._dir(owner, ("user", account, owner),
+                                     mtime=newest.get(owner, self.created_at), xattrs=xattrs))
+        return entries
+
+    async def _users_of(self, account: str) -> dict[str, dict[str, Any]]:
+        now = self.clock()
+        known = self._users.get(account)
+        if known is not None and now - known[0] < self.listing_ttl:
+            return known[1]
+        try:
+            listed = await self.client.users(account)
+        except (HttpError, SourceError) as exc:
+            log.warning("%s: cannot list the users of account %s (%s); users/ shows the owners "
+                        "met in its listings", self.name, account, exc)
+            return known[1] if known is not None else {}
+        users = {str(u["id"]): u for u in listed if isinstance(u.get("id"), str) and u["id"]}
+        self._users[account] = (now, users)
+        return users
+
+    def _file_entry(self, account: str, doc: dict[str, Any], start: int, *,
+                    deleted: bool = False) -> Entry | None:
         rid = doc.get("id")
         if not isinstance(rid, str) or not rid:
             return None
@@ -547,6 +1029,18 @@ class KazooSource(Source):
         xattrs["kazoo.recording_id"] = rid
         xattrs["kazoo.content_type"] = mime
         xattrs["kazoo.account_id"] = account
+        if deleted and isinstance(doc.get("soft_delete"), dict):
+            mark = doc["soft_delete"]
+            try:
+                xattrs["kazoo.deleted_at"] = dt.datetime.fromtimestamp(
+                    gregorian_to_unix(int(mark["deleted_at"])), dt.timezone.utc).isoformat()
+            except (KeyError, TypeError, ValueError, OverflowError, OSError):
+                pass
+            by = mark.get("deleted_by")
+            if isinstance(by, dict):
+                for k in ("account_id", "user_id"):
+                    if isinstance(by.get(k), str):
+                        xattrs[f"kazoo.deleted_by.{k}"] = by[k]
         try:
             hint = max(0, int(duration_ms)) * 16        # ~128 kbit/s
         except (TypeError, ValueError):
@@ -563,17 +1057,58 @@ class KazooSource(Source):
     def content_error(self, entry: Entry, exc: HttpError) -> Exception:
         if exc.status == 404:
             _, account, rid = entry.ref
+            if _crosses_month(entry):
+                return SourceError(
+                    f"{self.name}: recording {rid} of account {account} is listed but answers "
+                    f"404 by id: its call ran to the end of {_id_month(rid)}, so Kazoo saved it "
+                    f"in the next month's database, while a GET by id looks only in the month "
+                    f"its id names; the API cannot read it", errno.EIO)
             return SourceError(f"{self.name}: recording {rid} of account {account} has no media "
                                f"(404 bad_identifier)", errno.EIO)
         return exc
 
-    # -- deletes (issue 9)
+    # -- deletes, and the soft delete of seed 003
+
+    async def _offers_soft_delete(self, account: str) -> bool:
+        """Whether the server takes PATCH soft_delete (seed 003), asked once a mount: a
+        PATCH of a recording id no server holds answers 405 where PATCH is not allowed
+        (Kazoo 4.3), else 404; nothing is changed either way."""
+        if self._soft_delete is None:
+            async with self._lock("soft_delete"):
+                if self._soft_delete is None:
+                    rid = f"{utc_date(self.clock()):%Y%m}-{NO_SUCH_ID}"
+                    try:
+                        resp = await self.client.patch_recording(account, rid, {"soft_restore": {}})
+                    except HttpError as exc:
+                        log.warning("%s: cannot tell whether the service has soft delete: %s",
+                                    self.name, exc)
+                        return False
+                    if resp.status_code == 405:
+                        self._soft_delete = False
+                    elif resp.status_code in (200, 400, 404, 409):
+                        self._soft_delete = True
+                        log.info("%s: the service keeps soft-deleted recordings (PATCH "
+                                 "soft_delete): they are shown under deleted/", self.name)
+                    else:
+                        log.warning("%s: cannot tell whether the service has soft delete "
+                                    "(PATCH answered HTTP %d)", self.name, resp.status_code)
+                        return False
+        return bool(self._soft_delete)
+
+    async def _who(self) -> dict[str, str]:
+        """Who deletes or restores: the API key's account (and its user, where api_auth
+        names one)."""
+        await self.auth.headers()
+        by = {"account_id": self.auth.account_id or ""}
+        if self.auth.owner_id:
+            by["user_id"] = self.auth.owner_id
+        return by
 
     async def delete(self, entry: Entry) -> None:
-        """Soft-delete the recording on the service and forget it here, so neither the
-        account view nor the per-user view shows it again (the same recording appears in
-        both; the tree drops it from the folder it was deleted in, the other view's day
-        folder loses it at its next listing)."""
+        """Delete the recording on the service: PATCH soft_delete where the server has
+        it (the recording then shows under deleted/ and can be restored), else Kazoo's
+        DELETE. Both views forget it here (the tree drops it from the folder it was
+        deleted in; the other view's day folder loses it at its next listing)."""
         if not self.allow_delete:
             raise SourceError(f"{self.name}: deleting is off (set allow_delete = true)", errno.EROFS)
         ref = entry.ref
@@ -581,25 +1116,148 @@ class KazooSource(Source):
                                                and ref[0] == "rec"):
             raise SourceError(f"{self.name}: only recordings can be deleted", errno.EROFS)
         _, account, rid = ref
-        try:
-            deleted = await self.client.delete_recording(account, rid)
-        except ForbiddenError:
-            raise SourceError(f"{self.name}: the API key may not delete recording {rid} of "
-                              f"account {account} (HTTP 403)", errno.EACCES) from None
-        except HttpError as exc:
-            raise SourceError(f"{self.name}: cannot delete recording {rid} of account "
-                              f"{account}: {exc}", errno.EIO) from None
-        if deleted:
-            log.info("%s: deleted recording %s of account %s (%s)", self.name, rid, account, entry.name)
-        else:
+        gone = None
+        if self._soft_delete is not False:
+            mark = {"deleted_by": await self._who(), "deleted_at": unix_to_gregorian(self.clock())}
+            gone = await self._patch(account, rid, "delete", {"soft_delete": mark})
+        if gone is None:
+            try:
+                deleted = await self.client.delete_recording(account, rid)
+            except ForbiddenError:
+                raise SourceError(f"{self.name}: the API key may not delete recording {rid} of "
+                                  f"account {account} (HTTP 403)", errno.EACCES) from None
+            except HttpError as exc:
+                raise SourceError(f"{self.name}: cannot delete recording {rid} of account "
+                                  f"{account}: {exc}", errno.EIO) from None
+            gone = not deleted
+        if gone:
+            await self._check_gone(entry, "delete")
             log.info("%s: recording %s of account %s was already gone (404); counted as deleted",
                      self.name, rid, account)
-        self._forget(account, rid, entry.version)
-
-    def _forget(self, account: str, rid: str, version: str) -> None:
+        else:
+            log.info("%s: deleted recording %s of account %s (%s)%s", self.name, rid, account,
+                     entry.name, " (soft delete: shown under deleted/)" if self._soft_delete else "")
         self._deleted.add((account, rid))
-        for summary in self._windows.get(account, {}).values():
-            summary.forget(rid)
+        self._restored.discard((account, rid))
+        self._changed(account, entry.mtime)
+
+    async def _patch(self, account: str, rid: str, what: str, data: dict[str, Any]) -> bool | None:
+        """PATCH a recording: False when done, True when the service has no such document
+        (404), None when the server takes no PATCH (405: remembered for the mount)."""
+        try:
+            resp = await self.client.patch_recording(account, rid, data)
+        except HttpError as exc:
+            raise SourceError(f"{self.name}: cannot {what} recording {rid} of account {account}: "
+                              f"{exc}", errno.EIO) from None
+        if resp.status_code == 405:
+            if self._soft_delete:
+                raise SourceError(f"{self.name}: the service no longer takes PATCH on recordings "
+                                  f"(HTTP 405); cannot {what} recording {rid}", errno.EIO)
+            self._soft_delete = False
+            log.info("%s: the service has no soft delete (PATCH answered 405): rm uses DELETE",
+                     self.name)
+            return None
+        if resp.status_code == 200:
+            self._soft_delete = True
+            return False
+        if resp.status_code == 404:
+            return True
+        if resp.status_code == 403:
+            raise SourceError(f"{self.name}: the API key may not {what} recording {rid} of "
+                              f"account {account} (HTTP 403)", errno.EACCES)
+        raise SourceError(f"{self.name}: cannot {what} recording {rid} of account {account}: "
+                          f"HTTP {resp.status_code}{describe_error_body(resp)}", errno.EIO)
+
+    async def _check_gone(self, entry: Entry, what: str) -> None:
+        """The service answered 404 by id. Gone, unless a fresh listing still shows it:
+        then it is a recording saved in another month's database than its id names."""
+        _, account, rid = entry.ref
+        start = int(entry.mtime)
+        try:
+            duration = int(entry.xattrs.get("kazoo.duration_ms") or 0) // 1000
+        except ValueError:
+            duration = 0
+        try:
+            listed = await self.client.scan(account, start - CLOCK_SKEW,
+                                            start + duration + self.lag + CLOCK_SKEW,
+                                            lambda doc: doc.get("id") == rid) == STOPPED
+        except HttpError as exc:
+            raise SourceError(f"{self.name}: recording {rid} of account {account} answers 404 by "
+                              f"id and cannot be looked for in a listing ({exc}); not counted as "
+                              f"done", errno.EIO) from None
+        if listed:
+            where = (f"its call ran to the end of {_id_month(rid)}, so Kazoo saved it in the next "
+                     f"month's database, where the API looks for no id of that month"
+                     if _crosses_month(entry) else "it is stored where the API does not look for it")
+            raise SourceError(f"{self.name}: cannot {what} recording {rid} of account {account}: "
+                              f"it is still listed but answers 404 by id ({where})", errno.EIO)
+
+    def _changed(self, account: str, start: float) -> None:
+        """A recording of the day of `start` was deleted or restored here: what is known
+        of that day (and of its month and year, in every view) is asked again."""
+        day = utc_date(start)
+        self._days.pop((account, day), None)
+        self._forget_memo(account, day)
+        periods = {(day.year,), (day.year, day.month), (day.year, day.month, day.day)}
+        for key in [k for k in self._probes if k[0] == account and k[2] in periods]:
+            del self._probes[key]
+
+    async def rename(self, entry: Entry, from_ref: Hashable, to_ref: Hashable, new_name: str) -> None:
+        """Restore a soft-deleted recording: `mv` of it from deleted/…/{day}/ back to its
+        day folder in the account view (or its owner's), under its name."""
+        if not (isinstance(from_ref, tuple) and len(from_ref) == 6 and from_ref[0] == "day"
+                and _view(from_ref[2]) == DELETED):
+            raise SourceError(f"{self.name}: recordings cannot be moved or renamed", errno.EROFS)
+        if not self.allow_delete:
+            raise SourceError(f"{self.name}: restoring is off (set allow_delete = true)", errno.EROFS)
+        _, account, rid = entry.ref
+        owner = entry.xattrs.get("kazoo.owner_id")
+        if not (isinstance(to_ref, tuple) and len(to_ref) == 6 and to_ref[0] == "day"
+                and to_ref[1] == account and tuple(to_ref[3:]) == tuple(from_ref[3:])
+                and (to_ref[2] is None or (owner is not None and to_ref[2] == owner))):
+            raise SourceError(f"{self.name}: a deleted recording is restored by moving it to its "
+                              f"own day folder ({account}/{from_ref[3]:04d}/{from_ref[4]:02d}/"
+                              f"{from_ref[5]:02d})", errno.EROFS)
+        stem = os.path.splitext(entry.name)[0]
+        if new_name != entry.name and not new_name.startswith(stem + " ~"):
+            raise SourceError(f"{self.name}: a restored recording keeps its name "
+                              f"({entry.name})", errno.EROFS)
+        mark = {"restored_by": await self._who(), "restored_at": unix_to_gregorian(self.clock())}
+        missing = await self._patch(account, rid, "restore", {"soft_restore": mark})
+        if missing is None:
+            raise SourceError(f"{self.name}: the service has no soft delete to undo", errno.EROFS)
+        if missing:
+            raise SourceError(f"{self.name}: recording {rid} of account {account} is no longer "
+                              f"on the service (404)", errno.ENOENT)
+        log.info("%s: restored recording %s of account %s (%s)", self.name, rid, account, entry.name)
+        self._deleted.discard((account, rid))
+        self._restored.add((account, rid))
+        self._changed(account, entry.mtime)
+
+
+def _view(stored) -> Any:
+    """A view as refs carry it: None, an owner id, or DELETED (a list once pickled)."""
+    return DELETED if isinstance(stored, (tuple, list)) and tuple(stored) == DELETED else stored
+
+
+def _stored(view) -> Any:
+    return DELETED if view == DELETED else view
+
+
+def _id_month(rid: str) -> str:
+    return f"{rid[:4]}-{rid[4:6]}" if re.match(r"^\d{6}-", rid) else "its month"
+
+
+def _crosses_month(entry: Entry) -> bool:
+    """Whether the call ran to the end of the month its id names (it is stored a little
+    after it ends): then it was saved in a later month's database."""
+    _, _, rid = entry.ref
+    try:
+        duration = int(entry.xattrs.get("kazoo.duration_ms") or 0) / 1000
+    except ValueError:
+        duration = 0
+    ended = month_name(entry.mtime + duration + STORE_MARGIN)
+    return re.match(r"^\d{6}-", rid) is not None and ended != _id_month(rid)
 
 
 Source = KazooSource
