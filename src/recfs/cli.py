@@ -239,7 +239,7 @@ def _map(args) -> int:
         rows = map_recordings(describe_recording, args.path, config=str(Path(args.config).resolve()),
                               client=client, by=args.by, unit_bytes=args.unit_bytes,
                               cache_dir=args.cache_dir)
-        figures = map_recordings.last_figures
+        figures = rows.figures
     except OSError as exc:
         log.error("recfs map: %s", exc)
         return 1

@@ -69,6 +69,13 @@ class Unit:
         return sum(self.sizes) + PER_FILE_WEIGHT * len(self.paths)
 
 
+class Rows(list):
+    """The rows of a map, in path order; `figures`: what the map did (files, bytes,
+    units, workers, the workers' caches, seconds listing and mapping, failures)."""
+
+    figures: dict
+
+
 @dataclass
 class Row:
     """One recording's result: `value` is what the function returned, `error` why it
@@ -152,10 +159,10 @@ def _start(fs_options: dict) -> str:
 def map_recordings(func: Callable[[str, Any], Any], path: str, *, config, client=None,
                    by: str = "size", unit_bytes: int | None = None, cache_dir: str | None = None,
                    cache_size: int | None = None,
-                   progress: bool | Callable[[dict], None] | None = None) -> list[Row]:
+                   progress: bool | Callable[[dict], None] | None = None) -> Rows:
     """`func(path, f)` for every recording under `path`, `f` the open file, on the
     cluster of `client` (default: distributed's current client); one Row per
-    recording, in path order. `progress`: a callable given a dict of figures after
+    recording, in path order (`.figures`: what the map did). `progress`: a callable given a dict of figures after
     each unit, True for a line on stderr, None for that line on a terminal only."""
     from distributed import as_completed, default_client
 
@@ -181,7 +188,7 @@ def map_recordings(func: Callable[[str, Any], Any], path: str, *, config, client
     # in path order: a worker's units then go forward through each folder, the way the
     # core learns sizes ahead of a copy (a unit before the last one would start cold)
     futures = [client.submit(_run_unit, fs_options, u.paths, func, pure=False) for u in units]
-    rows: list[Row] = []
+    rows = Rows()
     for _, result in as_completed(futures, with_results=True):
         rows += result
         figures["units_done"] += 1
@@ -194,12 +201,9 @@ def map_recordings(func: Callable[[str, Any], Any], path: str, *, config, client
     if report is _progress_line:
         print(file=sys.stderr)
     figures["map_s"] = time.monotonic() - mapped
-    map_recordings.last_figures = figures       # what the last call did (recfs map prints it)
     rows.sort(key=lambda r: r.path)
+    rows.figures = figures
     return rows
-
-
-map_recordings.last_figures = {}
 
 
 def _progress_line(f: dict) -> None:

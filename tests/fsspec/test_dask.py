@@ -99,7 +99,7 @@ def test_every_recording_exactly_once_with_its_checksum_on_two_workers(config, c
     wavs = [r for r in rows if "2025-10-13" in r.path]
     assert [(r.value["format"], r.value["duration_s"]) for r in wavs] == \
         [("wav", 2.0), ("wav", 3.0), ("wav", 4.0), ("wav", 5.0)]
-    figures = map_recordings.last_figures
+    figures = rows.figures
     assert figures["workers"] == 2 and figures["done_files"] == len(want) and figures["failed"] == 0
     assert len(figures["caches"]) == 2          # each worker process its own cache
     assert all("/fsspec/" in c for c in figures["caches"])
