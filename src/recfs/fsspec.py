@@ -319,10 +319,9 @@ async def _rename(core: Core, path1: str, path2: str) -> None:
     """A move, where the mount's rename would do it (the core decides; EROFS elsewhere)."""
     (parent1, name1), (parent2, name2) = _split(path1), _split(path2)
     old, new = await _resolve(core, parent1), await _resolve(core, parent2)
-    rename = getattr(core, "rename", None)
-    if rename is None or old is core.tree.root or new is core.tree.root or not name2:
+    if old is core.tree.root or new is core.tree.root or not name2:
         raise CoreError(errno.EROFS)
-    await rename(old, name1, new, name2)
+    await core.rename(old, name1, new, name2)
 
 
 async def _refresh(core: Core, path: str) -> int:
