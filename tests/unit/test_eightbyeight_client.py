@@ -164,21 +164,21 @@ async def test_entries_have_exact_sizes_xattrs_and_utc_mtime(tmp_path, router):
 
 
 class Probes:
-    """Answers limit=1 probes from a script and records what was asked."""
+    """Answers searches from a script and records what was asked: a record is a page
+    of that one object with more to come (a short page), a tuple a short page of
+    several, a list a last page, None (or the end of the script) an empty last page."""
 
-    def __init__(self, answers: list[dict | None]):
+    def __init__(self, answers: list[dict | tuple | list | None]):
         self.answers = list(answers)
         self.calls: list[dict[str, str]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         q = dict(request.url.params)
         self.calls.append(q)
-        if q["limit"] == "1":
-            found = self.answers.pop(0)
-            content = [found] if found else []
-        else:
-            content = []
-        return httpx.Response(200, json={"lastPage": True, "pageKey": int(q["pageKey"]) + int(q["limit"]),
+        found = self.answers.pop(0) if self.answers else None
+        content = list(found) if isinstance(found, (list, tuple)) else [found] if found else []
+        last = not isinstance(found, (dict, tuple))
+        return httpx.Response(200, json={"lastPage": last, "pageKey": int(q["pageKey"]) + int(q["limit"]),
                                          "pageSize": len(content), "content": content})
 
 
@@ -200,9 +200,9 @@ async def test_fiql_for_the_region_level(tmp_path, router):
                                       [record(1, type_="voicemail"), record(2), None])
     assert names == ["callrecording", "voicemail"]
     assert [(c["filter"], c["sortField"], c["sortDirection"], c["limit"]) for c in calls] == [
-        (A, "type", "ASC", "1"),
-        (f"type!=voicemail;{A}", "type", "ASC", "1"),
-        (f"type!=voicemail;type!=callrecording;{A}", "type", "ASC", "1")]
+        (A, "type", "ASC", "100"),
+        (f"type!=voicemail;{A}", "type", "ASC", "100"),
+        (f"type!=voicemail;type!=callrecording;{A}", "type", "ASC", "100")]
 
 
 async def test_fiql_for_the_type_level(tmp_path, router):
@@ -211,9 +211,9 @@ async def test_fiql_for_the_type_level(tmp_path, router):
                                        record(2, created="2024-02-01T00:00:00"), None])
     assert names == ["2023", "2024"]
     assert [(c["filter"], c["sortField"], c["sortDirection"], c["limit"]) for c in calls] == [
-        (f"type==callrecording;{A}", "createdTime", "ASC", "1"),
-        (f"type==callrecording;createdTime=ge={ms(2024, 1, 1)};{A}", "createdTime", "ASC", "1"),
-        (f"type==callrecording;createdTime=ge={ms(2025, 1, 1)};{A}", "createdTime", "ASC", "1")]
+        (f"type==callrecording;{A}", "createdTime", "ASC", "100"),
+        (f"type==callrecording;createdTime=ge={ms(2024, 1, 1)};{A}", "createdTime", "ASC", "100"),
+        (f"type==callrecording;createdTime=ge={ms(2025, 1, 1)};{A}", "createdTime", "ASC", "100")]
 
 
 async def test_fiql_for_the_year_level(tmp_path, router):
@@ -254,20 +254,60 @@ async def test_a_filter_naming_object_states_replaces_the_default(tmp_path, rout
                                        "(objectState==AVAILABLE,objectState==ARCHIVED)")
 
 
-async def test_a_parent_probe_saves_the_first_probe_of_its_child(tmp_path, router):
+async def test_a_parents_page_answers_its_children(tmp_path, router):
     router.post(TOKEN_URL).mock(side_effect=TokenService())
-    svc = Probes([record(1, created="2024-09-03T10:00:00"), None,   # type: years
-                  None,                                              # year: after September
-                  None])                                             # month: after the 3rd
+    # the type's only objects, in one last page: years, months and the day need no search
+    svc = Probes([[record(1, created="2024-09-03T10:00:00"), record(2, created="2024-09-03T11:00:00")]])
     router.get(OBJECTS).mock(side_effect=svc)
     src, http, _ = make_source(tmp_path)
     t = DirRef("type", "us-east", "callrecording")
     years = (await src.list_dir(t)).entries
     months = (await src.list_dir(years[0].ref)).entries
     days = (await src.list_dir(months[0].ref)).entries
+    files = (await src.list_dir(days[0].ref)).entries
     await http.aclose()
     assert [e.name for e in years + months + days] == ["2024", "09", "03"]
-    assert len(svc.calls) == 4
+    assert sorted(e.id for e in files) == ["id-0001", "id-0002"]
+    assert len(svc.calls) == 1
+
+
+async def test_a_short_page_leaves_the_rest_of_its_last_day_to_the_days_search(tmp_path, router):
+    router.post(TOKEN_URL).mock(side_effect=TokenService())
+    svc = Probes([record(1, created="2024-09-03T10:00:00"), None,    # type: 2024, then nothing
+                  None,                                              # year: nothing after September
+                  None,                                              # month: nothing after the 3rd
+                  [record(2, created="2024-09-03T11:00:00")]])       # the day, from pageKey 1
+    router.get(OBJECTS).mock(side_effect=svc)
+    src, http, _ = make_source(tmp_path)
+    t = DirRef("type", "us-east", "callrecording")
+    years = (await src.list_dir(t)).entries
+    months = (await src.list_dir(years[0].ref)).entries
+    days = (await src.list_dir(months[0].ref)).entries
+    files = (await src.list_dir(days[0].ref)).entries
+    await http.aclose()
+    assert [e.name for e in years + months + days] == ["2024", "09", "03"]
+    assert sorted(e.id for e in files) == ["id-0001", "id-0002"]
+    assert len(svc.calls) == 5 and svc.calls[-1]["pageKey"] == "1"
+    assert svc.calls[-1]["filter"].startswith(f"type==callrecording;createdTime=ge={ms(2024, 9, 3)};"
+                                              f"createdTime=lt={ms(2024, 9, 4)}")
+
+
+async def test_a_tie_at_the_seam_goes_on_from_the_objects_made_before(tmp_path, router):
+    router.post(TOKEN_URL).mock(side_effect=TokenService())
+    nine, ten = "2024-09-03T09:00:00", "2024-09-03T10:00:00"
+    svc = Probes([(record(1, created=nine), record(2, created=ten)), None,   # type: a short page
+                  None, None,                                    # year, month: nothing more
+                  record(3, created=ten),                        # the day from pageKey 2: a tie
+                  [record(2, created=ten), record(3, created=ten)]])   # so from pageKey 1
+    router.get(OBJECTS).mock(side_effect=svc)
+    src, http, _ = make_source(tmp_path)
+    ref = DirRef("type", "us-east", "callrecording")
+    for _ in range(3):
+        ref = (await src.list_dir(ref)).entries[0].ref
+    files = (await src.list_dir(ref)).entries
+    await http.aclose()
+    assert [c["pageKey"] for c in svc.calls[-2:]] == ["2", "1"]
+    assert sorted(e.id for e in files) == ["id-0001", "id-0002", "id-0003"]
 
 
 async def test_regions_are_discovered_from_any_region(tmp_path, router):

@@ -7,17 +7,27 @@ Layout
 The date is the object's `createdTime` in UTC. Regions come from `GET /regions`
 (any region answers; `us-west` is asked first) unless `regions` is configured.
 
-Listing cost is proportional to the folder, never to the account:
+Listing cost (issue 20): a folder costs at most the pages a plain client needs to
+read the objects it stands for at the largest page size (`limit=100`), and at most
+one search per entry plus one; never the account:
 
-- a day folder is one search with a `createdTime` window of that day, followed page
-  by page (`pageKey` offset, `limit=100`) until `lastPage`;
-- the type, year and month levels are found by sorted `limit=1` probes. A region's
-  types: probe sorted by type, excluding the types found so far (`type!=a;type!=b`),
-  one probe per type plus one. A type's years, a year's months and a month's days:
-  probe sorted by `createdTime` ascending from a cursor, jump the cursor to the start
-  of the next year/month/day after the object found; one probe per non-empty folder
-  plus one (the first probe of a level reuses what the parent's probe found). Every
-  probe count is bounded.
+- every search is a window search: one type's objects created in [start, end),
+  sorted by `createdTime` ascending, `limit=100` (the types of a region: sorted by
+  `type`, excluding the types found so far, `type!=a;type!=b`);
+- the type, year and month levels walk their period with such searches: each page
+  shows every period that has objects up to its last object, and the next search
+  starts at the period after that object's period; so a walk costs one search per
+  page of objects it reads, and no more than one per period it finds, plus one;
+- the first pages of those searches are kept a while (`WindowPages`: at most
+  `KEPT_PAGES`, as long as the listing they were fetched for stays fresh, each
+  answering a folder once): a page of a wider window answers a narrower one that
+  starts within it, so the levels below a walk start from its pages, and a day
+  folder takes the objects a walk's page holds of it as its first ones and reads on
+  from there (`pageKey` = their number) with its own search: with 1,000 calls a
+  day, the page that found a day is that day's first page; with 40 a day, one page
+  finds two days whole;
+- a day folder otherwise is one search with the day's window, page by page until
+  `lastPage`.
 
 Every search carries `objectState==AVAILABLE` (unless the configured `filter` names
 `objectState` itself) and the configured `filter`, ANDed. So folders appear only
@@ -78,9 +88,10 @@ log = logging.getLogger("recfs.sources.8x8")
 DEFAULT_TOKEN_URL = "https://api.8x8.com/oauth/v2/token"
 DISCOVERY_REGIONS = ("us-west", "us-east", "uk", "ap", "ca")
 PAGE_LIMIT = 100                 # the API's maximum page size
-MAX_TYPES = 200                  # probes per region folder
-MAX_YEARS = 100                  # probes per type folder
+MAX_TYPES = 200                  # searches per region folder
+MAX_YEARS = 100                  # years per type folder
 MAX_PAGES = 10000                # a day folder of a million objects is a bug somewhere
+KEPT_PAGES = 64                  # window pages kept for the levels below (about 100 KB each)
 CLOSED_PERIOD_TTL = 6 * 3600.0   # listing TTL of a period that ended two days ago or more
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 DELETE_WINDOW = 0.0              # seconds a delete waits for others to join (0: one turn)
@@ -272,6 +283,111 @@ def status_of(word: str) -> JobStatus:
     return JobStatus(JobState.FAILED, w or "(no status)")
 
 
+# --------------------------------------------------------------------------- window pages
+
+def _page_content(body) -> tuple[list[dict], bool]:
+    """The objects of a search answer and its `lastPage`; ValueError for another shape."""
+    try:
+        page = _one(body)
+        content = page.get("content") or []
+        last = page.get("lastPage")
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"unexpected answer ({exc})") from None
+    if not isinstance(content, list):
+        raise ValueError("'content' is not a list")
+    if isinstance(last, str):
+        last = last.strip().lower() == "true"
+    return [o for o in content if isinstance(o, dict)], bool(last)
+
+
+@dataclass(eq=False)
+class WindowPage:
+    """Page one of a window search: one type's objects created in [start, end) (None:
+    open), sorted by createdTime ascending, at most PAGE_LIMIT of them.
+
+    Sorted, it holds every object of the window created before its last object's
+    time (`times[-1]`) and some created at that time; `whole` (the service's
+    lastPage) says it holds the whole window. So it answers a narrower window that
+    starts at or after `start` as far as it reaches: which periods have objects
+    there, and which objects a day starts with."""
+    region: str
+    type: str
+    start: float | None
+    end: float | None
+    times: tuple[float, ...]
+    body: bytes                 # the answer as sent: parsed, a page costs four times the memory
+    whole: bool
+    at: float                   # trio clock
+    ttl: float                  # as fresh as the listing it was fetched for
+    served: set = field(default_factory=set)      # folders listed since it came: not answered
+
+    def reaches(self, lo: float | None) -> bool:
+        """Whether it knows the first object created at or after `lo`, or that the
+        window has none from `lo` to its end."""
+        if self.start is not None and (lo is None or lo < self.start):
+            return False
+        if self.times and (lo is None or self.times[-1] >= lo):
+            return True
+        return self.whole and (self.end is None or (lo is not None and lo < self.end))
+
+    def covers(self, hi: float | None) -> bool:
+        """Whether it holds every object of its window created before `hi`."""
+        if hi is not None and self.times and self.times[-1] >= hi:
+            return True
+        return self.whole and (self.end is None or (hi is not None and self.end >= hi))
+
+    def inside(self, lo: float | None, hi: float | None) -> list[int]:
+        """Positions of its objects created in [lo, hi)."""
+        return [i for i, t in enumerate(self.times)
+                if (lo is None or t >= lo) and (hi is None or t < hi)]
+
+    def objects(self) -> list[dict]:
+        return _page_content(json.loads(self.body))[0]
+
+
+class WindowPages:
+    """The window pages fetched lately, so that the level below a walk starts from
+    them (issue 20): a page answers a folder's window when it `reaches` the window's
+    start, is as fresh as the listing it was fetched for (its `ttl`) and was fetched
+    after the folder was last listed (so a folder listed again, e.g. after `recfs
+    refresh`, asks the service). At most `keep` pages, the oldest leave first."""
+
+    def __init__(self, keep: int = KEPT_PAGES):
+        self.keep = keep
+        self._pages: list[WindowPage] = []
+
+    def add(self, page: WindowPage) -> None:
+        self._pages.append(page)
+        del self._pages[:-self.keep]
+
+    def find(self, folder: Hashable, region: str, type_: str, lo: float | None,
+             hi: float | None) -> WindowPage | None:
+        """The page that tells most of [lo, hi) for `folder`: one that covers it whole
+        first, then the one holding most of its objects, then the newest."""
+        now = trio.current_time()
+        self._pages = [p for p in self._pages if now - p.at <= p.ttl]
+        best, best_key = None, None
+        for page in self._pages:
+            if page.region != region or page.type != type_ or folder in page.served or not page.reaches(lo):
+                continue
+            key = (page.covers(hi), len(page.inside(lo, hi)), page.at)
+            if best_key is None or key > best_key:
+                best, best_key = page, key
+        return best
+
+    def listed(self, folder: DirRef) -> None:
+        """`folder` was listed: no page there now answers it again."""
+        for page in self._pages:
+            if (page.region, page.type) == (folder.region, folder.type):
+                page.served.add(folder)
+
+    def drop(self, region: str, type_: str) -> None:
+        self._pages = [p for p in self._pages if (p.region, p.type) != (region, type_)]
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+
 # --------------------------------------------------------------------------- deletes
 
 # send(group, ids) -> {id: None on success, or the SourceError of that id}
@@ -389,7 +505,8 @@ class EightByEightSource(Source):
         self.leases = Leases(http, self._presign_request, self._presign_answer, auth=self.auth,
                              default_lifetime=PRESIGNED_LIFETIME, name=f"{name}: 8x8 presign",
                              headers={"Accept": "*/*"})
-        self._firsts: dict[tuple[str, str, int], tuple[float, float]] = {}
+        self.pages = WindowPages()
+        self._regions_from_start: list[str] | None = None   # answers the first root listing
         self.deleter = DeleteCoalescer(self._send_deletes)
         # (region, id) deleted through this mount: hidden even where the configured
         # filter shows REVOKED objects, and from listings that were in flight
@@ -402,7 +519,7 @@ class EightByEightSource(Source):
         except HttpError as exc:
             raise SourceError(f"{self.name}: cannot get an 8x8 API token: {exc}") from None
         try:
-            await self._region_names()
+            self._regions_from_start = await self._region_names()
         except ForbiddenError:
             raise SourceError(f"{self.name}: 8x8 refused access (HTTP 403): the API key needs the "
                               f"'storage' product (Cloud Storage API) in the Admin Console") from None
@@ -428,29 +545,39 @@ class EightByEightSource(Source):
         return ";".join([*clauses, *self._base])
 
     async def _page(self, region: str, filter_: str, sort_field: str, offset: int,
-                    limit: int) -> tuple[list[dict], bool]:
+                    limit: int) -> tuple[list[dict], bool, bytes]:
+        """One page of a search: its objects, its lastPage and the answer as sent."""
         params = {"filter": filter_, "sortField": sort_field, "sortDirection": "ASC",
                   "pageKey": str(offset), "limit": str(limit)}
-        body = await self._get_json(self._url(region, "objects"), f"{self.name}: 8x8 search", params)
+        name = f"{self.name}: 8x8 search"
+        url = self._url(region, "objects")
+        resp = await self.http.request("GET", url, name=name, auth=self.auth,
+                                       headers=JSON_HEADERS, params=params)
         try:
-            page = _one(body)
-            content = page.get("content") or []
-            last = page.get("lastPage")
-        except (ValueError, AttributeError) as exc:
-            raise SourceError(f"{self.name}: 8x8 search: unexpected answer ({exc})") from None
-        if not isinstance(content, list):
-            raise SourceError(f"{self.name}: 8x8 search: 'content' is not a list")
-        if isinstance(last, str):
-            last = last.strip().lower() == "true"
-        return [o for o in content if isinstance(o, dict)], bool(last)
+            body = json.loads(resp.content)
+        except ValueError:
+            raise SourceError(f"{self.name}: {name}: the answer from {safe_url(url)} is not JSON") from None
+        try:
+            content, last = _page_content(body)
+        except ValueError as exc:
+            raise SourceError(f"{self.name}: 8x8 search: {exc}") from None
+        return content, last, resp.content
 
-    async def search(self, region: str, filter_: str, sort_field: str = "createdTime") -> list[dict]:
-        """Every object matching `filter_`, page by page until `lastPage`."""
+    async def search(self, region: str, filter_: str, sort_field: str = "createdTime", *,
+                     offset: int = 0, after: float | None = None) -> list[dict] | None:
+        """Every object matching `filter_` from `offset` on, page by page until
+        `lastPage`. With `after` (the time of the last object known to come before
+        `offset`), None when the first object found was created at or before it:
+        the objects before `offset` are then not known to be the ones known."""
         objects: list[dict] = []
         seen: set[str] = set()
-        offset = 0
         for _ in range(MAX_PAGES):
-            content, last = await self._page(region, filter_, sort_field, offset, PAGE_LIMIT)
+            content, last, _ = await self._page(region, filter_, sort_field, offset, PAGE_LIMIT)
+            if after is not None and content:
+                first = parse_time(content[0].get("createdTime"))
+                if first is None or first <= after:
+                    return None
+            after = None
             for obj in content:
                 oid = str(obj.get("id") or "")
                 # offsets over a live result set can repeat an object across pages
@@ -467,9 +594,35 @@ class EightByEightSource(Source):
             offset += len(content)
         return objects
 
-    async def _probe(self, region: str, filter_: str, sort_field: str) -> dict | None:
-        content, _ = await self._page(region, filter_, sort_field, 0, 1)
-        return content[0] if content else None
+    async def _window(self, region: str, type_: str, lo: float | None,
+                      hi: float | None) -> WindowPage | None:
+        """Page one of the window search [lo, hi) of `type_`, kept for the levels
+        below; None (logged) when the answer is not sorted or not in the window."""
+        clauses = [f"type=={type_}"]
+        if lo is not None:
+            clauses.append(f"createdTime=ge={int(lo * 1000)}")
+        if hi is not None:
+            clauses.append(f"createdTime=lt={int(hi * 1000)}")
+        content, last, body = await self._page(region, self.fiql(*clauses), "createdTime", 0, PAGE_LIMIT)
+        times = [parse_time(obj.get("createdTime")) for obj in content]
+        problem = None
+        if any(t is None for t in times):
+            problem = "an object without a createdTime"
+        elif any(b < a for a, b in zip(times, times[1:])):
+            problem = "objects not sorted by createdTime"
+        elif times and ((lo is not None and times[0] < lo) or (hi is not None and times[-1] >= hi)):
+            problem = "a createdTime outside the window asked for"
+        elif not times and not last:
+            problem = "an empty page that is not the last"
+        if problem:
+            log.warning("%s: 8x8 search in %s/%s answered %s; stopping the walk",
+                        self.name, region, type_, problem)
+            return None
+        ttl = self._ttl(_utc(hi), time.time()) if hi is not None else None
+        page = WindowPage(region, type_, lo, hi, tuple(times), body, last, trio.current_time(),
+                          self.listing_ttl if ttl is None else ttl)
+        self.pages.add(page)
+        return page
 
     # -- listing
     async def _region_names(self) -> list[str]:
@@ -500,23 +653,25 @@ class EightByEightSource(Source):
             raise SourceError(f"{self.name}: not a folder", errno.ENOTDIR)
         now = time.time()
         if ref.level == "root":
-            return Listing([Entry(r, Kind.DIR, DirRef("region", r), mtime=now)
-                            for r in await self._region_names()])
+            names, self._regions_from_start = self._regions_from_start, None
+            if names is None:
+                names = await self._region_names()
+            return Listing([Entry(r, Kind.DIR, DirRef("region", r), mtime=now) for r in names])
         if ref.level == "region":
             return Listing([Entry(t, Kind.DIR, DirRef("type", ref.region, t), mtime=now)
                             for t in await self._types(ref.region)])
         if ref.level == "type":
-            years = await self._walk(ref.region, ref.type, None, None, _step_year, MAX_YEARS)
+            years = await self._walk(ref, None, None, _step_year, MAX_YEARS)
             return Listing([self._dir(DirRef("year", ref.region, ref.type, y), f"{y:04d}")
                             for y in years])
         if ref.level == "year":
             lo, hi = _period_bounds(ref)
-            months = await self._walk(ref.region, ref.type, lo, hi, _step_month, 13)
+            months = await self._walk(ref, lo.timestamp(), hi.timestamp(), _step_month, 12)
             return Listing([self._dir(DirRef("month", ref.region, ref.type, ref.year, m), f"{m:02d}")
                             for m in months], ttl=self._ttl(hi, now))
         if ref.level == "month":
             lo, hi = _period_bounds(ref)
-            days = await self._walk(ref.region, ref.type, lo, hi, _step_day, 32)
+            days = await self._walk(ref, lo.timestamp(), hi.timestamp(), _step_day, 31)
             return Listing([self._dir(DirRef("day", ref.region, ref.type, ref.year, ref.month, d),
                                       f"{d:02d}") for d in days], ttl=self._ttl(hi, now))
         if ref.level == "day":
@@ -533,78 +688,68 @@ class EightByEightSource(Source):
         return max(self.listing_ttl, CLOSED_PERIOD_TTL)
 
     async def _types(self, region: str) -> list[str]:
+        """The region's types: pages sorted by type, each excluding the types found so
+        far; one page per type at most, plus one."""
         found: list[str] = []
         for _ in range(MAX_TYPES):
-            obj = await self._probe(region, self.fiql(*(f"type!={t}" for t in found)), "type")
-            if obj is None:
+            content, last, _ = await self._page(region, self.fiql(*(f"type!={t}" for t in found)),
+                                                "type", 0, PAGE_LIMIT)
+            new = []
+            for obj in content:
+                t = obj.get("type")
+                if isinstance(t, str) and t and t not in found and t not in new:
+                    new.append(t)
+            found += new
+            if last:
                 break
-            t = obj.get("type")
-            if not isinstance(t, str) or not t or t in found:
-                log.warning("%s: 8x8 type probe in %s answered type %r again; stopping",
-                            self.name, region, t)
+            if not new:
+                log.warning("%s: 8x8 type search in %s answered only types it was told to leave "
+                            "out; stopping", self.name, region)
                 break
-            found.append(t)
         else:
-            log.warning("%s: more than %d types in %s; showing the first", self.name, MAX_TYPES, region)
+            log.warning("%s: more than %d pages of types in %s; showing the first",
+                        self.name, MAX_TYPES, region)
         return sorted(found)
 
-    async def _walk(self, region: str, type_: str, lo: dt.datetime | None, hi: dt.datetime | None,
-                    step, limit: int) -> list[int]:
-        """The non-empty periods between lo and hi, one sorted limit=1 probe each."""
+    async def _walk(self, folder: DirRef, lo: float | None, hi: float | None, step,
+                    periods: int) -> list[int]:
+        """The periods between lo and hi (epoch seconds, None: open) that have objects
+        of the folder's type, from window pages: a kept one that reaches the cursor,
+        else a search of [cursor, hi). Each page shows every period up to its last
+        object; the cursor then moves to the period after that object's. At most
+        `periods` periods are found."""
         out: list[int] = []
         cursor = lo
-        for _ in range(limit):
-            ts = self._first_after(region, type_, cursor)
-            if ts is None or (hi is not None and ts >= hi.timestamp()):
-                clauses = [f"type=={type_}"]
-                if cursor is not None:
-                    clauses.append(f"createdTime=ge={_ms(cursor)}")
-                if hi is not None:
-                    clauses.append(f"createdTime=lt={_ms(hi)}")
-                obj = await self._probe(region, self.fiql(*clauses), "createdTime")
-                if obj is None:
-                    break
-                ts = parse_time(obj.get("createdTime"))
-                if ts is None or (cursor is not None and ts < cursor.timestamp()) or \
-                        (hi is not None and ts >= hi.timestamp()):
-                    log.warning("%s: 8x8 answered createdTime %r outside the window asked for; "
-                                "stopping the probe", self.name, obj.get("createdTime"))
-                    break
-                self._remember_first(region, type_, ts, cursor)
-            value, cursor = step(_utc(ts))
-            if value not in out:
-                out.append(value)
+        for _ in range(2 * periods + 2):    # a kept page may only move the cursor on
+            page = self.pages.find(folder, folder.region, folder.type, cursor, hi) \
+                or await self._window(folder.region, folder.type, cursor, hi)
+            if page is None:
+                break
+            inside = page.inside(cursor, hi)
+            for i in inside:
+                value, _ = step(_utc(page.times[i]))
+                if value not in out:
+                    out.append(value)
+            if page.covers(hi) or len(out) >= periods:
+                break
+            if inside:
+                following = step(_utc(page.times[inside[-1]]))[1].timestamp()
+            else:                           # a whole page: nothing from the cursor to its end
+                following = page.end
+            if following is None or (cursor is not None and following <= cursor):
+                break
+            cursor = following
             if hi is not None and cursor >= hi:
                 break
+        else:
+            log.warning("%s: 8x8 walk of %s found more periods than it can hold; showing the first",
+                        self.name, folder)
+        self.pages.listed(folder)
         return out
-
-    def _remember_first(self, region: str, type_: str, ts: float,
-                        cursor: dt.datetime | None) -> None:
-        """A probe from `cursor` found `ts` first, so `ts` is also the first object of
-        its year, month and day, as far as they start at or after the cursor: the walk
-        one level down need not probe for it again. (A probe from October 1 says
-        nothing about September, so it must not stand for the first of the year.)"""
-        if len(self._firsts) > 4096:
-            self._firsts.clear()
-        t = _utc(ts)
-        now = trio.current_time()
-        for start in (dt.datetime(t.year, 1, 1, tzinfo=dt.timezone.utc),
-                      dt.datetime(t.year, t.month, 1, tzinfo=dt.timezone.utc),
-                      dt.datetime(t.year, t.month, t.day, tzinfo=dt.timezone.utc)):
-            if cursor is None or start >= cursor:
-                self._firsts[(region, type_, _ms(start))] = (ts, now)
-
-    def _first_after(self, region: str, type_: str, cursor: dt.datetime | None) -> float | None:
-        if cursor is None:
-            return None
-        hit = self._firsts.pop((region, type_, _ms(cursor)), None)
-        if hit is None or trio.current_time() - hit[1] > self.listing_ttl:
-            return None
-        return hit[0]
 
     async def _list_day(self, ref: DirRef, now: float) -> Listing:
         lo, hi = _period_bounds(ref)
-        objects = await self.search(ref.region, self.fiql(
+        objects = await self._day_objects(ref, lo.timestamp(), hi.timestamp(), self.fiql(
             f"type=={ref.type}", f"createdTime=ge={_ms(lo)}", f"createdTime=lt={_ms(hi)}"))
         entries = []
         for obj in objects:
@@ -616,6 +761,33 @@ class EightByEightSource(Source):
             if entry is not None:
                 entries.append(entry)
         return Listing(entries, ttl=self._ttl(hi, now))
+
+    async def _day_objects(self, ref: DirRef, lo: float, hi: float, filter_: str) -> list[dict]:
+        """The day's objects: those a kept window page holds of it come first (all of
+        them when the page covers the day), then the day's own search from their
+        number on (`pageKey`). The page is sorted and holds every object created
+        before its last time T, so the k objects it holds of the day are the day's
+        first k, unless more objects were created at T than it holds: then the
+        search's first object was created at T too, and the day goes on from the
+        objects created before T (certainly its first ones)."""
+        page = self.pages.find(ref, ref.region, ref.type, lo, hi)
+        self.pages.listed(ref)
+        if page is None:
+            return await self.search(ref.region, filter_)
+        objects = page.objects()
+        inside = page.inside(lo, hi)
+        known = [objects[i] for i in inside]
+        if page.covers(hi) or not known:
+            return known if page.covers(hi) else await self.search(ref.region, filter_)
+        last = page.times[-1]
+        rest = await self.search(ref.region, filter_, offset=len(known), after=last)
+        if rest is None:
+            log.debug("%s: %s: objects created at the same time on both sides of a kept page's "
+                      "end; the day goes on from the objects created before", self.name, ref)
+            known = [objects[i] for i in inside if page.times[i] < last]
+            rest = await self.search(ref.region, filter_, offset=len(known))
+        ids = {str(o.get("id") or "") for o in known}
+        return known + [o for o in rest or () if str(o.get("id") or "") not in ids]
 
     def _file_entry(self, obj: dict, folder: DirRef, day_start: float) -> Entry | None:
         oid = obj.get("id")
@@ -788,10 +960,8 @@ class EightByEightSource(Source):
 
     def _forget(self, ref: FileRef) -> None:
         self._deleted.add((ref.region, ref.id))
-        folder = ref.folder
-        # a remembered probe hit may be this object: the walk must ask again
-        for key in [k for k in self._firsts if k[:2] == (folder.region, folder.type)]:
-            del self._firsts[key]
+        # a kept window page may hold this object: the walks must ask again
+        self.pages.drop(ref.folder.region, ref.folder.type)
         self.leases.drop(f"{ref.region}/{ref.id}")
 
 
