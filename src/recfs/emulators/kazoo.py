@@ -49,6 +49,9 @@ cb_recordings, crossbar_view, crossbar_filter, cb_users, cb_api_auth, api_resour
   `include=soft_delete`, still readable), `{"data":{"soft_restore":{…}}}` unmarks them.
 - Token buckets (`bucket_tokens`, `fill_rate` per second): an empty bucket answers
   429 `too_many_requests` without `Retry-After`.
+- Scale mode (`scale=KazooScale(...)`, issue 20): an account whose history of a
+  million recordings or more is generated from its index when a listing page or a
+  read asks, merged with any stored recordings; read-only.
 
 Counters: `counts` per route name (`api_auth`, `list`, `list_user`, `users`, `doc`,
 `media`, `delete`, `patch`, `throttled`, `unauthorized`, `method_not_allowed`);
@@ -60,6 +63,7 @@ from __future__ import annotations
 import base64
 import bisect
 import collections
+import heapq
 import datetime as dt
 import hashlib
 import json
@@ -73,6 +77,8 @@ from typing import Any, Callable
 
 from .base import (Blob, BytesBlob, Emulator, Fault, PatternBlob, Request, Response,
                    json_response, precondition_failed)
+from .scale import ScaleBlob, stable_hash, time_in_day
+from .scale import day_start as scale_day_start
 
 GREGORIAN_OFFSET = 62167219200          # Unix epoch in Gregorian seconds
 MAX_RANGE = 31 * 86400 + 3600            # crossbar.maximum_range default
@@ -165,6 +171,114 @@ class Recording:
                 "pvt_account_id": self.account_id, "pvt_created": to_gregorian(self.created)}
 
 
+@dataclass(frozen=True)
+class KazooScale:
+    """A generated account history (issue 20's scale mode): `per_day` recordings on
+    each of `days` days from `start`, owned in turn by `owners` (and by nobody, when
+    `ownerless`), computed from their index j = day * per_day + n whenever a listing
+    page or a read asks for them; nothing is stored per recording.
+
+    Recording j starts at a time spread over its day that increases with n, and is
+    stored STORED_AFTER seconds later (so the view's order, by pvt_created, is j's
+    order); its id is `{YYYYMM of its start}-{day:08x}{n:08x}{hash:016x}`, so a call
+    that starts in a month's last minutes is saved in the next month's database, as a
+    real one would be. Sizes lie between `min_size` and `max_size`; the content is a
+    `ScaleBlob` of the id."""
+    account: str
+    start: dt.date = dt.date(2024, 1, 1)
+    days: int = 365
+    per_day: int = 1000
+    owners: tuple[str, ...] = ()
+    ownerless: bool = False
+    min_size: int = 16_000
+    max_size: int = 960_000
+    seed: int = 0
+
+    STORED_AFTER = 90
+
+    def __post_init__(self):
+        if not (1 <= self.per_day <= 86_400 and 1 <= self.days <= 0xFFFFFFFF
+                and 0 <= self.min_size <= self.max_size):
+            raise ValueError("per_day: 1 to 86,400; days: 1 or more; 0 <= min_size <= max_size")
+
+    @property
+    def total(self) -> int:
+        return self.days * self.per_day
+
+    def started(self, j: int) -> int:
+        d, n = divmod(j, self.per_day)
+        return int(scale_day_start(self.start, d)) + time_in_day(self.per_day, n, self.seed, d)
+
+    def created(self, j: int) -> int:
+        return self.started(j) + self.STORED_AFTER
+
+    def rid(self, j: int) -> str:
+        d, n = divmod(j, self.per_day)
+        return f"{modb_of(self.started(j))}-{d:08x}{n:08x}{stable_hash('kazoo', self.seed, j):016x}"
+
+    def index(self, rid: str) -> int | None:
+        """j of a generated id, or None."""
+        m = re.match(r"^\d{6}-([0-9a-f]{8})([0-9a-f]{8})[0-9a-f]{16}$", rid)
+        if not m:
+            return None
+        d, n = int(m.group(1), 16), int(m.group(2), 16)
+        j = d * self.per_day + n
+        return j if d < self.days and n < self.per_day and self.rid(j) == rid else None
+
+    def owner(self, j: int) -> str | None:
+        pool = (*self.owners, None) if self.ownerless or not self.owners else self.owners
+        return pool[j % len(pool)]
+
+    def recording(self, j: int) -> Recording:
+        rid = self.rid(j)
+        start = self.started(j)
+        d, n = divmod(j, self.per_day)
+        name = f"call-{self.start + dt.timedelta(days=d):%Y%m%d}-{n:05d}.mp3"
+        size = self.min_size + stable_hash("size", self.seed, j) % (self.max_size - self.min_size + 1)
+        duration_ms = size // 16                 # 128 kbit/s
+        call_id = f"{stable_hash('call', self.seed, j):016x}@10.0.0.1"
+        public: dict[str, Any] = {
+            "call_id": call_id, "callee_id_name": "Callee", "callee_id_number": "+15550199",
+            "caller_id_name": "Caller", "caller_id_number": f"+1555{j % 10**7:07d}",
+            "cdr_id": f"{rid[:6]}-{call_id}", "custom_channel_vars": {},
+            "description": f"recording {name}", "direction": ("inbound", "outbound")[j % 2],
+            "duration": duration_ms // 1000, "duration_ms": duration_ms,
+            "media_source": "recorded", "name": name, "source_type": "kzc_recording",
+            "start": to_gregorian(start), "content_type": "audio/mpeg", "media_type": "mp3",
+        }
+        owner = self.owner(j)
+        if owner:
+            public["owner_id"] = owner
+        return Recording(rid, self.account, self.created(j), public,
+                         ScaleBlob(f"kazoo/{self.seed}/{rid}", size), name, "audio/mpeg")
+
+    def _first_created_at_or_after(self, greg: int) -> int:
+        """The first j whose pvt_created (Gregorian) is at or after `greg`."""
+        lo, hi = 0, self.total
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if to_gregorian(self.created(mid)) < greg:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def rows(self, frm: int, to: int, ascending: bool, after: tuple[int, str] | None):
+        """The recordings created in [frm, to] (Gregorian), from the view key `after` on
+        (inclusive), in view order, made one by one as they are read."""
+        lo = self._first_created_at_or_after(frm)
+        hi = self._first_created_at_or_after(to + 1)
+        if after is not None:
+            at = self._first_created_at_or_after(after[0])
+            exact = at < self.total and to_gregorian(self.created(at)) == after[0]
+            if ascending:
+                lo = max(lo, at if not exact or self.rid(at) >= after[1] else at + 1)
+            else:
+                hi = min(hi, at + 1 if exact and self.rid(at) <= after[1] else at)
+        order = range(lo, hi) if ascending else range(hi - 1, lo - 1, -1)
+        return (self.recording(j) for j in order)
+
+
 class KazooEmulator(Emulator):
     name = "kazoo"
 
@@ -172,8 +286,10 @@ class KazooEmulator(Emulator):
                  fill_rate: float = 10.0, max_range: int = MAX_RANGE,
                  default_page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0,
                  patch_soft_delete: bool = False, api_auth_tokens: float = API_AUTH_TOKENS,
-                 cut_past_end: int | None = None, cut_past_end_times: int = 1, **kw):
+                 cut_past_end: int | None = None, cut_past_end_times: int = 1,
+                 scale: KazooScale | None = None, **kw):
         super().__init__(**kw)
+        self.scale = scale
         self.token_lifetime = token_lifetime
         self.max_range = max_range
         self.default_page_size = default_page_size
@@ -214,6 +330,12 @@ class KazooEmulator(Emulator):
         self.route("GET", acct + r"/recordings/(?P<rid>[^/]+)", "doc", self._get)
         self.route("DELETE", acct + r"/recordings/(?P<rid>[^/]+)", "delete", self._delete)
         self.route("PATCH", acct + r"/recordings/(?P<rid>[^/]+)", "patch", self._patch)
+        if scale is not None:
+            if scale.account not in self.accounts:
+                self.add_account("Scale", account_id=scale.account)
+            for owner in scale.owners:
+                if owner not in self.users:
+                    self.add_user(scale.account, user_id=owner)
 
     # ------------------------------------------------------------------ set-up
 
@@ -537,47 +659,62 @@ class KazooEmulator(Emulator):
         include_marked = self.patch_soft_delete and \
             "soft_delete" in req.query.get("include", "").split(",")
         ascending = req.query.get("ascending") == "true" or req.query.get("descending") == "false"
-        with self._lock:
-            view = self._views.get(account_id, [])
-            lo = bisect.bisect_left(view, (frm, ""), key=lambda row: row[0])
-            hi = bisect.bisect_right(view, (to, "\uffff"), key=lambda row: row[0])
-            rows = [r for _, r in view[lo:hi]
-                    if not r.deleted and (include_marked or not r.marked)
-                    and (owner is None or r.public.get("owner_id") == owner)]
-        if not ascending:
-            rows.reverse()              # the view's default order: newest first
-        filters = {k: v for k, v in req.query.items()
-                   if k.startswith(FILTER_PREFIXES) or k in FILTER_KEYS}
-        if req.query.get("paginate") == "false":
-            return self._envelope(req, [self.summary(r) for r in rows
-                                        if _passes(r.full_doc(), filters)])
+        after: tuple[int, str] | None = None
         raw_key = req.query.get("start_key")
-        if raw_key is not None:
+        paginate = req.query.get("paginate") != "false"
+        if raw_key is not None and paginate:
             key = self.decode_key(raw_key)
             if isinstance(key, str):
-                rows = []         # a binary start key sorts outside every [created, id] key
-            elif ascending:
-                rows = [r for r in rows if r.view_key >= key]
-            else:
-                rows = [r for r in rows if r.view_key <= key]
+                # a binary start key sorts outside every [created, id] key
+                return self._envelope(req, [], page_size=0)
+            after = key
+        filters = {k: v for k, v in req.query.items()
+                   if k.startswith(FILTER_PREFIXES) or k in FILTER_KEYS}
+
+        def shown(r: Recording) -> bool:
+            return not r.deleted and (include_marked or not r.marked) \
+                and (owner is None or r.public.get("owner_id") == owner)
+        rows = (r for r in self._rows(account_id, frm, to, ascending, after) if shown(r))
+        if not paginate:
+            return self._envelope(req, [self.summary(r) for r in rows
+                                        if _passes(r.full_doc(), filters)])
         # crossbar_view: rows are read page_size + 1 at a time and filtered; the page is
         # filled from as many rows as it takes, and the next start key is the row after
         # the last one looked at
         page: list[Recording] = []
         nxt = None
-        for i, r in enumerate(rows):
+        for r in rows:
+            if len(page) == page_size:
+                nxt = r.view_key
+                break
             if _passes(r.full_doc(), filters):
                 page.append(r)
-            if len(page) == page_size:
-                if i + 1 < len(rows):
-                    nxt = rows[i + 1].view_key
-                break
         extra: dict[str, Any] = {"page_size": len(page)}
         if page:
             extra["start_key"] = raw_key if raw_key is not None else self.encode_key(page[0].view_key)
         if nxt is not None:
             extra["next_start_key"] = self.encode_key(nxt)
         return self._envelope(req, [self.summary(r) for r in page], **extra)
+
+    def _rows(self, account_id: str, frm: int, to: int, ascending: bool,
+              after: tuple[int, str] | None):
+        """The view's rows of the account created in [frm, to] (Gregorian), from the
+        start key `after` on (inclusive), newest first unless ascending: the stored
+        recordings merged with the generated ones of a scale account."""
+        with self._lock:
+            view = self._views.get(account_id, [])
+            lo = bisect.bisect_left(view, (frm, ""), key=lambda row: row[0])
+            hi = bisect.bisect_right(view, (to, "\uffff"), key=lambda row: row[0])
+            stored = [r for _, r in view[lo:hi]]
+        if after is not None:
+            stored = [r for r in stored if (r.view_key >= after if ascending else r.view_key <= after)]
+        if not ascending:
+            stored.reverse()
+        scale = self.scale
+        if scale is None or scale.account != account_id:
+            return iter(stored)
+        generated = scale.rows(frm, to, ascending, after)
+        return heapq.merge(stored, generated, key=lambda r: r.view_key, reverse=not ascending)
 
     def _list_users(self, req: Request) -> Response:
         account_id = req.match.group("acct")
@@ -608,6 +745,9 @@ class KazooEmulator(Emulator):
         if not re.match(r"^\d{6}-", rid):
             return self._bad_identifier(req, [rid])
         rec = self.recordings.get(rid)
+        if rec is None and self.scale is not None and self.scale.account == account_id:
+            j = self.scale.index(rid)
+            rec = None if j is None else self.scale.recording(j)
         # cb_recordings looks in the month database the id names
         if rec is None or rec.account_id != account_id or rec.modb != rid[:6]:
             return self._bad_identifier(req, {"cause": rid})
@@ -663,10 +803,19 @@ class KazooEmulator(Emulator):
             self.media_requests.append((rec.id, req.header("range"), resp.status))
         return resp
 
+    def _generated(self, req: Request, rec: Recording) -> Response | None:
+        """A generated recording (scale mode) cannot change: 403."""
+        if rec.id in self.recordings:
+            return None
+        return self._error(req, 403, "forbidden", {"message": "the generated history is read-only"})
+
     def _delete(self, req: Request) -> Response:
         rec = self._load(req)
         if isinstance(rec, Response):
             return rec
+        refused = self._generated(req, rec)
+        if refused is not None:
+            return refused
         doc = {k: v for k, v in rec.public.items() if not k.startswith(("_", "pvt_"))}
         doc["id"] = rec.id
         soft = req.query.get("should_soft_delete") != "false"
@@ -704,6 +853,8 @@ class KazooEmulator(Emulator):
             for one in ids:
                 req.match = re.match(r"(?P<acct>.*)/(?P<rid>.*)", f"{account_id}/{one}")
                 rec = self._load(req)
+                if not isinstance(rec, Response):
+                    rec = self._generated(req, rec) or rec
                 if isinstance(rec, Response):
                     failed[str(one)] = json.loads(rec.body)["data"]
                 else:
@@ -715,7 +866,7 @@ class KazooEmulator(Emulator):
         rec = self._load(req)
         if isinstance(rec, Response):
             return rec
-        return self._envelope(req, self._mark(rec, data))
+        return self._generated(req, rec) or self._envelope(req, self._mark(rec, data))
 
     def _mark(self, rec: Recording, data: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -895,5 +1046,5 @@ def demo(seed: int = 0, **kw) -> KazooEmulator:
     return emu
 
 
-__all__ = ["KazooEmulator", "Recording", "User", "GREGORIAN_OFFSET", "MAX_RANGE", "to_gregorian",
+__all__ = ["KazooEmulator", "KazooScale", "Recording", "User", "GREGORIAN_OFFSET", "MAX_RANGE", "to_gregorian",
            "from_gregorian", "modb_of", "kazoo_range_response", "source_table", "demo"]

@@ -1,0 +1,122 @@
+"""The Kazoo emulator's scale mode (issue 20): a generated history answers listings
+(windows, both orders, cursors, owner filters, the users endpoint) and reads as the same
+recordings stored would, and the source lists a year of 1,000 calls a day with the
+request counts of docs/providers/kazoo.md."""
+from __future__ import annotations
+
+import datetime as dt
+
+import httpx
+import pytest
+
+from recfs.config import parse_config
+from recfs.emulators.kazoo import KazooEmulator, KazooScale, to_gregorian
+from recfs.http import Http, RetryPolicy
+from recfs.sources import kazoo
+
+ACCOUNT = "5ca1e" + "0" * 27
+OWNERS = ("a" * 32, "b" * 32, "c" * 32)
+CLIENT = httpx.Client()
+
+
+@pytest.fixture
+async def http():
+    client = Http(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, budget=10))
+    yield client
+    await client.aclose()
+
+
+def small() -> KazooScale:
+    return KazooScale(account=ACCOUNT, start=dt.date(2024, 1, 20), days=40, per_day=30,
+                      owners=OWNERS, ownerless=True, seed=3)
+
+
+def crawl(emu: KazooEmulator, url: str, params: dict) -> list[str]:
+    """Every id of a listing, page by page."""
+    token = httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": emu.demo_key}}).json()["auth_token"]
+    ids: list[str] = []
+    while True:
+        body = CLIENT.get(url, params=params, headers={"X-Auth-Token": token}).json()
+        assert body["status"] == "success", body
+        ids += [d["id"] for d in body["data"]]
+        if "next_start_key" not in body:
+            return ids
+        params = dict(params, start_key=body["next_start_key"])
+
+
+def test_generated_listings_page_as_stored_ones_would():
+    scale = small()
+    every = [scale.recording(j) for j in range(scale.total)]
+    with KazooEmulator(bucket_tokens=None, scale=scale) as emu:
+        emu.demo_key = emu.add_api_key(ACCOUNT)
+        url = f"{emu.url}/v2/accounts/{ACCOUNT}/recordings"
+        frm = to_gregorian(dt.datetime(2024, 2, 3, 13, tzinfo=dt.timezone.utc).timestamp())
+        to = frm + 9 * 86400
+        inside = [r for r in every if frm <= to_gregorian(r.created) <= to]
+        newest_first = [r.id for r in sorted(inside, key=lambda r: r.view_key, reverse=True)]
+        window = {"created_from": frm, "created_to": to, "page_size": 17}
+        assert crawl(emu, url, window) == newest_first
+        assert crawl(emu, url, {**window, "ascending": "true"}) == newest_first[::-1]
+        mine = [r.id for r in sorted(inside, key=lambda r: r.view_key, reverse=True)
+                if r.public.get("owner_id") == OWNERS[1]]
+        assert crawl(emu, url, {**window, "filter_owner_id": OWNERS[1]}) == mine
+        assert crawl(emu, f"{emu.url}/v2/accounts/{ACCOUNT}/users/{OWNERS[1]}/recordings", window) == mine
+        assert any("owner_id" not in r.public for r in inside)
+        # the users of the owners exist; a generated recording reads, and is read-only
+        token = httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": emu.demo_key}}).json()["auth_token"]
+        h = {"X-Auth-Token": token}
+        users = httpx.get(f"{emu.url}/v2/accounts/{ACCOUNT}/users", headers=h).json()["data"]
+        assert sorted(u["id"] for u in users) == sorted(OWNERS)
+        rec = next(r for r in inside if r.modb == r.id[:6])
+        media = httpx.get(f"{url}/{rec.id}", headers={**h, "Accept": "audio/mpeg", "Range": "bytes=100-199"})
+        assert media.status_code == 206 and media.content == rec.blob.read(100, 100)
+        assert httpx.delete(f"{url}/{rec.id}", headers=h).status_code == 403
+        assert rec.id in crawl(emu, url, window)
+
+
+def test_a_generated_call_over_a_months_end_answers_404_by_id():
+    scale = KazooScale(account=ACCOUNT, start=dt.date(2024, 1, 30), days=3, per_day=1000, seed=1)
+    late = [scale.recording(j) for j in range(scale.total)]
+    crossing = [r for r in late if r.modb != r.id[:6]]
+    assert crossing                                   # the last calls of 31 January
+    with KazooEmulator(bucket_tokens=None, scale=scale) as emu:
+        emu.demo_key = emu.add_api_key(ACCOUNT)
+        token = httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": emu.demo_key}}).json()["auth_token"]
+        url = f"{emu.url}/v2/accounts/{ACCOUNT}/recordings/{crossing[0].id}"
+        assert httpx.get(url, headers={"X-Auth-Token": token, "Accept": "audio/mpeg"}).status_code == 404
+
+
+async def test_a_year_of_a_thousand_calls_a_day(http):
+    """The first ls of an account with a year of history at 1,000 calls a day, a year,
+    a month, a day and a user's day: the counts docs/providers/kazoo.md gives."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    first = today - dt.timedelta(days=365)
+    scale = KazooScale(account=ACCOUNT, start=first, days=365, per_day=1000, owners=OWNERS)
+    with KazooEmulator(bucket_tokens=None, scale=scale) as emu:
+        emu.demo_key = emu.add_api_key(ACCOUNT)
+        table = {"name": "kz", "kind": "kazoo", "api_url": emu.url + "/v2", "api_key": emu.demo_key,
+                 "since": first.isoformat()}
+        src = kazoo.Source("kz", parse_config({"sources": [table]}).sources[0].options, http)
+        await src.start()
+
+        def asked() -> int:
+            return sum(emu.counts.values())
+        emu.reset_stats()
+        account = await src.list_dir(("acct", ACCOUNT))
+        first_ls = asked()
+        assert [e.name for e in account.entries] == [str(first.year), str(today.year), "users"] \
+            or [e.name for e in account.entries] == [str(today.year), "users"]
+        assert first_ls <= 40
+        year = await src.list_dir(account.entries[0].ref)
+        assert asked() - first_ls <= 2 * 13
+        before = asked()
+        month = await src.list_dir(year.entries[-1].ref)
+        assert asked() - before <= 2 * 31 + 2
+        before = asked()
+        day = await src.list_dir(month.entries[1].ref)
+        assert len(day.entries) == 1000 and asked() - before <= 1000 * 31 // 24 // 200 + 2
+        before = asked()
+        user_day = ("day", ACCOUNT, OWNERS[0], *month.entries[1].ref[3:])
+        mine = await src.list_dir(user_day)
+        assert len(mine.entries) in (333, 334) and asked() == before     # from the account's day
+        print(f"first ls: {first_ls} requests")
