@@ -572,6 +572,10 @@ class KazooSource(Source):
         self._days: dict[tuple[str, dt.date], DaySummary] = {}
         self._memo: OrderedDict[tuple[str, dt.date], dict[str, bytes]] = OrderedDict()
         self._memo_bytes = 0
+        # the day folders (account, day) -> {views} the kept documents already answered:
+        # kept documents answer a folder once, and the folder listed again (its TTL, or
+        # `recfs refresh`) asks the server, as a listing that nobody kept would
+        self._answered: dict[tuple[str, dt.date], set[str | None]] = {}
         self._locks: dict[Hashable, trio.Lock] = {}
         self._users: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
         self._departed: set[tuple[str, str]] = set()     # (account, owner): users API says 404
@@ -842,15 +846,17 @@ class KazooSource(Source):
 
     async def _account_day(self, account: str, day: dt.date) -> list[tuple[dict[str, Any], int]]:
         """The account's recordings of `day`: from what this mount learnt of the day in
-        the last `listing_ttl` (a survey of its month, say), else listed now. (A past
-        day is listed again when its folder is: at its TTL, or after `recfs refresh`.)"""
+        the last `listing_ttl` (a survey of its month, say) if that has not answered
+        this folder yet, else listed now. (So a past day is listed again when its folder
+        is: at its TTL, or after `recfs refresh`.)"""
         async with self._lock(("day", account, day)):
             now = self.clock()
-            kept = self._kept_docs(account, day, now, None, recent=True)
+            kept = self._take_kept(account, day, now, None)
             if kept is not None:
                 return kept
             shown = await self._day_of(account, None, day)
             self._learn_day(account, day, shown, now)
+            self._answered[(account, day)].add(None)
             return shown
 
     def _learn_day(self, account: str, day: dt.date, shown: list[tuple[dict[str, Any], int]],
@@ -866,10 +872,23 @@ class KazooSource(Source):
             owners.setdefault(owner, []).append(doc)
             if owner:
                 newest[owner] = max(newest.get(owner, 0), start)
+        self._answered[(account, day)] = set()
         self._days[(account, day)] = DaySummary(
             now, self._closed(day_start(day) + DAY, now), max((s for _, s in shown), default=None),
             newest)
         self._remember(account, day, {o: _pack(docs) for o, docs in owners.items()})
+
+    def _take_kept(self, account: str, day: dt.date, now: float,
+                   owner: str | None) -> list[tuple[dict[str, Any], int]] | None:
+        """The kept documents of `day` for the folder of `owner` (None: the account's),
+        unless they already answered that folder since they were learnt."""
+        answered = self._answered.get((account, day))
+        if answered is None or owner in answered:
+            return None
+        kept = self._kept_docs(account, day, now, owner, recent=owner is None)
+        if kept is not None:
+            answered.add(owner)
+        return kept
 
     def _kept_docs(self, account: str, day: dt.date, now: float, owner: str | None, *,
                    recent: bool = False) -> list[tuple[dict[str, Any], int]] | None:
@@ -914,12 +933,14 @@ class KazooSource(Source):
         if summary is not None:
             if owner not in summary.owners:
                 return []
-            kept = self._kept_docs(account, day, now, owner)
+            kept = self._take_kept(account, day, now, owner)
             if kept is not None:
                 return kept
             return await self._day_of(account, owner, day)
-        return [(doc, start) for doc, start in await self._account_day(account, day)
-                if doc.get("owner_id") == owner]
+        shown = [(doc, start) for doc, start in await self._account_day(account, day)
+                 if doc.get("owner_id") == owner]
+        self._answered.setdefault((account, day), set()).add(owner)
+        return shown
 
     async def _survey(self, account: str, view, month: tuple[int, int]) -> None:
         """Before a month's days are probed one by one: one page of the month's listing
@@ -1197,6 +1218,7 @@ class KazooSource(Source):
         of that day (and of its month and year, in every view) is asked again."""
         day = utc_date(start)
         self._days.pop((account, day), None)
+        self._answered.pop((account, day), None)
         self._forget_memo(account, day)
         periods = {(day.year,), (day.year, day.month), (day.year, day.month, day.day)}
         for key in [k for k in self._probes if k[0] == account and k[2] in periods]:
