@@ -152,9 +152,9 @@ async def test_a_404_for_a_recording_still_listed_is_no_success(respx_mock, http
     not hold it, so DELETE (or PATCH) by id answers 404."""
     rid = "202408-" + "d" * 32
     FakeKazoo(respx_mock, answers=[404], listed=[rid])
-    entry = Entry(name="late.mp3", kind=Kind.FILE, ref=("rec", ACCOUNT, rid), size=10, id=rid,
-                  version="v1", mtime=dt.datetime(2024, 8, 31, 23, 50, tzinfo=dt.timezone.utc).timestamp(),
-                  xattrs={"kazoo.duration_ms": str(20 * 60 * 1000)})
+    entry = Entry(name="late.mp3", kind=Kind.FILE, ref=kazoo.recording_ref(ACCOUNT, rid, 20 * 60 * 1000),
+                  size=10, id=rid, version="v1",
+                  mtime=dt.datetime(2024, 8, 31, 23, 50, tzinfo=dt.timezone.utc).timestamp())
     with pytest.raises(SourceError) as info:
         await scripted_source(http).delete(entry)
     assert info.value.errno == errno.EIO

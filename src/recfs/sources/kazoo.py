@@ -527,6 +527,18 @@ def _unpack(packed: bytes) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- what is known
 
+def recording_ref(account: str, rid: str, duration_ms: Any = 0, owner: Any = None) -> tuple:
+    """A recording's `Entry.ref`: ("rec", account, id, duration in ms, owner id or None),
+    what its verbs need after the listing (whose metadata the core then keeps on disk
+    only): the duration tells a call that ran over a month's end, the owner where a
+    restored recording may go. (Refs of three items, from older indexes, still serve.)"""
+    try:
+        duration = max(0, int(duration_ms))
+    except (TypeError, ValueError):
+        duration = 0
+    return ("rec", account, rid, duration, owner if isinstance(owner, str) and owner else None)
+
+
 @dataclass(slots=True)
 class Probe:
     """Whether a period of one view holds a recording: the newest start found (None:
@@ -1066,18 +1078,19 @@ class KazooSource(Source):
             hint = max(0, int(duration_ms)) * 16        # ~128 kbit/s
         except (TypeError, ValueError):
             hint = 0
-        return Entry(name=name, kind=Kind.FILE, ref=("rec", account, rid), mtime=float(start),
+        return Entry(name=name, kind=Kind.FILE, ref=recording_ref(account, rid, duration_ms, doc.get("owner_id")),
+                     mtime=float(start),
                      size=None, size_hint=hint, id=rid, version=version, xattrs=xattrs)
 
     # -- bytes (sizes are not in the listing: the core learns them from the media)
 
     def target(self, entry: Entry) -> Target:
-        _, account, rid = entry.ref
+        account, rid = entry.ref[1], entry.ref[2]
         return AuthTarget(self.auth, self.client.media_url(account, rid), {"Accept": "audio/mpeg"})
 
     def content_error(self, entry: Entry, exc: HttpError) -> Exception:
         if exc.status == 404:
-            _, account, rid = entry.ref
+            account, rid = entry.ref[1], entry.ref[2]
             if _crosses_month(entry):
                 return SourceError(
                     f"{self.name}: recording {rid} of account {account} is listed but answers "
@@ -1133,10 +1146,10 @@ class KazooSource(Source):
         if not self.allow_delete:
             raise SourceError(f"{self.name}: deleting is off (set allow_delete = true)", errno.EROFS)
         ref = entry.ref
-        if entry.kind is not Kind.FILE or not (isinstance(ref, tuple) and len(ref) == 3
+        if entry.kind is not Kind.FILE or not (isinstance(ref, tuple) and len(ref) >= 3
                                                and ref[0] == "rec"):
             raise SourceError(f"{self.name}: only recordings can be deleted", errno.EROFS)
-        _, account, rid = ref
+        account, rid = ref[1], ref[2]
         gone = None
         if self._soft_delete is not False:
             mark = {"deleted_by": await self._who(), "deleted_at": unix_to_gregorian(self.clock())}
@@ -1192,12 +1205,9 @@ class KazooSource(Source):
     async def _check_gone(self, entry: Entry, what: str) -> None:
         """The service answered 404 by id. Gone, unless a fresh listing still shows it:
         then it is a recording saved in another month's database than its id names."""
-        _, account, rid = entry.ref
+        account, rid = entry.ref[1], entry.ref[2]
         start = int(entry.mtime)
-        try:
-            duration = int(entry.xattrs.get("kazoo.duration_ms") or 0) // 1000
-        except ValueError:
-            duration = 0
+        duration = _duration_ms(entry) // 1000
         try:
             listed = await self.client.scan(account, start - CLOCK_SKEW,
                                             start + duration + self.lag + CLOCK_SKEW,
@@ -1232,8 +1242,8 @@ class KazooSource(Source):
             raise SourceError(f"{self.name}: recordings cannot be moved or renamed", errno.EROFS)
         if not self.allow_delete:
             raise SourceError(f"{self.name}: restoring is off (set allow_delete = true)", errno.EROFS)
-        _, account, rid = entry.ref
-        owner = entry.xattrs.get("kazoo.owner_id")
+        account, rid = entry.ref[1], entry.ref[2]
+        owner = entry.ref[4] if len(entry.ref) > 4 else None
         if not (isinstance(to_ref, tuple) and len(to_ref) == 6 and to_ref[0] == "day"
                 and to_ref[1] == account and tuple(to_ref[3:]) == tuple(from_ref[3:])
                 and (to_ref[2] is None or (owner is not None and to_ref[2] == owner))):
@@ -1266,6 +1276,10 @@ def _stored(view) -> Any:
     return DELETED if view == DELETED else view
 
 
+def _duration_ms(entry: Entry) -> int:
+    return entry.ref[3] if len(entry.ref) > 3 else 0
+
+
 def _id_month(rid: str) -> str:
     return f"{rid[:4]}-{rid[4:6]}" if re.match(r"^\d{6}-", rid) else "its month"
 
@@ -1273,12 +1287,8 @@ def _id_month(rid: str) -> str:
 def _crosses_month(entry: Entry) -> bool:
     """Whether the call ran to the end of the month its id names (it is stored a little
     after it ends): then it was saved in a later month's database."""
-    _, _, rid = entry.ref
-    try:
-        duration = int(entry.xattrs.get("kazoo.duration_ms") or 0) / 1000
-    except ValueError:
-        duration = 0
-    ended = month_name(entry.mtime + duration + STORE_MARGIN)
+    rid = entry.ref[2]
+    ended = month_name(entry.mtime + _duration_ms(entry) / 1000 + STORE_MARGIN)
     return re.match(r"^\d{6}-", rid) is not None and ended != _id_month(rid)
 
 
