@@ -293,7 +293,8 @@ def background():
 
 class RateLimiter:
     """How fast one service may be asked, learnt from its answers: none at first; a 429
-    halves the rate (from what was being sent, at most once a second) and honours
+    halves the rate (from what was being sent, a burst measured over its own span; at
+    most once a second) and honours
     Retry-After / x-ratelimit-reset by pausing every request; each clean answer adds a
     little (additive increase), and a limit that has grown far past need is dropped.
     Requests wait their turn here instead of spending their retries; those somebody
@@ -301,6 +302,7 @@ class RateLimiter:
 
     MIN_RATE = 0.5              # requests a second, at the lowest
     FREE_RATE = 1000.0          # a limit grown past this is no limit at all
+    BURST_SPAN = 0.1            # seconds: the shortest span a sending rate is measured over
 
     def __init__(self, origin: str):
         self.origin = origin
@@ -357,8 +359,7 @@ class RateLimiter:
             if asked_wait:
                 self._paused_until = max(self._paused_until, now + asked_wait)
             if now - self._decreased_at >= 1.0:
-                recent = sum(1 for t in self._sent if t >= now - 1.0)
-                base = self.rate if self.rate is not None else max(recent, 1.0)
+                base = self.rate if self.rate is not None else self._sending_rate(now)
                 self.rate = max(self.MIN_RATE, base / 2)
                 self._decreased_at = now
                 log.info("%s: the service asks to slow down (HTTP 429): %.1f requests a second",
@@ -367,6 +368,15 @@ class RateLimiter:
             self.rate += 1.0 / self.rate
             if self.rate > self.FREE_RATE:
                 self.rate = None
+
+    def _sending_rate(self, now: float) -> float:
+        """The rate requests went out at over the last second: a burst is measured over
+        its own span (at least BURST_SPAN), so a few requests sent at once do not read as
+        a slow client whose halved rate would take minutes to grow back."""
+        recent = [t for t in self._sent if t >= now - 1.0]
+        if not recent:
+            return 1.0
+        return max(len(recent) / max(now - recent[0], self.BURST_SPAN), 1.0)
 
     def status(self) -> dict:
         return {"rate": None if self.rate is None else round(self.rate, 2),
