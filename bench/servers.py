@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from recfs.emulators.alvaria import AlvariaEmulator, source_table as alvaria_table
 from recfs.emulators.base import Blob, FileBlob, Request, Response, WanProfile, range_response
-from recfs.emulators.oce import Node as OceNode, OceEmulator, source_table as oce_table
+from recfs.emulators.oce import OceEmulator, source_table as oce_table
 
 RING_SIZE = 64 * 1024 * 1024 + 4099
 MTIME = 1_760_000_000.0
@@ -152,14 +152,6 @@ class BenchOce(OceEmulator):
         super().__init__(**kw)
         self.content_bytes: collections.Counter[str] = collections.Counter()
 
-    def add_files_unchecked(self, parent: str, files: list[tuple[str, Blob]]) -> None:
-        """add_file without its per-name uniqueness scan (quadratic for 10,000 files)."""
-        with self._lock:
-            for name, blob in files:
-                fid = self._new_id("D")
-                self.nodes[fid] = OceNode(fid, parent, name, "file", MTIME, MTIME, "audio/wav", [blob])
-                self.nodes[parent].children.append(fid)
-
     def _data(self, req: Request) -> Response:
         resp = super()._data(req)
         if req.method == "GET" and resp.status in (200, 206) and isinstance(resp.body, Blob):
@@ -192,8 +184,9 @@ def main() -> None:
     oce = BenchOce(drift="native")
     bench_id = oce.add_folder("self", "bench", modified=MTIME)
     wide_id = oce.add_folder(bench_id, "wide", modified=MTIME)
-    oce.add_files_unchecked(wide_id, [(k.rsplit("/", 1)[1], b) for k, b in files.items()
-                                      if k.startswith("bench/wide/")])
+    for key, blob in files.items():
+        if key.startswith("bench/wide/"):
+            oce.add_file(wide_id, key.rsplit("/", 1)[1], blob, modified=MTIME)
     alv.start()
     oce.start()
     print(json.dumps({"alvaria": alv.url, "oce": oce.url, "plain": f"{alv.url}/plain/",

@@ -80,7 +80,8 @@ class Node:
     modified: float
     mime: str = ""
     versions: list[Blob] = field(default_factory=list)   # files: index 0 is version 1
-    children: list[str] = field(default_factory=list)    # folders
+    children: dict[str, None] = field(default_factory=dict)   # folders: child ids, in order
+    names: set[str] = field(default_factory=set)              # folders: child names
 
     @property
     def blob(self) -> Blob:
@@ -177,7 +178,7 @@ class OceEmulator(Emulator):
             fid = self._new_id("F")
             ts = modified if modified is not None else time.time()
             self.nodes[fid] = Node(fid, parent, name, "folder", ts, ts)
-            self.nodes[parent].children.append(fid)
+            self._adopt(parent, fid, name)
             return fid
 
     def add_file(self, parent: str, name: str, content: bytes | Blob, *,
@@ -188,13 +189,18 @@ class OceEmulator(Emulator):
             fid = self._new_id("D")
             ts = modified if modified is not None else time.time()
             self.nodes[fid] = Node(fid, parent, name, "file", ts, ts, mime, [blob])
-            self.nodes[parent].children.append(fid)
+            self._adopt(parent, fid, name)
             return fid
 
     def _check_name(self, parent: str, name: str) -> None:
         # errorCode -17: names are unique within a folder
-        if any(self.nodes[c].name == name for c in self.nodes[parent].children):
+        if name in self.nodes[parent].names:
             raise ValueError(f"{name!r} already exists in {parent}")
+
+    def _adopt(self, parent: str, child: str, name: str) -> None:
+        folder = self.nodes[parent]
+        folder.children[child] = None
+        folder.names.add(name)
 
     def new_version(self, file_id: str, content: bytes | Blob) -> int:
         with self._lock:
@@ -208,7 +214,9 @@ class OceEmulator(Emulator):
         with self._lock:
             node = self.nodes.pop(node_id)
             if node.parent in self.nodes:
-                self.nodes[node.parent].children.remove(node_id)
+                folder = self.nodes[node.parent]
+                del folder.children[node_id]
+                folder.names.discard(node.name)
             for child in list(node.children):
                 self.remove(child)
 
