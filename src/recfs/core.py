@@ -342,10 +342,22 @@ class Core:
         node = await self.tree.lookup(folder, name) if folder.is_dir else None
         if node is None:
             raise CoreError(errno.ENOENT)
+        if not node.is_dir:
+            raise CoreError(errno.ENOTDIR)
         if node.local is Local.MADE_DIR and not node.children:
             self.tree.remove(node)
             return
-        raise CoreError(errno.EROFS)
+        source = node.source
+        if node.local is not None or source is None \
+                or not (source.folders_are_places and source.allow_delete):
+            raise CoreError(errno.EROFS)
+        # a folder that is only the place of its objects: empty on the service (listed
+        # afresh) means gone there too, as after `rm -r` of its files
+        self.tree.invalidate(node)
+        if await self.children(node):
+            raise CoreError(errno.ENOTEMPTY)
+        log.info("removed the empty folder %s", node.path())
+        self.tree.remove(node)
 
     async def run(self) -> None:
         """The core's background work, for as long as it is mounted."""

@@ -146,6 +146,23 @@ def test_rm_deletes_on_the_service_with_allow_delete(emu, recfs_mount, tmp_path)
     assert emu.count("delete") == 1
 
 
+def test_rm_r_of_a_folder_with_allow_delete_removes_it_whole(emu, recfs_mount, tmp_path):
+    """A folder is only the prefix of its objects: `rm -r` deletes the files, and the
+    folder, empty on the service, goes with them; a folder that still holds objects is
+    ENOTEMPTY, and without allow_delete rmdir stays EROFS."""
+    mnt = recfs_mount(config(emu, tmp_path, allow_delete=True))
+    folder = mnt / "alv/exports/cxp/recordings/2025-10-10"
+    names = os.listdir(folder)
+    with pytest.raises(OSError) as e:
+        os.rmdir(folder)
+    assert e.value.errno == errno.ENOTEMPTY
+    subprocess.run(["rm", "-r", str(folder)], check=True)
+    assert not folder.exists()
+    assert not any(k.startswith("exports/cxp/recordings/2025-10-10/") for k in emu.objects)
+    assert emu.count("delete") == len(names)
+    assert "2025-10-10" not in os.listdir(folder.parent)
+
+
 def test_rename_chmod_and_utimens_are_refused(emu, recfs_mount, tmp_path):
     mnt = recfs_mount(config(emu, tmp_path, allow_delete=True))
     f = mnt / "alv" / LIST_DIR / "list-0001.csv"

@@ -105,6 +105,7 @@ class _Auth(OAuthClientCredentials):
 
 class AlvariaSource(Source):
     kind = "alvaria"
+    folders_are_places = True       # S3 prefixes
     listing_ttl = 60.0
 
     def __init__(self, name: str, options: Options, http):

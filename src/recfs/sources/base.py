@@ -218,6 +218,11 @@ class Source:
         deleted/ is restored). Raise SourceError (errno EROFS where it cannot)."""
         raise SourceError(f"{self.name}: this service cannot move or rename objects", errno.EROFS)
 
+    # declared: a folder exists only as the place of its objects (S3 prefixes, date
+    # folders), so once it lists empty it is gone on the service too, and `rmdir` of it
+    # (with `allow_delete`) sends nothing. False: folders are objects of their own.
+    folders_are_places = False
+
     def upload_dir(self, ref: Hashable) -> bool:
         """Whether files may be created in the folder `ref` (e.g. Alvaria imports/)."""
         return False

@@ -479,6 +479,7 @@ class DeleteCoalescer:
 
 class EightByEightSource(Source):
     kind = "8x8"
+    folders_are_places = True       # regions, types and dates of the objects
 
     def __init__(self, name: str, options: Options, http):
         super().__init__(name, options, http)

@@ -562,6 +562,7 @@ class DaySummary:
 
 class KazooSource(Source):
     kind = "kazoo"
+    folders_are_places = True       # accounts, views and dates of the recordings
     listing_ttl = 60.0
 
     def __init__(self, name: str, options: Options, http: Http,
