@@ -199,6 +199,76 @@ def _prefetch(args) -> int:
     return 1 if job["failed"] else 0
 
 
+def _search_progress(job: dict) -> str:
+    p = job["progress"]
+    return (f"searching: {p['sources_done']}/{p['sources']} sources, {p['folders']} folders "
+            f"({p['listed']} listed from the services), {p['found']} found")
+
+
+def _search(args) -> int:
+    """Recordings matching a query in every source of a running mount, newest first."""
+    import secrets
+
+    from .search import QueryError, parse
+    try:
+        parse(args.terms)           # its mistakes here, before the daemon is asked
+    except QueryError as exc:
+        print(f"recfs search: {exc}", file=sys.stderr)
+        return 2
+    mnt, _ = _split_mount_path(args.mountpoint)
+    tty = sys.stderr.isatty()
+    yes = args.yes
+    while True:
+        job_id = secrets.token_hex(8)
+        try:
+            os.setxattr(mnt, "user.recfs.search",
+                        json.dumps({"id": job_id, "terms": args.terms, "yes": yes}).encode())
+        except OSError as exc:
+            print(f"recfs search: {mnt}: {exc.strerror}", file=sys.stderr)
+            return 1
+        while True:
+            job = json.loads(_xattr_get(mnt, f"search:{job_id}"))
+            if tty:
+                print("\r\033[K" + _search_progress(job), end="", file=sys.stderr, flush=True)
+            if job["state"] != "running":
+                break
+            time.sleep(0.1)
+        if tty:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        if job["state"] != "confirm" or yes:
+            break
+        print(f"recfs search: {job['error']}", file=sys.stderr)
+        if not (sys.stdin.isatty() and tty):
+            return 3
+        if input("walk them all? [y/N] ").strip().lower() not in ("y", "yes"):
+            return 3
+        yes = True
+    if job["state"] != "done":
+        print(f"recfs search: {job.get('error', job['state'])}", file=sys.stderr)
+        return 2 if str(job.get("error", "")).startswith("query:") else 1
+    results, offset = [], 0
+    while offset is not None:
+        page = json.loads(_xattr_get(mnt, f"search:{job_id}:{offset}"))
+        results += page["results"]
+        offset = page["next"]
+    if args.json:
+        for r in results:
+            r["path"] = mnt + r["path"]
+            r["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["time"]))
+        print(json.dumps(results, indent=1))
+    else:
+        end = "\0" if args.null else "\n"
+        sys.stdout.write("".join(mnt + r["path"] + end for r in results))
+    p = job["progress"]
+    for error in p["errors"]:
+        print(f"recfs search: {error}", file=sys.stderr)
+    if tty:
+        print(f"{len(results)} found in {job.get('seconds', 0):.2f} s ({p['folders']} folders walked, "
+              f"{p['listed']} listed; filtered by the service: {', '.join(p['server_side']) or 'none'})",
+              file=sys.stderr)
+    return 1 if p["errors"] else 0
+
+
 MAP_COLUMNS = ("path", "size", "format", "duration_s", "sha256", "error")
 
 
@@ -299,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     p = sub.add_parser("prefetch", help="warm the cache for every file under PATH")
     p.add_argument("path")
+    p = sub.add_parser("search", help="recordings of a caller, a call or an agent in every source "
+                                      "of a mount, newest first",
+                       description="Terms are ANDed: caller=, callee=, number= (either side), "
+                                   "call_id=, agent=, queue=, direction=inbound|outbound, since=DATE, "
+                                   "until=DATE, min_duration=SECONDS, name~=TEXT.")
+    p.add_argument("mountpoint")
+    p.add_argument("terms", nargs="+", metavar="TERM", help="e.g. caller=+15551234567 since=2025-01-01")
+    p.add_argument("-0", dest="null", action="store_true", help="end each path with NUL (for xargs -0)")
+    p.add_argument("--json", action="store_true", help="a JSON array of the matches with their metadata")
+    p.add_argument("--yes", action="store_true",
+                   help="walk whole accounts where a service cannot filter the search, without asking")
     p = sub.add_parser("map", help="format, duration and sha256 of every recording under PATH "
                                    "(a path in the recfs tree: SOURCE/...), on a Dask cluster")
     p.add_argument("config")
@@ -319,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "mount":
         return _mount(args.config, args.mountpoint, allow_other=args.allow_other)
     return {"demo": _demo, "emulate": _emulate, "status": _status, "refresh": _refresh,
-            "prefetch": _prefetch, "map": _map}[args.command](args)
+            "prefetch": _prefetch, "search": _search, "map": _map}[args.command](args)
 
 
 def _size_arg(value: str) -> int:

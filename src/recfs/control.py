@@ -4,6 +4,10 @@ The FUSE front-end offers them as extended attributes on the mount root:
 `getfattr -n user.recfs.status MNT` returns the daemon's state as JSON;
 `setfattr -n user.recfs.refresh -v SUBPATH MNT` drops listing snapshots under SUBPATH;
 `setfattr -n user.recfs.prefetch -v SUBPATH MNT` warms the cache for a subtree.
+`setfattr -n user.recfs.search -v '{"id": ID, "terms": [...], "yes": false}' MNT`
+starts a search (finder.py) in the background; `user.recfs.search:ID` is its state
+and progress, `user.recfs.search:ID:OFFSET` a page of its results from OFFSET on
+(each value well under the 64 KiB an extended attribute may hold).
 Nothing of this appears as a file, so `rsync -a MNT` copies recordings only.
 """
 from __future__ import annotations
@@ -16,10 +20,16 @@ from typing import TYPE_CHECKING, Callable
 
 import trio
 
+from .finder import NeedsConfirmation, Progress
+from .search import QueryError, parse
+
 if TYPE_CHECKING:
     from .core import Core
 
 log = logging.getLogger("recfs.control")
+
+SEARCH_JOBS = 16                # finished searches kept for their pages
+PAGE_BYTES = 48 * 1024          # results per page: below the 64 KiB of an xattr value
 
 
 def _rss() -> int | None:
@@ -36,6 +46,7 @@ class Control:
         self.core = core
         self.started = time.time()
         self.prefetches: dict[str, dict] = {}
+        self.searches: dict[str, dict] = {}     # job id -> state, progress, results
         self.extra: dict[str, Callable[[], object]] = {}    # front-end figures (FUSE requests, waits)
 
     async def get(self, name: str) -> bytes | None:
@@ -44,6 +55,8 @@ class Control:
         if name.startswith("prefetch:"):
             job = self.prefetches.get(name[len("prefetch:"):])
             return json.dumps(job).encode() if job else None
+        if name.startswith("search:"):
+            return self.search_answer(name[len("search:"):])
         return None
 
     def status(self) -> dict:
@@ -81,6 +94,8 @@ class Control:
         }
 
     async def set(self, name: str, value: bytes) -> bool:
+        if name == "search":
+            return self.start_search(value)
         path = value.decode("utf-8", "replace")
         node = await self.core.resolve(path)
         if node is None:
@@ -156,3 +171,62 @@ class Control:
         async with trio.open_nursery() as n:
             for f in files:
                 n.start_soon(one, f)
+
+    # -- searches: started by a setxattr, read back by getxattr, page by page
+    def start_search(self, value: bytes) -> bool:
+        try:
+            asked = json.loads(value)
+            job_id, terms, yes = str(asked["id"]), asked["terms"], bool(asked.get("yes"))
+            if not (0 < len(job_id) <= 64 and job_id.isalnum()) or not isinstance(terms, list):
+                raise ValueError("bad id or terms")
+        except (ValueError, KeyError, TypeError):
+            return False
+        if job_id in self.searches:
+            return True
+        while len(self.searches) >= SEARCH_JOBS:
+            del self.searches[next(iter(self.searches))]
+        progress = Progress()
+        job = self.searches[job_id] = {"state": "running", "progress": progress, "results": [],
+                                       "started": time.time()}
+        self.core.nursery.start_soon(self._search, job, [str(t) for t in terms], yes)
+        return True
+
+    async def _search(self, job: dict, terms: list[str], yes: bool) -> None:
+        try:
+            query = parse(terms)
+            log.info("search %s", query.text)
+            found = await self.core.search(query, yes=yes, progress=job["progress"])
+            job["results"] = [f.as_json() for f in found]
+            job["state"] = "done"
+        except QueryError as exc:
+            job.update(state="failed", error=f"query: {exc}")
+        except NeedsConfirmation as exc:
+            job.update(state="confirm", error=str(exc), folders=exc.folders)
+        except Exception as exc:     # a background job must never take the mount down
+            log.error("search %s: %s", " ".join(terms), exc)
+            job.update(state="failed", error=str(exc))
+        job["seconds"] = round(time.time() - job["started"], 3)
+
+    def search_answer(self, key: str) -> bytes | None:
+        job_id, _, offset = key.partition(":")
+        job = self.searches.get(job_id)
+        if job is None:
+            return None
+        if not offset:
+            p = job["progress"]
+            return json.dumps({k: v for k, v in job.items() if k not in ("results", "progress")}
+                              | {"progress": vars(p), "count": len(job["results"])}).encode()
+        try:
+            start = int(offset)
+        except ValueError:
+            return None
+        page, size, results = [], 2, job["results"]
+        for item in results[start:]:
+            text = json.dumps(item)
+            if page and size + len(text) + 1 > PAGE_BYTES:
+                break
+            page.append(text)
+            size += len(text) + 1
+        nxt = start + len(page)
+        return ('{"results": [' + ",".join(page) + '], "next": '
+                + (str(nxt) if nxt < len(results) else "null") + "}").encode()

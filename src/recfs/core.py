@@ -23,8 +23,10 @@ from .content.policy import AccessPolicy
 from .content.reader import Folder, Handle, Reader, ReadError
 from .content.uploads import Staged, Uploads
 from .control import Control
+from .finder import Finder, Found, Progress
 from .http import Http
 from .index import MetadataIndex
+from .search import Query
 from .sources.base import Entry, Kind, Source, SourceError
 from .tree import Local, Node, Tree
 
@@ -79,6 +81,7 @@ class Core:
                                {s.name: s for s in sources})
         self.uploads.on_uploaded = self._landed
         self._writing: dict[str, Node] = {}     # staged upload id -> its node
+        self.finder = Finder(self)
         self.control = Control(self)
 
     @property
@@ -148,6 +151,13 @@ class Core:
             if node is None:
                 return None
         return node
+
+    async def search(self, query: Query, *, yes: bool = False,
+                     progress: Progress | None = None) -> list[Found]:
+        """The recordings matching `query` in every source, newest first (finder.py):
+        with the services' own filters where they have them, else from the listings.
+        Raises finder.NeedsConfirmation for a walk of whole accounts without `yes`."""
+        return await self.finder.search(query, yes=yes, progress=progress)
 
     def writable(self, folder: Node) -> bool:
         """Whether files can be created in `folder` (its service takes uploads there)."""

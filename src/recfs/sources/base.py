@@ -13,7 +13,11 @@ nothing of the cache or of access patterns. It answers storage verbs:
 - optional capabilities, declared: `bulk` (zip jobs of many files, run by
   `content/bulk.py`), `upload_dir`/`upload` (a folder that takes new files),
   `delete` (behind the `allow_delete` key), `rename` (where the service can move an
-  object; by default EROFS).
+  object; by default EROFS), `search` (recordings matching a query, found with the
+  API's own filters, where it has them);
+- `record(name, xattrs, mtime)`: a listed recording's canonical fields (search.py),
+  and `folder_span(ref, name)` / `search_skips(ref)`: which folders a search that
+  walks the listings must look into.
 
 The core (tree, reader, cache, access policy) decides what is fetched when; providers
 are asked for listings, sizes, targets and jobs.
@@ -26,11 +30,13 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable
 
 from ..http import HttpError
+from ..search import Query, Record, day_bounds, record_from_name
 
 if TYPE_CHECKING:
     from ..http import Http, Target
@@ -87,6 +93,19 @@ class SourceError(Exception):
         super().__init__(message)
         self.errno = errno_ if errno_ is not None else errno.EIO
         self.stale = stale
+
+
+@dataclass
+class Hit:
+    """A recording a server-side search found: its folders below the source's root and
+    its own name, as the service names them (the core makes them safe as a listing
+    would), and its entry, as a listing of its folder would make it (same id, version
+    and metadata, so the same cache key)."""
+    folders: tuple[str, ...]
+    entry: Entry
+
+
+_DATED = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?!\d)")
 
 
 class Stream:
@@ -234,3 +253,40 @@ class Source:
     async def upload(self, dir_ref: Hashable, name: str, path: Path, size: int) -> None:
         """Store the local file `path` as `name` in folder `dir_ref`; raise on failure."""
         raise SourceError(f"{self.name}: this service takes no uploads", errno.EROFS)
+
+    # -- search (search.py). A provider maps its metadata to the canonical fields; the
+    # core walks its folders (through listings it keeps) where the API filters nothing.
+    searches_server_side: tuple[str, ...] = ()     # declared: the query fields `search` filters
+
+    def filters_server_side(self, query: Query) -> bool:
+        """Whether `search` answers `query` with the API's own filters (a term of it
+        is one the provider declares in `searches_server_side`)."""
+        return bool(query.given() & set(self.searches_server_side))
+
+    def record(self, name: str, xattrs: dict[str, str], mtime: float) -> Record:
+        """A listed recording's canonical fields from its name, metadata and time."""
+        return record_from_name(name, mtime)
+
+    def folder_span(self, ref: Hashable, name: str) -> tuple[float, float] | None:
+        """[start, end) epoch seconds of the recordings a folder holds, None when its
+        name or ref says nothing of it (a walk looks into it). By default a folder named
+        as a day (2025-10-10, 20251010) holds that day."""
+        m = _DATED.search(name)
+        if m is None:
+            return None
+        try:
+            return day_bounds(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        except ValueError:
+            return None
+
+    def search_skips(self, ref: Hashable) -> bool:
+        """Whether a walk leaves this folder out: it shows again what another folder
+        shows (Kazoo's users/), or nothing a search asks for."""
+        return False
+
+    async def search(self, query: Query) -> list[Hit] | None:
+        """The recordings matching `query`, found with the API's own filters: every one
+        whose metadata may match, at least (the core matches each against the whole
+        query). None when the API filters none of the query's terms: the core then
+        walks the listings. Never downloads a recording."""
+        return None

@@ -81,7 +81,8 @@ import trio
 from ..config import Secret, SourceOptions, option
 from ..http import (ForbiddenError, HttpError, Leases, OAuthClientCredentials, Target, AuthTarget,
                     safe_url)
-from .base import BulkFile, BulkJobs, Entry, JobState, JobStatus, Kind, Listing, Source, SourceError
+from ..search import Query, Record, day_bounds, direction_of, number_of
+from .base import BulkFile, BulkJobs, Entry, Hit, JobState, JobStatus, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.8x8")
 
@@ -98,6 +99,8 @@ DELETE_WINDOW = 0.0              # seconds a delete waits for others to join (0:
 DELETE_MAX_IDS = 100             # ids per DELETE /bulk (the API names no limit)
 DELETE_MAX_IN_FLIGHT = 4         # DELETE /bulk requests out at once per region
 PRESIGNED_LIFETIME = 600.0       # seconds, when a presigned URL does not say
+AGENT_TAGS = ("agentId", "agentName", "userName", "userEmail", "extensionNumber")  # who took the call
+_FIQL_PLAIN = re.compile(r"^[^;,()=!'\"\s<>~]+$")   # a value FIQL takes unquoted
 
 
 def _positive(v):
@@ -508,6 +511,7 @@ class EightByEightSource(Source):
                              headers={"Accept": "*/*"})
         self.pages = WindowPages()
         self._regions_from_start: list[str] | None = None   # answers the first root listing
+        self._listed_regions: list[str] | None = None       # the regions the root last showed
         self.deleter = DeleteCoalescer(self._send_deletes)
         # (region, id) deleted through this mount: hidden even where the configured
         # filter shows REVOKED objects, and from listings that were in flight
@@ -564,8 +568,8 @@ class EightByEightSource(Source):
             raise SourceError(f"{self.name}: 8x8 search: {exc}") from None
         return content, last, resp.content
 
-    async def search(self, region: str, filter_: str, sort_field: str = "createdTime", *,
-                     offset: int = 0, after: float | None = None) -> list[dict] | None:
+    async def objects_matching(self, region: str, filter_: str, sort_field: str = "createdTime", *,
+                                         offset: int = 0, after: float | None = None) -> list[dict] | None:
         """Every object matching `filter_` from `offset` on, page by page until
         `lastPage`. With `after` (the time of the last object known to come before
         `offset`), None when the first object found was created at or before it:
@@ -657,6 +661,7 @@ class EightByEightSource(Source):
             names, self._regions_from_start = self._regions_from_start, None
             if names is None:
                 names = await self._region_names()
+            self._listed_regions = list(names)
             return Listing([Entry(r, Kind.DIR, DirRef("region", r), mtime=now) for r in names])
         if ref.level == "region":
             return Listing([Entry(t, Kind.DIR, DirRef("type", ref.region, t), mtime=now)
@@ -774,19 +779,19 @@ class EightByEightSource(Source):
         page = self.pages.find(ref, ref.region, ref.type, lo, hi)
         self.pages.listed(ref)
         if page is None:
-            return await self.search(ref.region, filter_)
+            return await self.objects_matching(ref.region, filter_)
         objects = page.objects()
         inside = page.inside(lo, hi)
         known = [objects[i] for i in inside]
         if page.covers(hi) or not known:
-            return known if page.covers(hi) else await self.search(ref.region, filter_)
+            return known if page.covers(hi) else await self.objects_matching(ref.region, filter_)
         last = page.times[-1]
-        rest = await self.search(ref.region, filter_, offset=len(known), after=last)
+        rest = await self.objects_matching(ref.region, filter_, offset=len(known), after=last)
         if rest is None:
             log.debug("%s: %s: objects created at the same time on both sides of a kept page's "
                       "end; the day goes on from the objects created before", self.name, ref)
             known = [objects[i] for i in inside if page.times[i] < last]
-            rest = await self.search(ref.region, filter_, offset=len(known))
+            rest = await self.objects_matching(ref.region, filter_, offset=len(known))
         ids = {str(o.get("id") or "") for o in known}
         return known + [o for o in rest or () if str(o.get("id") or "") not in ids]
 
@@ -964,6 +969,79 @@ class EightByEightSource(Source):
         # a kept window page may hold this object: the walks must ask again
         self.pages.drop(ref.folder.region, ref.folder.type)
         self.leases.drop(f"{ref.region}/{ref.id}")
+
+    # -- search: FIQL on tags and createdTime, per region
+
+    searches_server_side = ("caller", "callee", "number", "call_id", "agent", "queue", "direction")
+
+    def record(self, name: str, xattrs: dict[str, str], mtime: float) -> Record:
+        try:        # the tag is milliseconds in every example, whatever its text says
+            duration = int(xattrs["8x8.duration"]) / 1000
+        except (KeyError, ValueError):
+            duration = None
+        agents = tuple(xattrs[f"8x8.{k}"] for k in AGENT_TAGS if xattrs.get(f"8x8.{k}"))
+        return Record(name=name, time=mtime, caller=number_of(xattrs.get("8x8.callerId")),
+                      callee=number_of(xattrs.get("8x8.calleeId")), call_id=xattrs.get("8x8.callId"),
+                      agents=agents, queue=xattrs.get("8x8.queueName"),
+                      direction=direction_of(xattrs.get("8x8.direction")), duration=duration)
+
+    def folder_span(self, ref: Hashable, name: str) -> tuple[float, float] | None:
+        if isinstance(ref, DirRef) and ref.level in ("year", "month", "day"):
+            return day_bounds(ref.year, ref.month, ref.day)
+        return None
+
+    def filters_server_side(self, query: Query) -> bool:
+        return self.search_fiql(query) is not None
+
+    def search_fiql(self, query: Query) -> str | None:
+        """The FIQL of `query`'s terms that the tags can answer (None: none can). A
+        number is asked for with and without its '+'; a value FIQL would have to quote
+        is left to the match of the results."""
+        def any_of(keys, values) -> str:
+            return "(" + ",".join(f"{k}=={v}" for k in keys for v in values) + ")"
+        clauses = []
+        for side, keys in (("caller", ("callerId",)), ("callee", ("calleeId",)),
+                           ("number", ("callerId", "calleeId"))):
+            digits = getattr(query, side)
+            if digits is not None:
+                clauses.append(any_of(keys, (f"+{digits}", digits)))
+        for value, keys in ((query.call_id, ("callId",)), (query.agent, AGENT_TAGS),
+                            (query.queue, ("queueName",))):
+            if value is not None and _FIQL_PLAIN.match(value):
+                clauses.append(any_of(keys, (value,)))
+        if query.direction is not None:
+            clauses.append(any_of(("direction",), (query.direction.upper(), query.direction)))
+        if not clauses:
+            return None
+        if query.since is not None:
+            clauses.append(f"createdTime=ge={int(query.since * 1000)}")
+        if query.until is not None:
+            clauses.append(f"createdTime=lt={int(query.until * 1000)}")
+        return self.fiql(*clauses)
+
+    async def search(self, query: Query) -> list[Hit] | None:
+        """One search per region (every type at once), page by page: with one caller's
+        calls, usually a page a region."""
+        filter_ = self.search_fiql(query)
+        if filter_ is None:
+            return None
+        regions = self._listed_regions or self._regions_from_start or await self._region_names()
+        hits: list[Hit] = []
+        for region in regions:
+            for obj in await self.objects_matching(region, filter_) or ():
+                created = parse_time(obj.get("createdTime"))
+                type_ = obj.get("type")
+                if created is None or not isinstance(type_, str) or not type_ \
+                        or (region, str(obj.get("id") or "")) in self._deleted \
+                        or (not self._states_named and obj.get("objectState", "AVAILABLE") != "AVAILABLE"):
+                    continue
+                t = _utc(created)
+                folder = DirRef("day", region, type_, t.year, t.month, t.day)
+                entry = self._file_entry(obj, folder, _period_bounds(folder)[0].timestamp())
+                if entry is not None:
+                    hits.append(Hit((region, type_, f"{t.year:04d}", f"{t.month:02d}", f"{t.day:02d}"),
+                                    entry))
+        return hits
 
 
 def _grouped(expr: str) -> str:

@@ -74,7 +74,8 @@ import trio
 from ..config import Secret, SourceOptions, option
 from ..http import (AuthError, CachedToken, ForbiddenError, Http, HttpError, Target, AuthTarget,
                     describe_error_body, safe_url)
-from .base import Entry, Kind, Listing, Source, SourceError
+from ..search import Query, Record, day_bounds, direction_of, number_of
+from .base import Entry, Hit, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.kazoo")
 
@@ -1266,6 +1267,86 @@ class KazooSource(Source):
         self._deleted.discard((account, rid))
         self._restored.add((account, rid))
         self._changed(account, entry.mtime)
+
+    # -- search: crossbar_filter's query-string filters within the listing windows
+
+    searches_server_side = ("caller", "callee", "number", "call_id", "agent", "direction")
+
+    def record(self, name: str, xattrs: dict[str, str], mtime: float) -> Record:
+        try:
+            duration = int(xattrs["kazoo.duration_ms"]) / 1000
+        except (KeyError, ValueError):
+            duration = None
+        owner = xattrs.get("kazoo.owner_id")
+        return Record(name=name, time=mtime, caller=number_of(xattrs.get("kazoo.caller_id_number")),
+                      callee=number_of(xattrs.get("kazoo.callee_id_number")),
+                      call_id=xattrs.get("kazoo.call_id"), agents=(owner,) if owner else (),
+                      direction=direction_of(xattrs.get("kazoo.direction")), duration=duration)
+
+    def folder_span(self, ref: Hashable, name: str) -> tuple[float, float] | None:
+        if isinstance(ref, tuple) and ref and ref[0] in ("year", "month", "day"):
+            return day_bounds(*ref[3:])
+        return None
+
+    def search_skips(self, ref: Hashable) -> bool:
+        # users/ and deleted/ show again what the account's date folders show (or what
+        # was deleted): a walk finds each recording once, in its account's day
+        return isinstance(ref, tuple) and bool(ref) and ref[0] in ("users", "deleted")
+
+    def search_filters(self, query: Query) -> list[dict[str, str]]:
+        """The crossbar filters of `query`, one set per listing pass: the filters of one
+        pass AND together, so number= (either side) takes a pass per side. A number is
+        asked for in the forms a recorder stores (with and without its '+'): a filter's
+        value may be a JSON list meaning any of them."""
+        def forms(digits: str) -> str:
+            return json.dumps([f"+{digits}", digits])
+        common: dict[str, str] = {}
+        if query.caller is not None:
+            common["filter_caller_id_number"] = forms(query.caller)
+        if query.callee is not None:
+            common["filter_callee_id_number"] = forms(query.callee)
+        if query.call_id is not None:
+            common["filter_call_id"] = query.call_id
+        if query.agent is not None:
+            common["filter_owner_id"] = query.agent
+        if query.direction is not None:
+            common["filter_direction"] = query.direction
+        if query.number is not None:
+            return [{**common, "filter_caller_id_number": forms(query.number)},
+                    {**common, "filter_callee_id_number": forms(query.number)}]
+        return [common] if common else []
+
+    async def search(self, query: Query) -> list[Hit] | None:
+        """The account listings of the query's period, within the windows the server
+        takes (its learnt maximum_range), filtered by the server: a year costs about a
+        dozen windows per pass, a page each unless one window holds more than a page of
+        matches."""
+        passes = self.search_filters(query)
+        if not passes:
+            return None
+        now = int(self.clock())
+        since = max(self.since, int(query.since) if query.since is not None else self.since)
+        until = min(now + CLOCK_SKEW, int(query.until) if query.until is not None else now + CLOCK_SKEW)
+        if since >= until:
+            return []
+        hits: dict[tuple[str, str], Hit] = {}
+        for account in await self.accounts():
+            def visit(doc: dict[str, Any], account=account) -> bool:
+                start = self._shown_start(account, None, doc)
+                if start is None or not since <= start < until or (account, doc["id"]) in hits:
+                    return False
+                entry = self._file_entry(account, doc, start)
+                if entry is not None:
+                    day = utc_date(start)
+                    hits[(account, doc["id"])] = Hit(
+                        (account, f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"), entry)
+                return False
+            # created from an hour before the first start to `created_lag_hours` after
+            # the last, as a day folder's window is
+            end = min(until + self.lag, now + CLOCK_SKEW)
+            for filters in passes:
+                await self.client.scan(account, since - CLOCK_SKEW, end, visit, extra=filters)
+        return list(hits.values())
 
 
 def _view(stored) -> Any:
