@@ -5,6 +5,7 @@ tabulates every recording under PATH on a Dask cluster (see README.md)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -251,6 +252,8 @@ def _search(args) -> int:
         page = json.loads(_xattr_get(mnt, f"search:{job_id}:{offset}"))
         results += page["results"]
         offset = page["next"]
+    if args.rm:
+        return _erase([mnt + r["path"] for r in results], yes=args.yes, tty=tty)
     if args.json:
         for r in results:
             r["path"] = mnt + r["path"]
@@ -267,6 +270,52 @@ def _search(args) -> int:
               f"{p['listed']} listed; filtered by the service: {', '.join(p['server_side']) or 'none'})",
               file=sys.stderr)
     return 1 if p["errors"] else 0
+
+
+ERASERS = 8      # unlinks at once: the services' delete batching (8x8) gets company
+
+
+def _erase(paths: list[str], *, yes: bool, tty: bool) -> int:
+    """Delete the search's matches through the mount (so each source's rules apply:
+    `allow_delete`, Kazoo's soft delete), after showing them and asking; one line per
+    file says what happened."""
+    from concurrent.futures import ThreadPoolExecutor
+    if not paths:
+        print("recfs search: nothing matches: nothing to delete", file=sys.stderr)
+        return 0
+    print(f"recfs search: these {len(paths)} recordings will be deleted:", file=sys.stderr)
+    for path in paths:
+        print(f"  {path}", file=sys.stderr)
+    if not yes:
+        if not (sys.stdin.isatty() and tty):
+            print("recfs search: not deleting without --yes (no terminal to ask)", file=sys.stderr)
+            return 3
+        if input(f"delete these {len(paths)} recordings? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("recfs search: nothing deleted", file=sys.stderr)
+            return 3
+
+    def erase(path: str) -> str | None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return "already gone"
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                return "not deleted: deletes are off for its source (allow_delete)"
+            return f"not deleted: {exc.strerror}"
+        return None
+
+    with ThreadPoolExecutor(ERASERS) as pool:
+        outcomes = list(pool.map(erase, paths))
+    failed = 0
+    for path, outcome in zip(paths, outcomes):
+        if outcome is None:
+            print(f"deleted {path}")
+        else:
+            print(f"{path}: {outcome}")
+            failed += outcome != "already gone"
+    print(f"recfs search: {len(paths) - failed} of {len(paths)} deleted", file=sys.stderr)
+    return 1 if failed else 0
 
 
 MAP_COLUMNS = ("path", "size", "format", "duration_s", "sha256", "error")
@@ -378,8 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("terms", nargs="+", metavar="TERM", help="e.g. caller=+15551234567 since=2025-01-01")
     p.add_argument("-0", dest="null", action="store_true", help="end each path with NUL (for xargs -0)")
     p.add_argument("--json", action="store_true", help="a JSON array of the matches with their metadata")
+    p.add_argument("--rm", action="store_true",
+                   help="delete the matches through the mount (where allow_delete is on), "
+                        "after listing them and asking")
     p.add_argument("--yes", action="store_true",
-                   help="walk whole accounts where a service cannot filter the search, without asking")
+                   help="do not ask: walk whole accounts where a service cannot filter the search; "
+                        "with --rm, delete without asking")
     p = sub.add_parser("map", help="format, duration and sha256 of every recording under PATH "
                                    "(a path in the recfs tree: SOURCE/...), on a Dask cluster")
     p.add_argument("config")

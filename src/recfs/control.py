@@ -102,6 +102,7 @@ class Control:
             return False
         if name == "refresh":
             n = self.core.tree.invalidate_under(node)
+            self.core.finder.forget(node.source)     # the root (no source): every source's
             log.info("refresh %s: %d folder snapshots dropped", path or "/", n)
             return True
         if name == "prefetch":

@@ -323,6 +323,7 @@ class Core:
         await node.source.delete(node.entry)
         log.info("deleted %s", node.path())
         self.tree.remove(node)
+        self.finder.forget(node.source)
 
     async def rename(self, old_folder: Node, old_name: str, new_folder: Node, new_name: str) -> None:
         """mv of a service's file within its source, where the source can do it (Kazoo:

@@ -125,6 +125,11 @@ class Finder:
         self._kept[key] = (now + source.listing_ttl, found)
         return found
 
+    def forget(self, source: Source | None = None) -> None:
+        """Drop the kept server-side answers (of one source): a delete through the mount
+        or a refresh changed what they would say."""
+        self._kept = {k: v for k, v in self._kept.items() if source is not None and k[0] != source.name}
+
     def _looks_into(self, node: "Node", query: Query) -> bool:
         src = node.source
         ref = node.entry.ref
