@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Hashable
 
+import trio
+
 from .config import SEARCHES_FOLDER, SavedSearch
 from .finder import Found, Progress
 from .search import Query, parse
@@ -51,7 +53,10 @@ class SavedSearches(Source):
     kind = "searches"
 
     def __init__(self, searches: list[SavedSearch], sources: list[Source], search: Search):
-        super().__init__(SEARCHES_FOLDER, tuple(searches), http=None)
+        # what its listings depend on (M3 in index.py): the searches, and the sources
+        # whose objects they show (a source gone or changed: the index forgets them)
+        super().__init__(SEARCHES_FOLDER, (tuple(searches), tuple((s.name, s.kind, repr(s.options))
+                                                                   for s in sources)), http=None)
         self.saved = {s.name: s for s in searches}
         self.queries = {s.name: parse(s.query) for s in searches}
         self.homes = {s.name: s for s in sources}
@@ -61,6 +66,7 @@ class SavedSearches(Source):
         self.listing_ttl = min(self.ttls.values(), default=default)
         self.started = time.time()
         self._runs: dict[str, _Run] = {}
+        self._running = {s.name: trio.Lock() for s in searches}   # one run of a search at a time
 
     def root_ref(self) -> Hashable:
         return ()
@@ -82,12 +88,12 @@ class SavedSearches(Source):
         name = ref[0]
         if name not in self.saved:
             raise SourceError(f"searches: no saved search {name!r}")
-        run = self._runs.get(name)
-        now = time.time()
-        if run is None or now - run.at >= self.ttls[name]:
-            run = self._runs[name] = await self._run(name)
+        async with self._running[name]:     # folders listed together wait for one run
+            run = self._runs.get(name)
+            if run is None or time.time() - run.at >= self.ttls[name]:
+                run = self._runs[name] = await self._run(name)
         # every folder of one run expires with it, so they never show two runs mixed
-        ttl = max(1.0, run.at + self.ttls[name] - now)
+        ttl = max(1.0, run.at + self.ttls[name] - time.time())
         return Listing(list(run.folders.get(tuple(ref[1:]), ())), ttl=ttl)
 
     async def _run(self, name: str) -> _Run:

@@ -60,9 +60,13 @@ def test_a_saved_search_is_a_folder_of_the_matches(services, recfs_mount, tmp_pa
     assert set(files_under(hold)) == expected
     assert requests(emulators) == {"kazoo": 0, "8x8": 0, "oce": 0, "alvaria": 0}
 
-    # the sizes are the home paths'
+    # the sizes, times and metadata are the home paths'
     for rel, st in found.items():
-        assert st.st_size == os.stat(mnt / rel).st_size > 0, rel
+        home = os.stat(mnt / rel)
+        assert (st.st_size, st.st_mtime_ns) == (home.st_size, home.st_mtime_ns), rel
+        assert st.st_size > 0 and st.st_mode & 0o222 == 0
+        here = {a: os.getxattr(hold / rel, a) for a in os.listxattr(hold / rel)}
+        assert here and here == {a: os.getxattr(mnt / rel, a) for a in os.listxattr(mnt / rel)}
 
     # one cache entry: a file read at home is read there without a request
     one_each = {rel.split("/")[0]: rel for rel in sorted(expected)}
@@ -119,3 +123,23 @@ def test_no_searches_folder_without_saved_searches(services, recfs_mount):  # no
     mnt = recfs_mount(toml_config(tables))
     assert sorted(os.listdir(mnt)) == ["8x8", "alvaria", "kazoo", "oce"]
     assert not (mnt / "searches").exists()
+
+
+def test_the_fsspec_front_end_shows_it_the_same_way(services, tmp_path):  # noqa: F811
+    from recfs.fsspec import RecfsFileSystem
+    emulators, tables, expected = services
+    config = tmp_path / "recfs.toml"
+    config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\n\n' + saved_config(tables))
+    os.chmod(config, 0o600)
+    fs = RecfsFileSystem(config=str(config), skip_instance_cache=True)
+    try:
+        top = f"searches/{HOLD}"
+        found = {os.path.relpath(p, top): info for p, info in fs.find(top, detail=True).items()}
+        assert set(found) == expected
+        for rel, info in found.items():
+            assert info["size"] == fs.info(rel)["size"] > 0
+            assert info["metadata"] == fs.info(rel)["metadata"]
+        rel = sorted(expected)[0]
+        assert fs.cat_file(f"{top}/{rel}") == fs.cat_file(rel)
+    finally:
+        fs.close()
