@@ -42,7 +42,7 @@ Search = Callable[[Query, Progress], Awaitable[list[Found]]]
 
 @dataclass
 class _Run:
-    at: float                                       # epoch seconds it ran
+    at: float                                       # epoch seconds it ended
     folders: dict[tuple[str, ...], list[Entry]]     # (source, *folders) -> its entries
 
 
@@ -99,7 +99,6 @@ class SavedSearches(Source):
     async def _run(self, name: str) -> _Run:
         query = self.queries[name]
         progress = Progress()
-        at = time.time()
         try:
             found = await self.search(query, progress)
         except Exception as exc:
@@ -107,7 +106,9 @@ class SavedSearches(Source):
         if progress.errors:
             raise SourceError(f"saved search {name!r} ({query.text}) is incomplete: "
                               f"{'; '.join(progress.errors[:3])}")
-        log.info("saved search %s (%s): %d matches", name, query.text, len(found))
+        log.info("saved search %s (%s): %d matches (filtered by %s; walked %s: %d folders, %d listed)",
+                 name, query.text, len(found), ", ".join(progress.server_side) or "none",
+                 ", ".join(progress.walked) or "none", progress.folders, progress.listed)
         folders: dict[tuple[str, ...], dict[str, Entry]] = {(): {}}
         for hit in found:
             if hit.entry is None:
@@ -124,4 +125,6 @@ class SavedSearches(Source):
                 folder.mtime = max(folder.mtime, hit.time)      # its newest match
             # the home entry, under its home name (the tree makes it safe, as at home)
             folders[parts[:-1]][parts[-1]] = dataclasses.replace(hit.entry)
-        return _Run(at, {path: list(entries.values()) for path, entries in folders.items()})
+        # its TTL runs from its end: a run longer than the TTL (a walk of whole accounts)
+        # must not have every folder listed after it run the search again
+        return _Run(time.time(), {path: list(entries.values()) for path, entries in folders.items()})
