@@ -89,6 +89,8 @@ class Core:
         self.uploads.on_uploaded = self._landed
         self._writing: dict[str, Node] = {}     # staged upload id -> its node
         self.control = Control(self)
+        if views:
+            self.control.extra["saved_searches"] = views[0].status
 
     @property
     def on_changed(self):

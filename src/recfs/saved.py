@@ -44,6 +44,7 @@ Search = Callable[[Query, Progress], Awaitable[list[Found]]]
 class _Run:
     at: float                                       # epoch seconds it ended
     folders: dict[tuple[str, ...], list[Entry]]     # (source, *folders) -> its entries
+    matches: int
 
 
 class SavedSearches(Source):
@@ -67,6 +68,13 @@ class SavedSearches(Source):
         self.started = time.time()
         self._runs: dict[str, _Run] = {}
         self._running = {s.name: trio.Lock() for s in searches}   # one run of a search at a time
+
+    def status(self) -> dict:
+        """Each saved search's last run (`recfs status`)."""
+        return {name: {"query": self.queries[name].text, "ttl_s": self.ttls[name],
+                       "ran": self._runs[name].at if name in self._runs else None,
+                       "matches": self._runs[name].matches if name in self._runs else None}
+                for name in self.saved}
 
     def root_ref(self) -> Hashable:
         return ()
@@ -93,7 +101,7 @@ class SavedSearches(Source):
             if run is None or time.time() - run.at >= self.ttls[name]:
                 run = self._runs[name] = await self._run(name)
         # every folder of one run expires with it, so they never show two runs mixed
-        ttl = max(1.0, run.at + self.ttls[name] - time.time())
+        ttl = max(0.0, run.at + self.ttls[name] - time.time())
         return Listing(list(run.folders.get(tuple(ref[1:]), ())), ttl=ttl)
 
     async def _run(self, name: str) -> _Run:
@@ -127,4 +135,5 @@ class SavedSearches(Source):
             folders[parts[:-1]][parts[-1]] = dataclasses.replace(hit.entry)
         # its TTL runs from its end: a run longer than the TTL (a walk of whole accounts)
         # must not have every folder listed after it run the search again
-        return _Run(time.time(), {path: list(entries.values()) for path, entries in folders.items()})
+        return _Run(time.time(), {path: list(entries.values()) for path, entries in folders.items()},
+                    len(found))

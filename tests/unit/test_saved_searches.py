@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+import trio
 
 from recfs.config import ConfigError, SavedSearch, Tuning, parse_config
 from recfs.content.cache import Cache
@@ -111,6 +112,27 @@ async def test_a_refresh_runs_it_again_and_keeps_the_inode_numbers(mem, make_cor
     assert sorted(n.name for n in await core.children(folder)) == ["keep-1.wav", "keep-3.wav", "sub"]
     assert mem.counts["list"] > listings
     assert await core.resolve("searches/hold/mem/calls/keep-1.wav") is one
+
+
+async def test_one_run_per_ttl_for_every_folder_of_the_search(mem, make_core):
+    core = await make_core(mem, [SavedSearch(name="hold", query="name~=keep", listing_ttl=1.0)])
+    saved = (await core.resolve("searches")).source
+    runs = []
+    search = saved.search
+
+    async def counted(query, progress):
+        runs.append(query.text)
+        return await search(query, progress)
+    saved.search = counted
+    for path in ("searches/hold", "searches/hold/mem/calls", "searches/hold/mem/calls/sub"):
+        await core.children(await core.resolve(path))
+    assert runs == ["name~=keep"]
+    status = core.control.status()["saved_searches"]
+    assert status["hold"]["matches"] == 2 and status["hold"]["query"] == "name~=keep"
+    await trio.sleep(1.1)
+    for path in ("searches/hold/mem/calls/sub", "searches/hold/mem/calls", "searches/hold"):
+        await core.children(await core.resolve(path))
+    assert runs == ["name~=keep"] * 2
 
 
 async def test_a_failed_run_fails_the_listing(mem, make_core):
