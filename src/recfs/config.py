@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from . import redact
 from .content.cache import SYNC_AFTER
+from .search import QueryError, parse as parse_query
 
 KINDS = {
     "8x8": "recfs.sources.eightbyeight",
@@ -269,6 +270,22 @@ class Tuning:
 
 TUNING_KEYS = keys_of(Tuning)
 
+SEARCHES_FOLDER = "searches"    # the root folder of the saved searches, when there are any
+
+
+@dataclass(kw_only=True)
+class SavedSearch:
+    """A `[[searches]]` table: a search shown as a read-only folder of its matches."""
+    name: str = option("str", required=True,
+                       doc="folder of this search: searches/{name}/{source}/… holds its matches at their home paths")
+    query: str = option("str", required=True,
+                        doc='terms as `recfs search` takes them, e.g. "caller=+15551234567 since=2025-01-01"')
+    listing_ttl: float | None = option("float", check=_positive,
+                                       doc="seconds the folder's matches stay fresh before the search runs again (default: the shortest listing_ttl of the sources)")
+
+
+SEARCH_KEYS = keys_of(SavedSearch)
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -295,6 +312,7 @@ class Config:
     cache: CacheConfig
     sources: list[SourceConfig]
     tuning: Tuning = field(default_factory=Tuning)
+    searches: list[SavedSearch] = field(default_factory=list)
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -317,10 +335,10 @@ def _retired(table: dict, schema: dict[str, Key], where: str) -> list[str]:
 
 
 def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
-    known_top = {"cache", "sources", "tuning"}
+    known_top = {"cache", "sources", "tuning", "searches"}
     for k in data:
         if k not in known_top:
-            raise ConfigError(f"{k}: unknown key (known: cache, sources, tuning)")
+            raise ConfigError(f"{k}: unknown key (known: cache, sources, tuning, searches)")
     tuning_tab = data.get("tuning", {})
     if not isinstance(tuning_tab, dict):
         raise ConfigError("tuning: expected a table [tuning]")
@@ -361,8 +379,35 @@ def parse_config(data: dict, config_dir: Path = Path(".")) -> Config:
         if problem:
             raise ConfigError(f"{where}.{problem}")
         sources.append(SourceConfig(name=name, kind=kind, options=opts))
+    searches = _saved_searches(data.get("searches", []), config_dir)
+    if searches and SEARCHES_FOLDER in seen:
+        i = next(i for i, s in enumerate(sources) if s.name == SEARCHES_FOLDER)
+        raise ConfigError(f"sources[{i}].name: {SEARCHES_FOLDER!r} is the folder of the saved searches "
+                          f"([[searches]]); give this source another name")
     return Config(cache=CacheConfig(cache_dir, cache["max_size"], cache["min_free"], cache["sync_after"]),
-                  sources=sources, tuning=tuning, warnings=warnings)
+                  sources=sources, tuning=tuning, searches=searches, warnings=warnings)
+
+
+def _saved_searches(tables: Any, config_dir: Path) -> list[SavedSearch]:
+    """The `[[searches]]` tables, each query read as `recfs search` reads its terms."""
+    if not isinstance(tables, list):
+        raise ConfigError("searches: expected [[searches]] tables")
+    out: list[SavedSearch] = []
+    for i, tab in enumerate(tables):
+        where = f"searches[{i}]"
+        if not isinstance(tab, dict):
+            raise ConfigError(f"{where}: expected a table")
+        saved = SavedSearch(**_apply_schema(tab, SEARCH_KEYS, where, config_dir))
+        if not _NAME_RE.match(saved.name) or saved.name in (".", "..") or saved.name.strip() != saved.name:
+            raise ConfigError(f"{where}.name: {saved.name!r} is not a usable folder name")
+        if any(s.name == saved.name for s in out):
+            raise ConfigError(f"{where}.name: {saved.name!r} is used by another saved search")
+        try:
+            parse_query(saved.query)
+        except QueryError as exc:
+            raise ConfigError(f"{where}.query: {exc}") from None
+        out.append(saved)
+    return out
 
 
 def load_config(path: str | Path) -> Config:

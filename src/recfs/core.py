@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from .config import Tuning
+from .config import SavedSearch, Tuning
 from .content.cache import Cache
 from .content.policy import AccessPolicy
 from .content.reader import Folder, Handle, Reader, ReadError
@@ -26,6 +26,7 @@ from .control import Control
 from .finder import Finder, Found, Progress
 from .http import Http
 from .index import MetadataIndex
+from .saved import SavedSearches
 from .search import Query
 from .sources.base import Entry, Kind, Source, SourceError
 from .tree import Local, Node, Tree
@@ -62,7 +63,8 @@ class Writing:
 
 class Core:
     def __init__(self, sources: list[Source], cache: Cache, http: Http, nursery: trio.Nursery,
-                 tuning: Tuning | None = None, uploads_dir: Path | None = None):
+                 tuning: Tuning | None = None, uploads_dir: Path | None = None,
+                 searches: list[SavedSearch] | None = None):
         t = tuning or Tuning()
         self.sources = sources
         self.cache = cache
@@ -74,15 +76,21 @@ class Core:
                              max_request=t.max_request, small_file=t.small_file,
                              sibling_prefetch=t.sibling_prefetch)
         self.index = MetadataIndex(Path(cache.dir))
-        self.tree = Tree(sources, cache, nursery, self.reader.learn_sizes, self.policy,
+        self.finder = Finder(self)
+        # saved searches: a folder of the root beside the sources, its files theirs (saved.py);
+        # a run is confirmed by the config, and asks the services that filter afresh
+        views = [SavedSearches(searches, sources, lambda query, progress: self.finder.search(
+            query, yes=True, again=True, progress=progress))] if searches else []
+        self.tree = Tree([*sources, *views], cache, nursery, self.reader.learn_sizes, self.policy,
                          index=self.index, max_entries=t.entries_in_memory)
         self.reader.on_changed = self._object_changed
         self.uploads = Uploads(uploads_dir or Path(cache.dir) / "uploads",
                                {s.name: s for s in sources})
         self.uploads.on_uploaded = self._landed
         self._writing: dict[str, Node] = {}     # staged upload id -> its node
-        self.finder = Finder(self)
         self.control = Control(self)
+        if views:
+            self.control.extra["saved_searches"] = views[0].status
 
     @property
     def on_changed(self):
@@ -318,8 +326,8 @@ class Core:
             self._writing.pop(node.upload.id, None)
             self.tree.remove(node)
             return
-        if node.source is None or not node.source.allow_delete:
-            raise CoreError(errno.EROFS)
+        if node.source is None or not node.source.allow_delete or folder.source is not node.source:
+            raise CoreError(errno.EROFS)        # (shown away from its home: deleted there only)
         await node.source.delete(node.entry)
         log.info("deleted %s", node.path())
         self.tree.remove(node)
@@ -335,7 +343,7 @@ class Core:
             raise CoreError(errno.ENOENT)
         if not new_folder.is_dir:
             raise CoreError(errno.ENOTDIR)
-        if node.is_dir or node.local is not None or node.source is None \
+        if node.is_dir or node.local is not None or node.source is None or old_folder.source is not node.source \
                 or new_folder.source is not node.source or new_folder.local is not None:
             raise CoreError(errno.EROFS)
         try:

@@ -9,16 +9,17 @@ what a provider's own search found is kept for the source's listing TTL.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
 from . import names
 from .search import Query, matches, overlaps
-from .sources.base import Source
+from .sources.base import Entry, Source
 
 if TYPE_CHECKING:
     from .core import Core
@@ -36,9 +37,12 @@ class Found:
     source: str
     time: float                 # the time its date folder stands for
     metadata: dict[str, str]
+    # its entry as its home folder lists it (same ref, id and version: the same cache
+    # key), with the metadata: what a saved search's folder shows (saved.py)
+    entry: Entry | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict:
-        return asdict(self)
+        return {"path": self.path, "source": self.source, "time": self.time, "metadata": self.metadata}
 
 
 @dataclass
@@ -66,13 +70,15 @@ class Finder:
         self.core = core
         self._kept: dict[tuple, tuple[float, list[Found]]] = {}
 
-    async def search(self, query: Query, *, yes: bool = False,
+    async def search(self, query: Query, *, yes: bool = False, again: bool = False,
                      progress: Progress | None = None) -> list[Found]:
         """The recordings matching `query` in every source, newest first. Without a
         `since=` a source the API cannot filter would be walked whole: unless `yes`,
-        that raises NeedsConfirmation, with the listings it would take."""
+        that raises NeedsConfirmation, with the listings it would take. `again`: ask
+        the services that filter afresh, not what they answered within their TTL."""
         progress = progress or Progress()
-        sources = [n for n in self.core.tree.root.sorted_children() if n.source is not None]
+        # the sources' own folders only (not the saved searches' views of them)
+        sources = [self.core.tree.root.children[s.name] for s in self.core.sources]
         progress.sources = len(sources)
         found: list[Found] = []
         filtered = [r for r in sources if r.source.filters_server_side(query)]
@@ -86,7 +92,7 @@ class Finder:
                     f"(requests), and one for each folder found below them; narrow it with "
                     f"since=DATE, or confirm with --yes", unlisted)
         for root in filtered:
-            hits = await self._server_side(root.source, query)
+            hits = await self._server_side(root.source, query, again)
             if hits is None:            # it could not after all: walk it
                 to_walk.append(root)
                 continue
@@ -101,11 +107,11 @@ class Finder:
         found.sort(key=lambda f: (-f.time, f.path))
         return found
 
-    async def _server_side(self, source: Source, query: Query) -> list[Found] | None:
+    async def _server_side(self, source: Source, query: Query, again: bool = False) -> list[Found] | None:
         key = (source.name, query.key())
         kept = self._kept.get(key)
         now = time.time()
-        if kept is not None and now < kept[0]:
+        if kept is not None and now < kept[0] and not again:
             return kept[1]
         hits = await source.search(query)
         if hits is None:
@@ -117,7 +123,8 @@ class Finder:
             if not matches(query, source.record(entry.name, metadata, entry.mtime)):
                 continue
             parts = [source.name, *(names.clean(p) for p in hit.folders), names.clean(entry.name, entry.id)]
-            found.append(Found("/" + "/".join(parts), source.name, entry.mtime, metadata))
+            found.append(Found("/" + "/".join(parts), source.name, entry.mtime, metadata,
+                               dataclasses.replace(entry, xattrs=metadata)))
         if len(self._kept) >= KEPT_SEARCHES:
             self._kept = {k: v for k, v in self._kept.items() if now < v[0]}
             while len(self._kept) >= KEPT_SEARCHES:
@@ -180,7 +187,8 @@ class Finder:
                     continue
                 metadata = dict(core.xattrs(child))
                 if matches(query, src.record(child.name, metadata, child.entry.mtime)):
-                    found.append(Found(child.path(), src.name, child.entry.mtime, metadata))
+                    found.append(Found(child.path(), src.name, child.entry.mtime, metadata,
+                                       dataclasses.replace(child.entry, xattrs=metadata)))
                     progress.found += 1
 
         async with trio.open_nursery() as nursery:

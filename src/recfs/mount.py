@@ -128,7 +128,7 @@ async def _serve(cfg: Config, mountpoint: Path, *, allow_other: bool, read_ahead
         except StartError as exc:
             raise MountError(str(exc)) from None
         async with trio.open_nursery() as nursery:
-            core = Core(sources, cache, http, nursery, t)
+            core = Core(sources, cache, http, nursery, t, searches=cfg.searches)
             ops = Operations(core, direct_io_min_size=t.direct_io_min_size)
             pyfuse3.init(ops, str(mountpoint), fuse_options("recfs", allow_other))
             mounted = True

@@ -188,7 +188,7 @@ class CoreThread:
             cache = make_cache(cfg, self.cache_dir, self.cache_size)
             await start_sources(sources)
             async with trio.open_nursery() as nursery:
-                core = Core(sources, cache, http, nursery, cfg.tuning)
+                core = Core(sources, cache, http, nursery, cfg.tuning, searches=cfg.searches)
                 nursery.start_soon(core.run)
                 self.core = core
                 log.info("recfs: %s ready (cache %s)",

@@ -242,6 +242,7 @@ class Tree:
             n = stack.pop()
             if n.is_dir and n.ino != ROOT_INODE:
                 self.invalidate(n)
+                n.source.forget(n.entry.ref)
                 count += 1
                 if n.children is None:
                     self._recheck.add(n.ino)
@@ -301,6 +302,7 @@ class Tree:
         if listed is None or (fresh_only and time.time() - listed[0] >= listed[1]):
             return False
         src = node.source
+        home = src.home(node.entry.ref)
         children: dict[str, Node] = {}
         recheck = node.ino in self._recheck
         self._recheck.discard(node.ino)
@@ -308,8 +310,8 @@ class Tree:
             child = self.inodes.get(ino)
             if child is None:
                 if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
-                    entry.size = self.cache.known_size(src.cache_key(entry))
-                child = self._new_node(node, name, entry, src, ino)
+                    entry.size = self.cache.known_size(home.cache_key(entry))
+                child = self._new_node(node, name, entry, src if entry.kind is Kind.DIR else home, ino)
                 child.recheck = recheck
             child.parent = node
             children[name] = child
@@ -367,12 +369,13 @@ class Tree:
 
     def _apply(self, node: Node, entries: list[Entry]) -> None:
         src = node.source
+        home = src.home(node.entry.ref)     # whose objects its files are (saved.py: another source's)
         old = node.children or {}
         safe = names.unique_names([(e.name, e.id or e.name) for e in entries])
         new: dict[str, Node] = {}
         for name, entry in sorted(zip(safe, entries), key=lambda pair: pair[0]):
             if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
-                entry.size = self.cache.known_size(src.cache_key(entry))
+                entry.size = self.cache.known_size(home.cache_key(entry))
             child = old.get(name)
             if child is not None and child.local is not None and child.entry.kind is entry.kind:
                 # what we uploaded (or the folder we made) is now listed by the service
@@ -395,7 +398,7 @@ class Tree:
                     self.on_changed(child)
                 child.size_failed = False
             else:
-                child = self._new_node(node, name, entry, src)
+                child = self._new_node(node, name, entry, src if entry.kind is Kind.DIR else home)
             new[name] = child
         for name, child in old.items():
             if child.local is not None and name not in new:
@@ -597,6 +600,10 @@ class Tree:
         nodes = chunk.nodes
         folder = nodes[0].parent
         whole = chunk.for_copy or (folder is not None and self.policy.copying(folder.ino))
+        if self.cache is not None:      # learnt since it was listed, through another path to it
+            for c in nodes:
+                if c.entry.size is None:
+                    c.entry.size = self.cache.known_size(c.source.cache_key(c.entry))
         try:
             await self.learn_sizes(nodes[0].source, [c.entry for c in nodes], whole=whole, asked=asked)
         except Exception as exc:        # runs in the background too: never end the mount

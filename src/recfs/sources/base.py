@@ -196,6 +196,16 @@ class Source:
     def root_ref(self) -> Hashable:
         raise NotImplementedError
 
+    def home(self, ref: Hashable) -> "Source":
+        """The source whose objects the files of folder `ref` are: this one, but for a
+        view of other sources' objects (saved searches: saved.py), whose files the core
+        reads, sizes and caches as at their home."""
+        return self
+
+    def forget(self, ref: Hashable) -> None:
+        """`recfs refresh` dropped the snapshot of folder `ref`: drop what the source
+        keeps of its own for it (saved.py: the last run of a search)."""
+
     async def list_dir(self, ref: Hashable) -> Listing:
         raise NotImplementedError
 
