@@ -178,6 +178,12 @@ async def test_oce_search_pages_and_gives_way_at_the_services_cap(http):
         src = oce.Source("oce", options(oce_table(emu, "oce", page_size=1)), http)   # the home
         await src.start()
         emu.reset_stats()
+        # the service cannot filter by time: the match does, before any hit is placed, so
+        # only today's folder and the folders above the hits are read
+        hits = await src.search(parse([f"caller={CALLER}", f"since={TODAY:%Y-%m-%d}"]))
+        assert {h.folders for h in hits} == {("Recordings", f"{TODAY:%Y-%m-%d}"), ("Elsewhere",)}
+        assert emu.count("folder") == 3 and emu.count("search") == 4
+        emu.reset_stats()
         hits = await src.search(parse([f"caller={CALLER}"]))
         # below the home: Recordings' days and Elsewhere (not Hidden), one item a page
         assert sorted(h.entry.name for h in hits) == sorted(

@@ -45,7 +45,7 @@ import trio
 from ..config import Secret, SourceOptions, option
 from ..http import (AuthError, HttpError, OAuthClientCredentials, SizeChangedError, Target, TokenAuth,
                     AuthTarget, basic_auth_header, safe_url)
-from ..search import Query
+from ..search import Query, matches
 from .base import BulkFile, BulkJobs, Entry, Hit, JobState, JobStatus, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.oce")
@@ -497,15 +497,21 @@ class OceSource(Source):
             if str(item.get("type") or "").lower() == "folder" and item.get("id") and item.get("name"):
                 self._learn_folder(strip_guid_prefix(str(item["id"])), str(item["name"]),
                                    strip_guid_prefix(str(item.get("parentID") or "")))
-        files = [(item, self._folder_of(item)) for item in items
-                 if str(item.get("type") or "").lower() == "file"]
-        await self._learn_ancestors({parent for _, parent in files})
+        # the service found the text somewhere (a name, the contents, an owner): only
+        # the files the whole query matches are placed, so no other costs a request
+        files = []
+        for item in items:
+            if str(item.get("type") or "").lower() != "file":
+                continue
+            entry = self._entry(item, self._folder_of(item))
+            if entry is not None and matches(query, self.record(entry.name, entry.xattrs, entry.mtime)):
+                files.append((item, entry))
+        await self._learn_ancestors({entry.ref.folder for _, entry in files})
         hits: list[Hit] = []
         incomplete: list[tuple[Entry, tuple[str, ...]]] = []
-        for item, parent in files:
-            folders = self._folders_to(parent)
-            entry = self._entry(item, parent) if folders is not None else None
-            if entry is None:
+        for item, entry in files:
+            folders = self._folders_to(entry.ref.folder)
+            if folders is None:
                 continue
             if entry.size is None or not entry.ref.version:
                 incomplete.append((entry, folders))
