@@ -30,6 +30,12 @@ must be lenient about:
   reported in `items[].error` and left out; `GET .../{job}/package` serves the
   zip with Range; `DELETE .../{job}` aborts a running job (ABORTED) or
   discards a finished one.
+- `GET /folders/search/items` and `GET /folders/{id}/search/items`: the items of the
+  folder's tree (the home's without an id) that `fulltext` or `querytext` finds
+  (see `_search` and `_query_test` for the forms accepted), `limit` (default 20),
+  `offset`, `orderby` (name, size, lastModifiedName, lastModifiedDate), paged like a
+  listing (count/totalResults/hasMore, and totalCount, which Oracle's own toolkit
+  reads), at most `search_cap` (10000) results, nothing the user may not read.
 - Errors carry errorCode/errorKey/errorMessage (plus title/type/errorType
   where the docs show them): -16 not found (404), -20 no privilege (403),
   -96 ids outside the folder (400), -1 otherwise.
@@ -39,7 +45,7 @@ root, `"nested"` under a directory named after the folder; a folder id in the
 idList becomes a subdirectory either way.
 
 Faults (the base class's `faults`) match these route names: token, folder,
-file, items, data, download_create, download_status, download_package,
+file, items, search, data, download_create, download_status, download_package,
 download_delete.
 """
 from __future__ import annotations

@@ -19,6 +19,11 @@ DELETE the job once nobody waits for it. Items the job reports in `items[].error
 are left to ranged reads. The zip's layout is not documented (files at the root, or
 under a folder): the engine matches members by name, the shallowest first.
 
+Search (`recfs search`, a number or a name~= text): `GET /folders/{root}/search/items
+?fulltext=…`, paged like a listing; each hit the whole query matches is placed by its
+folders (names and parents from the listings, else `GET /folders/{id}` once), and left
+out when they do not lead to the root. docs/providers/oce.md says what is documented.
+
 Auth: OAuth2 client credentials at an IDCS `token_url` with `scope` (the token
 is refreshed before it expires and once on 401), or Basic auth with
 `username`/`password` (on-premises and dev servers). Secrets are revealed only
