@@ -142,6 +142,7 @@ async def test_oce_number_search_is_one_request_and_hits_are_listing_entries(htt
         hits = await src.search(parse([f"number={CALLER}"]))
         # only the root's tree, nothing the user may not read; the digits were asked for
         assert sorted(h.entry.id for h in hits) == sorted(mine)
+        hits_first = hits
         assert emu.search_log[-1]["fulltext"] == CALLER.lstrip("+")
         # one search; each day folder no listing told of read once, to place its hits
         assert emu.count("search") == 1 and emu.count("folder") == 3
@@ -164,6 +165,15 @@ async def test_oce_number_search_is_one_request_and_hits_are_listing_entries(htt
         hits = await src.search(parse(["name~=-0.wav"]))
         assert {h.entry.name for h in hits} == {f"call-{CALLER}-0.wav", "call-+15559990002-0.wav"}
         assert sum(emu.counts.values()) == 1
+        # a search answer without sizes and versions: each hit is completed from its file
+        emu.search_omits = {"size", "version"}
+        emu.reset_stats()
+        again = await src.search(parse([f"number={CALLER}"]))
+        assert emu.count("search") == 1 and emu.count("file") == len(mine) == len(again)
+        for hit in again:
+            same = next(h for h in hits_first if h.entry.id == hit.entry.id)
+            assert (hit.folders, hit.entry.size, hit.entry.version, hit.entry.ref) == \
+                (same.folders, same.entry.size, same.entry.version, same.entry.ref)
         # a query without a number or a name is not the service's: the core walks
         assert await src.search(parse(["since=2020-01-01"])) is None
     finally:

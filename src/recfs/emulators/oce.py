@@ -188,6 +188,8 @@ class OceEmulator(Emulator):
         self.max_limit = max_limit
         self.search_cap = search_cap            # "The search has a limit of 10000 items"
         self.search_log: list[dict[str, str]] = []   # every search's query parameters, for tests
+        self.search_omits: set[str] = set()     # item fields a search answer leaves out (e.g.
+                                                # version, size: its item schema is not shown)
         self.seed = seed
         self.nodes: dict[str, Node] = {}
         self.tokens: dict[str, float] = {}      # token -> expiry on the emulator clock
@@ -533,7 +535,8 @@ class OceEmulator(Emulator):
                 "totalCount": len(found) if native else str(len(found)),
                 "hasMore": int(has_more) if native else ("1" if has_more else "0"),
                 "errorCode": 0 if native else "0",
-                "items": [self._item_json(n, native) for n in page],
+                "items": [{k: v for k, v in self._item_json(n, native).items() if k not in self.search_omits}
+                          for n in page],
             })
 
     def _size_of(self, node: Node) -> int:
