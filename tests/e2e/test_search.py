@@ -1,7 +1,7 @@
 """`recfs search` through a real mount of all four services: one caller's recordings
 found exactly, with the services' own filters where their APIs have them (Kazoo
-crossbar filters, 8x8 FIQL), the others by walking their listings; a repeat asks
-nothing; a walk of whole accounts asks first."""
+crossbar filters, 8x8 FIQL, OCE's search for the number in names), Alvaria by walking
+its listings; a repeat asks nothing; a walk of a whole bucket asks first."""
 from __future__ import annotations
 
 import datetime as dt
@@ -105,10 +105,11 @@ def test_one_callers_recordings_in_all_four_services(services, recfs_mount):
     for emu in emulators.values():
         emu.reset_stats()
 
-    # OCE and Alvaria cannot filter: a walk of whole accounts is said and not made
+    # Alvaria cannot filter: a walk of its whole bucket is said and not made
     asked = search(mnt, "number=+1 555 123-0001")
     assert asked.returncode == 3, asked.stderr
-    assert "--yes" in asked.stderr and "since=" in asked.stderr and "oce" in asked.stderr
+    assert "--yes" in asked.stderr and "since=" in asked.stderr and "alvaria" in asked.stderr
+    assert "oce" not in asked.stderr
     assert asked.stdout == ""
     assert requests(emulators) == {"kazoo": 0, "8x8": 0, "oce": 0, "alvaria": 0}
 
@@ -124,6 +125,12 @@ def test_one_callers_recordings_in_all_four_services(services, recfs_mount):
     assert emulators["8x8"].count("objects") == 2
     assert emulators["8x8"].count("content", "object") == 0 and emulators["kazoo"].count("doc") == 0
     assert emulators["oce"].count("data") == 0 and emulators["alvaria"].count("s3") == 0
+    # OCE: one search below the root for the number's digits, and each folder of a hit
+    # (Recordings, three days) read once to place it, as no listing had told of them
+    assert emulators["oce"].count("search") == 1 and emulators["oce"].count("folder") == 1 + 3
+    assert emulators["oce"].count("items") == 0
+    # Alvaria walked: the prefixes down to the recordings and each day's
+    assert emulators["alvaria"].count("objectKeys") == 4 + 3
 
     for emu in emulators.values():
         emu.reset_stats()
@@ -156,8 +163,13 @@ def test_terms_narrow_and_json_carries_the_metadata(services, recfs_mount):
     assert {os.path.relpath(r["path"], mnt) for r in rows} == {p for p in expected if wanted(p)}
     kazoo_row = next(r for r in rows if r["source"] == "kazoo")
     assert kazoo_row["metadata"]["kazoo.caller_id_number"] == CALLER
-    # a walk with since= looks only into the folders of those days
-    assert emulators["oce"].count("items") == 1 + 1 + 2      # home, Recordings, two days
+    # OCE searched (a number in a name: no side, so caller= finds it) and listed nothing;
+    # it read only the folders of the hits in the period (Recordings, two days)
+    assert emulators["oce"].count("search") == 1 and emulators["oce"].count("items") == 0
+    assert emulators["oce"].count("folder") == 1 + 2
+    # a walk with since= looks only into the folders of those days: Alvaria's prefixes
+    # down to recordings/, then two of its three days
+    assert emulators["alvaria"].count("objectKeys") == 4 + 2
 
 
 def test_a_bad_term_is_a_clear_error(tmp_path):

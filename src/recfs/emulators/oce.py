@@ -30,6 +30,12 @@ must be lenient about:
   reported in `items[].error` and left out; `GET .../{job}/package` serves the
   zip with Range; `DELETE .../{job}` aborts a running job (ABORTED) or
   discards a finished one.
+- `GET /folders/search/items` and `GET /folders/{id}/search/items`: the items of the
+  folder's tree (the home's without an id) that `fulltext` or `querytext` finds
+  (see `_search` and `_query_test` for the forms accepted), `limit` (default 20),
+  `offset`, `orderby` (name, size, lastModifiedName, lastModifiedDate), paged like a
+  listing (count/totalResults/hasMore, and totalCount, which Oracle's own toolkit
+  reads), at most `search_cap` (10000) results, nothing the user may not read.
 - Errors carry errorCode/errorKey/errorMessage (plus title/type/errorType
   where the docs show them): -16 not found (404), -20 no privilege (403),
   -96 ids outside the folder (400), -1 otherwise.
@@ -39,7 +45,7 @@ root, `"nested"` under a directory named after the folder; a folder id in the
 idList becomes a subdirectory either way.
 
 Faults (the base class's `faults`) match these route names: token, folder,
-file, items, data, download_create, download_status, download_package,
+file, items, search, data, download_create, download_status, download_package,
 download_delete.
 """
 from __future__ import annotations
@@ -48,6 +54,7 @@ import base64
 import collections
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import time
@@ -68,6 +75,51 @@ ERROR_TYPE_URL = "https://www.w3.org/Protocols/rfc2616/rfc2616-sec10.html"
 
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+_NAME_FIELDS = {"fitemname", "ffilename", "ffoldername", "name", "itemname", "filename", "doriginalname"}
+_OPS = {"substring": "in", "contains": "in", "matches": "eq", "=": "eq", "starts": "pre", "ends": "suf"}
+
+
+def _fulltext_test(text: str):
+    """fulltext: every word of `text` in the item's name or its owner's or modifier's."""
+    words = text.lower().split()
+
+    def test(node: "Node") -> bool:
+        where = " ".join((node.name, USER["displayName"], USER["loginName"])).lower()
+        return all(w in where for w in words)
+    return test
+
+
+def _clause_test(clause: str):
+    m = re.fullmatch(r"\s*([A-Za-z][\w.]*)\s*<\s*(\w+|=)\s*>\s*(.*?)\s*", clause, re.S)
+    if m is None:
+        if "<" in clause or ">" in clause:
+            raise ValueError(f"cannot read {clause!r}")
+        return _fulltext_test(clause)
+    field_, op, value = m.group(1).lower(), _OPS.get(m.group(2).lower()), m.group(3)
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "`'\"":
+        value = value[1:-1]
+    if op is None:
+        raise ValueError(f"unknown operator <{m.group(2)}>")
+    if field_ == "fulltext":
+        return _fulltext_test(value)
+    if field_ not in _NAME_FIELDS:      # tags and metadata collections: none are set here
+        return lambda node: False
+    v = value.lower()
+    return {"in": lambda n: v in n.name.lower(), "eq": lambda n: n.name.lower() == v,
+            "pre": lambda n: n.name.lower().startswith(v), "suf": lambda n: n.name.lower().endswith(v)}[op]
+
+
+def _query_test(text: str):
+    """querytext, in each form it is plausibly written (Oracle's reference names the
+    parameter but the examples of its targets could not be read): plain words as
+    fulltext; `fulltext<CONTAINS>`words``; a name field (fItemName, fFileName, name…)
+    with <substring>, <contains>, <matches>, <starts> or <ends> and a value bare,
+    `quoted`, 'quoted' or "quoted"; clauses joined by <AND> and <OR>."""
+    alternatives = [[_clause_test(c) for c in re.split(r"<\s*and\s*>", alt, flags=re.I)]
+                    for alt in re.split(r"<\s*or\s*>", text, flags=re.I)]
+    return lambda node: any(all(t(node) for t in tests) for tests in alternatives)
 
 
 @dataclass
@@ -119,7 +171,7 @@ class OceEmulator(Emulator):
                  username: str = "recfs.exporter", password: str = "oce-password",
                  basic_enabled: bool = True, token_lifetime: float = 3600.0,
                  drift: str = "mixed", zip_layout: str = "flat", job_polls: int = 3,
-                 max_limit: int = 10000, seed: int = 0, **kw):
+                 max_limit: int = 10000, search_cap: int = 10000, seed: int = 0, **kw):
         super().__init__(**kw)
         self.client_id = client_id
         self.client_secret = client_secret
@@ -134,6 +186,10 @@ class OceEmulator(Emulator):
         self.zip_layout = zip_layout
         self.job_polls = job_polls              # status polls until a job reaches its fate
         self.max_limit = max_limit
+        self.search_cap = search_cap            # "The search has a limit of 10000 items"
+        self.search_log: list[dict[str, str]] = []   # every search's query parameters, for tests
+        self.search_omits: set[str] = set()     # item fields a search answer leaves out (e.g.
+                                                # version, size: its item schema is not shown)
         self.seed = seed
         self.nodes: dict[str, Node] = {}
         self.tokens: dict[str, float] = {}      # token -> expiry on the emulator clock
@@ -154,6 +210,9 @@ class OceEmulator(Emulator):
 
         a = API
         self.route("POST", TOKEN_PATH, "token", self._token)
+        # before folders/{id}/items, which "folders/search/items" would match too
+        self.route("GET", rf"{a}/folders/search/items", "search", self._search)
+        self.route("GET", rf"{a}/folders/{_ID}/search/items", "search", self._search)
         self.route("GET", rf"{a}/folders/{_ID}/items", "items", self._items)
         self.route("GET", rf"{a}/folders/{_ID}", "folder", self._folder)
         self.route("POST", rf"{a}/folders/{_ID}/_download", "download_create", self._dl_create)
@@ -401,6 +460,89 @@ class OceEmulator(Emulator):
                 "items": [self._item_json(c, native) for c in page],
             }
             return json_response(body)
+
+    # ------------------------------------------------------------------ search
+
+    def _under_forbidden(self, node: Node) -> bool:
+        while node is not None:
+            if node.id in self.forbidden:
+                return True
+            node = self.nodes.get(node.parent) if node.parent else None
+        return False
+
+    def _subtree(self, folder: Node) -> list[Node]:
+        out, stack = [], [folder]
+        while stack:
+            for cid in stack.pop().children:
+                child = self.nodes[cid]
+                if child.id in self.forbidden:      # nothing the user may not read, nor below it
+                    continue
+                out.append(child)
+                if child.type == "folder":
+                    stack.append(child)
+        return out
+
+    def _search(self, req: Request) -> Response:
+        """`GET folders[/{id}]/search/items`: every item of the folder's tree (the home
+        folder's without an id) that `fulltext` or `querytext` matches, paged like a
+        folder listing, at most `search_cap` of them. fulltext looks at the item's name
+        (which holds its extension) and its owner's and last modifier's names, as a
+        case-insensitive substring of each word given (the service's matching, whole
+        words or substrings, is not documented: the emulator takes the wider reading).
+        Contents and folder descriptions are not indexed here."""
+        if (denied := self._authorized(req)) is not None:
+            return denied
+        q = req.query
+        try:
+            limit = int(q.get("limit", "20"))
+            offset = int(q.get("offset", "0"))
+            if limit < 1 or offset < 0:
+                raise ValueError
+        except ValueError:
+            return self._err(400, "-1", "!csInvalidParameter",
+                             "The limit and offset parameters must be non-negative integers.")
+        limit = min(limit, self.max_limit)
+        fulltext, querytext = q.get("fulltext", "").strip(), q.get("querytext", "").strip()
+        if not fulltext and not querytext:
+            return self._err(400, "-1", "!csInvalidParameter",
+                             "Either fulltext or querytext must be provided.")
+        try:
+            test = _query_test(querytext) if querytext else _fulltext_test(fulltext)
+        except ValueError as exc:
+            return self._err(400, "-1", "!csInvalidParameter", f"Invalid querytext: {exc}")
+        field_, _, direction = q.get("orderby", "name:asc").partition(":")
+        sort_key = {"name": lambda n: n.name.lower(), "size": self._size_of,
+                    "lastModifiedName": lambda n: USER["displayName"],
+                    "lastModifiedDate": lambda n: n.modified}.get(field_)
+        if sort_key is None or direction not in ("asc", "desc", ""):
+            return self._err(400, "-1", "!csInvalidParameter", f"Invalid orderby {q['orderby']!r}.")
+        with self._lock:
+            self.search_log.append(dict(q))
+            top = req.match.group(1) if req.match.groups() else "self"
+            folder, error = self._lookup(top, "folder")
+            if error:
+                return error
+            if self._under_forbidden(folder):
+                return self._forbidden(top, "DOCS_SEARCH")
+            found = sorted((n for n in self._subtree(folder) if test(n)), key=sort_key,
+                           reverse=direction == "desc")[:self.search_cap]
+            page = found[offset:offset + limit]
+            native = self._native()
+            has_more = offset + len(page) < len(found)
+            return json_response({
+                "count": len(page) if native else str(len(page)),
+                "totalResults": len(found) if native else str(len(found)),
+                "totalCount": len(found) if native else str(len(found)),
+                "hasMore": int(has_more) if native else ("1" if has_more else "0"),
+                "errorCode": 0 if native else "0",
+                "items": [{k: v for k, v in self._item_json(n, native).items() if k not in self.search_omits}
+                          for n in page],
+            })
+
+    def _size_of(self, node: Node) -> int:
+        if node.type == "file":
+            return node.blob.size
+        return sum(self.nodes[c].blob.size for c in node.children if self.nodes[c].type == "file")
 
     def _data(self, req: Request) -> Response:
         if (denied := self._authorized(req)) is not None:

@@ -19,6 +19,11 @@ DELETE the job once nobody waits for it. Items the job reports in `items[].error
 are left to ranged reads. The zip's layout is not documented (files at the root, or
 under a folder): the engine matches members by name, the shallowest first.
 
+Search (`recfs search`, a number or a name~= text): `GET /folders/{root}/search/items
+?fulltext=…`, paged like a listing; each hit the whole query matches is placed by its
+folders (names and parents from the listings, else `GET /folders/{id}` once), and left
+out when they do not lead to the root. docs/providers/oce.md says what is documented.
+
 Auth: OAuth2 client credentials at an IDCS `token_url` with `scope` (the token
 is refreshed before it expires and once on 401), or Basic auth with
 `username`/`password` (on-premises and dev servers). Secrets are revealed only
@@ -34,6 +39,7 @@ import errno
 import json
 import logging
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,12 +50,15 @@ import trio
 from ..config import Secret, SourceOptions, option
 from ..http import (AuthError, HttpError, OAuthClientCredentials, SizeChangedError, Target, TokenAuth,
                     AuthTarget, basic_auth_header, safe_url)
-from .base import BulkFile, BulkJobs, Entry, JobState, JobStatus, Kind, Listing, Source, SourceError
+from ..search import Query, matches
+from .base import BulkFile, BulkJobs, Entry, Hit, JobState, JobStatus, Kind, Listing, Source, SourceError
 
 log = logging.getLogger("recfs.sources.oce")
 
 API_SUFFIX = "/documents/api/1.2"
 MAX_PAGE = 10000
+SEARCH_CAP = 10000          # "The search has a limit of 10000 items (folders and files)"
+KNOWN_FOLDERS = 100_000     # folders whose name and parent are remembered (for hit paths)
 TERMINAL = ("SUCCEEDED", "FAILED", "ABORTED", "BLOCKED")
 JOB_MAX_POLL = 10.0
 
@@ -303,6 +312,11 @@ class OceSource(Source):
             batch_window=0.0, max_wait=options.job_wait, poll_first=options.job_poll_interval,
             poll_max=max(options.job_poll_interval, JOB_MAX_POLL), timeout=options.job_timeout)
         self.jobs_deleted = 0
+        self._roots = {self.root}
+        # folder id -> (name, parent id, when learnt), from listings, searches and GETs:
+        # what places a search hit in the tree without listing its folders
+        self._folders: dict[str, tuple[str, str, float]] = {}
+        self._fresh_from = 0.0
 
     def root_ref(self) -> str:
         return self.root
@@ -360,8 +374,11 @@ class OceSource(Source):
     # ---------------------------------------------------------------- start / listing
 
     async def start(self) -> None:
-        await self._get_json(self._url("folders", self.root),
-                             f"checking root_folder {self.root!r} at {safe_url(self.api)}")
+        body = await self._get_json(self._url("folders", self.root),
+                                    f"checking root_folder {self.root!r} at {safe_url(self.api)}")
+        # the root's own id (`self` is an alias: items below it may name its GUID as parent)
+        if body.get("id"):
+            self._roots.add(strip_guid_prefix(str(body["id"])))
 
     async def list_dir(self, ref: str) -> Listing:
         entries: list[Entry] = []
@@ -383,6 +400,8 @@ class OceSource(Source):
                 if entry is not None and entry.id not in seen:
                     seen.add(entry.id)
                     entries.append(entry)
+                    if entry.is_dir:
+                        self._learn_folder(entry.id, entry.name, ref)
             offset += len(items)
             more = as_flag(body.get("hasMore"))
             if more is None:
@@ -449,6 +468,185 @@ class OceSource(Source):
             for entry in entries:
                 if entry.size is None and not entry.is_dir:
                     nursery.start_soon(one, entry)
+
+    # ---------------------------------------------------------------- search
+
+    # A number in a file name, or a part of a name: the service's search finds the names
+    # that hold it (`fulltext` looks at item names among other things); the core then
+    # matches every hit against the whole query, so more hits than needed cost nothing.
+    searches_server_side = ("caller", "callee", "number", "name")
+    search_cap = SEARCH_CAP     # a search with this many results may have been cut
+
+    def search_text(self, query: Query) -> str | None:
+        """The one term the service is asked for: a number's digits (names hold them as
+        a run of their own, with or without a '+'), else the name~= text."""
+        for side in ("caller", "callee", "number"):
+            if getattr(query, side) is not None:
+                return getattr(query, side)
+        return query.name
+
+    async def search(self, query: Query) -> list[Hit] | None:
+        """`GET /folders/{root_folder}/search/items?fulltext=…`, page by page: the files
+        of the root's tree that the service finds, each placed by its parents (known
+        from listings, else `GET /folders/{id}` once each); items outside the root (the
+        service also searches folders shared with the user) are left out. None when the
+        service's cap of 10000 results may have cut the answer: the core walks then."""
+        text = self.search_text(query)
+        if not text:
+            return None
+        self._fresh_from = time.time() - self.listing_ttl
+        items = await self._search_items(text)
+        if items is None:
+            return None
+        for item in items:                  # folders found tell their names for free
+            if str(item.get("type") or "").lower() == "folder" and item.get("id") and item.get("name"):
+                self._learn_folder(strip_guid_prefix(str(item["id"])), str(item["name"]),
+                                   strip_guid_prefix(str(item.get("parentID") or "")))
+        # the service found the text somewhere (a name, the contents, an owner): only
+        # the files the whole query matches are placed, so no other costs a request
+        files = []
+        for item in items:
+            if str(item.get("type") or "").lower() != "file":
+                continue
+            entry = self._entry(item, self._folder_of(item))
+            if entry is not None and matches(query, self.record(entry.name, entry.xattrs, entry.mtime)):
+                files.append((item, entry))
+        await self._learn_ancestors({entry.ref.folder for _, entry in files})
+        hits: list[Hit] = []
+        incomplete: list[tuple[Entry, tuple[str, ...]]] = []
+        for item, entry in files:
+            folders = self._folders_to(entry.ref.folder)
+            if folders is None:
+                continue
+            if entry.size is None or not entry.ref.version:
+                incomplete.append((entry, folders))
+            else:
+                hits.append(Hit(folders, entry))
+        hits += await self._completed(incomplete)
+        return hits
+
+    async def _search_items(self, text: str) -> list[dict] | None:
+        url = self._url("folders", self.root, "search", "items")
+        items: list[dict] = []
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            body = await self._get_json(url, f"searching for {text!r}",
+                                        params={"fulltext": text, "limit": self.page_size, "offset": offset})
+            page = body.get("items") or []
+            if not isinstance(page, list):
+                raise SourceError(f"{self.name}: searching for {text!r}: `items` is not a list", errno.EIO)
+            for item in page:
+                if isinstance(item, dict) and item.get("id") and str(item["id"]) not in seen:
+                    seen.add(str(item["id"]))
+                    items.append(item)
+            offset += len(page)
+            more = as_flag(body.get("hasMore"))
+            if more is None:
+                total = as_int(body.get("totalResults"))
+                total = as_int(body.get("totalCount")) if total is None else total
+                more = offset < total if total is not None else len(page) >= self.page_size
+            if not more or not page:
+                break
+        if offset >= self.search_cap:
+            log.warning("%s: the search for %r reached the service's limit of %d results; "
+                        "walking the folders instead", self.name, text, self.search_cap)
+            return None
+        return items
+
+    def _folder_of(self, item: dict) -> str:
+        parent = strip_guid_prefix(str(item.get("parentID") or ""))
+        return self.root if parent in self._roots else parent
+
+    def _learn_folder(self, folder_id: str, name: str, parent: str) -> None:
+        if len(self._folders) >= KNOWN_FOLDERS:
+            self._folders.clear()
+        self._folders[folder_id] = (name, self.root if parent in self._roots else parent, time.time())
+
+    def _known(self, folder_id: str) -> tuple[str, str] | None:
+        """A folder's name and parent, while what was learnt is as fresh as a listing
+        (or was learnt by the search under way)."""
+        known = self._folders.get(folder_id)
+        if known is None or known[2] < self._fresh_from:
+            return None
+        return known[0], known[1]
+
+    def _folders_to(self, folder_id: str) -> tuple[str, ...] | None:
+        """The names of the folders from the root down to `folder_id`, None when it is
+        not below the root (or an ancestor is unknown)."""
+        names: list[str] = []
+        while folder_id not in self._roots:
+            known = self._known(folder_id)
+            if known is None or len(names) > 64:
+                return None
+            names.append(known[0])
+            folder_id = known[1]
+        return tuple(reversed(names))
+
+    async def _learn_ancestors(self, folder_ids: set[str]) -> None:
+        """Learn the folders between `folder_ids` and the root that no listing told,
+        level by level, each with one `GET /folders/{id}`. A folder that is gone or may
+        not be read (404, 403) or the top of another tree ends its branch: its hits are
+        not below the root."""
+        limiter = trio.CapacityLimiter(16)
+        dead: set[str] = set()
+
+        def unknown_above(folder_id: str) -> str | None:
+            for _ in range(65):
+                if folder_id in self._roots or not folder_id or folder_id in dead:
+                    return None
+                known = self._known(folder_id)
+                if known is None:
+                    return folder_id
+                folder_id = known[1]
+            return None
+
+        async def learn(folder_id: str) -> None:
+            async with limiter:
+                try:
+                    body = await self._get_json(self._url("folders", folder_id),
+                                                f"reading folder {folder_id} (a search hit's place)")
+                except SourceError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.EACCES):
+                        raise
+                    dead.add(folder_id)
+                    return
+            parent = strip_guid_prefix(str(body.get("parentID") or ""))
+            if not body.get("name") or not parent:
+                dead.add(folder_id)
+                return
+            self._learn_folder(folder_id, str(body["name"]), parent)
+
+        while True:
+            missing = {m for f in folder_ids if (m := unknown_above(f)) is not None}
+            if not missing:
+                return
+            async with trio.open_nursery() as nursery:
+                for folder_id in missing:
+                    nursery.start_soon(learn, folder_id)
+
+    async def _completed(self, found: list[tuple[Entry, tuple[str, ...]]]) -> list[Hit]:
+        """Hits whose item lacked its size or version: `GET /files/{id}` makes them
+        what a listing makes (the same version, so the same cache key)."""
+        hits: list[Hit] = []
+        limiter = trio.CapacityLimiter(16)
+
+        async def one(entry: Entry, folders: tuple[str, ...]) -> None:
+            async with limiter:
+                try:
+                    body = await self._get_json(self._url("files", entry.id), f"reading {entry.name}")
+                except SourceError as exc:
+                    if exc.errno == errno.ENOENT:
+                        return
+                    raise
+            full = self._entry(body, entry.ref.folder)
+            if full is not None:
+                hits.append(Hit(folders, full))
+
+        async with trio.open_nursery() as nursery:
+            for entry, folders in found:
+                nursery.start_soon(one, entry, folders)
+        return hits
 
     # ---------------------------------------------------------------- content
 
