@@ -343,9 +343,9 @@ class ScaleRegion:
 
     The parties of a call recording come from its position i (issue 24), so that a
     search for one caller is answered without generating the region: the callerId tag
-    is one of `callers` numbers, `+1669555xxxx`, number (i * CALLER_STRIDE) mod
+    is one of `callers` numbers, `{caller_prefix}xxxx` (+1669555xxxx), number (i * CALLER_STRIDE) mod
     `callers` (at 1,000 a day and 2,000 callers, a caller calls every other day); the
-    calleeId one of `callees` lines `+1669200xxxx`, number i mod `callees`. A filter
+    calleeId one of `callees` lines `{callee_prefix}xxxx`, number i mod `callees`. A filter
     that ANDs an equality (or an OR of equalities) on these tags with the comparisons
     above generates only the positions those numbers allow, and keeps those that
     match the whole filter; the rest of the filter may then be anything.
@@ -359,10 +359,11 @@ class ScaleRegion:
     seed: int = 0
     callers: int = 2000
     callees: int = 50
+    caller_prefix: str = "+1669555"    # caller k is {caller_prefix}{k:04d}
+    callee_prefix: str = "+1669200"
 
     CALLER_STRIDE = 7919           # a prime: i -> i * stride mod callers is a permutation
     PARTY_TYPE = "callrecording"   # the type whose objects carry callerId and calleeId
-    CALLER_PREFIX, CALLEE_PREFIX = "+1669555", "+1669200"
 
     def __post_init__(self):
         if not (1 <= self.callers <= 10_000 and 1 <= self.callees <= 10_000
@@ -451,10 +452,10 @@ class ScaleRegion:
 
     # -- the parties (call recordings only)
     def caller_number(self, i: int) -> str:
-        return f"{self.CALLER_PREFIX}{i * self.CALLER_STRIDE % self.callers:04d}"
+        return f"{self.caller_prefix}{i * self.CALLER_STRIDE % self.callers:04d}"
 
     def callee_number(self, i: int) -> str:
-        return f"{self.CALLEE_PREFIX}{i % self.callees:04d}"
+        return f"{self.callee_prefix}{i % self.callees:04d}"
 
     def caller_positions(self, number: str) -> range:
         """The positions of the call recordings whose callerId is `number`."""
@@ -469,9 +470,9 @@ class ScaleRegion:
         """(period, residues): the call recordings whose `tag` is `value` are those at
         positions i with i mod period in residues; None for a tag i does not give."""
         if tag == "callerId":
-            prefix, count = self.CALLER_PREFIX, self.callers
+            prefix, count = self.caller_prefix, self.callers
         elif tag == "calleeId":
-            prefix, count = self.CALLEE_PREFIX, self.callees
+            prefix, count = self.callee_prefix, self.callees
         else:
             return None
         m = re.fullmatch(re.escape(prefix) + r"(\d{4})", value)
