@@ -48,7 +48,8 @@ Scale mode (issue 20): `scale=ScaleRegion(...)` adds a generated, read-only regi
 whose objects (fields, tags, bytes, MD5) are computed from (type, day, k) when a
 search, a read or a bulk job needs them, so a year of 1,000 recordings a day costs
 the emulator nearly nothing; they answer every search, read and job as the same
-objects stored would. Adding or deleting objects there is refused.
+objects stored would. Adding or deleting objects there is refused. A search on the
+callerId/calleeId tags generates only the candidates their numbers allow (issue 24).
 """
 from __future__ import annotations
 

@@ -51,7 +51,9 @@ cb_recordings, crossbar_view, crossbar_filter, cb_users, cb_api_auth, api_resour
   429 `too_many_requests` without `Retry-After`.
 - Scale mode (`scale=KazooScale(...)`, issue 20): an account whose history of a
   million recordings or more is generated from its index when a listing page or a
-  read asks, merged with any stored recordings; read-only.
+  read asks, merged with any stored recordings; read-only. Query filters on the
+  parties, the direction or the owner are answered from the index: only the
+  candidates they allow are generated and filtered (`KazooScale.narrowing`).
 
 Counters: `counts` per route name (`api_auth`, `list`, `list_user`, `users`, `doc`,
 `media`, `delete`, `patch`, `throttled`, `unauthorized`, `method_not_allowed`);
