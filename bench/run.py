@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from . import fsspec_bench, scale
+from . import fsspec_bench, scale, search
 from .mounts import RcloneMount, RecfsMount, Server, Trash
 from .servers import DataSet, RingBlob
 
@@ -40,7 +40,7 @@ GB = 1e9
 NO_URLS = ", no URLs in listings"      # the rows measured with Server.listing_urls(False)
 # every benchmark --only can name, in the order they run (B8 last, after B7)
 BENCHMARKS = ("B1", "B3", "B4", "B4nourl", "B5", "B5nourl", "B1wan", "B4wan", "B4wannourl",
-              "B5wan", "B5wannourl", "B10", "B9", "B8")
+              "B5wan", "B5wannourl", "B10", "B11", "B9", "B8")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                  "B1wan": partial(bench.b1_b2, wan=True), "B4wan": bench.b4_wan,
                  "B4wannourl": partial(bench.b4_wan, listing_urls=False), "B5wan": bench.b5_wan,
                  "B5wannourl": partial(bench.b5_wan, listing_urls=False), "B10": partial(fsspec_bench.run, bench),
-                 "B9": partial(scale.run, bench)}
+                 "B11": partial(search.run, bench), "B9": partial(scale.run, bench)}
         for name in BENCHMARKS:
             if name in only and name in steps:
                 steps[name]()

@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import redact
-from .content.cache import SYNC_AFTER
 from .search import QueryError, parse as parse_query
+
+# seconds a cache entry stays dirty before the flusher records it (I2); defined here,
+# not in content/cache.py, so that reading a config (every CLI command, `recfs search`
+# among them) does not import trio and httpx
+SYNC_AFTER = 30.0
 
 KINDS = {
     "8x8": "recfs.sources.eightbyeight",

@@ -5,6 +5,7 @@ request counts of docs/providers/kazoo.md."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import httpx
 import pytest
@@ -120,3 +121,90 @@ async def test_a_year_of_a_thousand_calls_a_day(http):
         mine = await src.list_dir(user_day)
         assert len(mine.entries) in (333, 334) and asked() == before     # from the account's day
         print(f"first ls: {first_ls} requests")
+
+
+# --------------------------------------------------------------------------- filters (issue 24)
+
+def pages(emu: KazooEmulator, url: str, params: dict) -> list[dict]:
+    """Every page of a listing as answered (data ids, page_size, start keys)."""
+    token = httpx.put(f"{emu.url}/v2/api_auth", json={"data": {"api_key": emu.demo_key}}).json()["auth_token"]
+    out = []
+    while True:
+        body = CLIENT.get(url, params=params, headers={"X-Auth-Token": token}).json()
+        assert body["status"] == "success", body
+        out.append({"ids": [d["id"] for d in body["data"]], "page_size": body.get("page_size"),
+                    "start_key": body.get("start_key"), "next": body.get("next_start_key")})
+        if "next_start_key" not in body:
+            return out
+        params = dict(params, start_key=body["next_start_key"])
+
+
+def test_filtered_listings_equal_a_filter_over_every_generated_document(monkeypatch):
+    """crossbar filters on the parties, the direction and the owner (plain values, JSON
+    lists, JSON strings, with filter_not_ and has_key beside them) answer as the
+    listing that reads every row does, page for page, and hold exactly the documents a
+    brute-force filter keeps."""
+    from recfs.emulators import kazoo as kz
+    scale = KazooScale(account=ACCOUNT, start=dt.date(2024, 1, 20), days=40, per_day=30,
+                       owners=OWNERS, ownerless=True, seed=3, callers=37, callees=5)
+    every = [scale.recording(j) for j in range(scale.total)]
+    caller = scale.caller_number(123)
+    mine = [r.id for r in every if r.public["caller_id_number"] == caller]
+    assert mine == [scale.rid(j) for j in scale.caller_recordings(caller)] and len(mine) in (32, 33)
+    frm = to_gregorian(dt.datetime(2024, 1, 22, tzinfo=dt.timezone.utc).timestamp())
+    to = frm + 20 * 86400
+    filters = [
+        {"filter_caller_id_number": caller},
+        {"filter_caller_id_number": json.dumps([caller, caller.lstrip("+")])},
+        {"filter_caller_id_number": json.dumps(caller)},
+        {"filter_caller_id_number": caller.lstrip("+")},
+        {"filter_caller_id_number": "+19999999999"},
+        {"filter_callee_id_number": json.dumps([scale.callee_number(7), "x", 5])},
+        {"filter_callee_id_number": scale.callee_number(7), "filter_direction": "outbound"},
+        {"filter_caller_id_number": json.dumps([scale.caller_number(1), scale.caller_number(2)]),
+         "filter_not_direction": "inbound"},
+        {"filter_caller_id_number": caller, "has_key": "owner_id"},
+        {"filter_direction": "inbound", "filter_owner_id": OWNERS[2]},
+        {"filter_owner_id": ""},
+        {"filter_caller_id_number": caller, "filter_callee_id_number": scale.callee_number(0)},
+    ]
+    slow = KazooEmulator(bucket_tokens=None, scale=scale)
+    monkeypatch.setattr(slow, "_sparse_listing", lambda *a, **kw: None)
+    with KazooEmulator(bucket_tokens=None, scale=scale) as fast, slow:
+        for emu in (fast, slow):
+            emu.demo_key = emu.add_api_key(ACCOUNT)
+        matched = 0
+        for flt in filters:
+            for extra in ({"page_size": 3}, {"page_size": 3, "ascending": "true"}, {"paginate": "false"},
+                          {"page_size": 50}):
+                params = {"created_from": frm, "created_to": to, **flt, **extra}
+                for route in ("recordings", f"users/{OWNERS[0]}/recordings"):
+                    got = pages(fast, f"{fast.url}/v2/accounts/{ACCOUNT}/{route}", params)
+                    assert got == pages(slow, f"{slow.url}/v2/accounts/{ACCOUNT}/{route}", params), (flt, extra, route)
+                    want = {r.id for r in every if frm <= to_gregorian(r.created) <= to
+                            and kz._passes(r.full_doc(), flt)
+                            and (route == "recordings" or r.public.get("owner_id") == OWNERS[0])}
+                    assert {i for p in got for i in p["ids"]} == want, (flt, extra, route)
+                    matched += bool(want)
+        assert matched >= 40          # most of the 96 listings find something
+
+
+def test_a_caller_in_a_year_is_found_without_generating_the_year(monkeypatch):
+    """A 31-day window of 31,000 generated recordings filtered on one caller generates
+    its handful of candidates, not the window."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    scale = KazooScale(account=ACCOUNT, start=today - dt.timedelta(days=365), days=365, per_day=1000)
+    made = []
+    real = KazooScale.recording
+    monkeypatch.setattr(KazooScale, "recording", lambda self, j: made.append(j) or real(self, j))
+    caller = scale.caller_number(4242)
+    with KazooEmulator(bucket_tokens=None, scale=scale) as emu:
+        emu.demo_key = emu.add_api_key(ACCOUNT)
+        to = to_gregorian(dt.datetime.combine(today, dt.time(), dt.timezone.utc).timestamp())
+        got = pages(emu, f"{emu.url}/v2/accounts/{ACCOUNT}/recordings",
+                    {"created_from": to - 31 * 86400, "created_to": to, "page_size": 50,
+                     "filter_caller_id_number": json.dumps([caller, caller.lstrip("+")])})
+    ids = [i for p in got for i in p["ids"]]
+    assert 14 <= len(ids) <= 17 and len(got) == 1
+    assert len(made) == len(ids)
+    assert len(scale.caller_recordings(caller)) in (182, 183)

@@ -25,7 +25,7 @@ import pytest
 from recfs.config import parse_config
 from recfs.emulators.alvaria import AlvariaEmulator, AlvariaScale, kb_string
 from recfs.emulators.alvaria import source_table as alvaria_table
-from recfs.emulators.eightbyeight import EightByEight, ScaleRegion, parse_fiql, sort_key
+from recfs.emulators.eightbyeight import EightByEight, FiqlError, ScaleRegion, evaluate, parse_fiql, sort_key
 from recfs.emulators.eightbyeight import source_table as e8_table
 from recfs.emulators.scale import ScaleBlob
 from recfs.http import Http, RetryPolicy
@@ -301,6 +301,85 @@ def test_e8_generated_region_answers_searches_as_stored_objects():
         assert all(o["createdTime"].startswith("2025-01-02T") for o in seen)
         assert [o["createdTime"] for o in seen] == sorted(o["createdTime"] for o in seen)
     assert not generated.objects
+
+
+PARTIES = ScaleRegion(region="ap", types=(("voicemail", 4), ("callrecording", 23), ("callcenterrecording", 9)),
+                      start=dt.date(2024, 12, 20), days=45, min_size=100, max_size=2_000, seed=6,
+                      callers=37, callees=5)
+
+
+def party_searches() -> list[tuple[str, bool]]:
+    """FIQL on the callerId and calleeId tags, as recfs's search sends it and otherwise,
+    and whether an equality on the tags narrows it (no generating the region)."""
+    caller, other = PARTIES.caller_number(100), PARTIES.caller_number(5)
+    callee = PARTIES.callee_number(3)
+    bare = caller.lstrip("+")
+    window = f"createdTime=ge={ms(2025, 1, 5)};createdTime=lt={ms(2025, 1, 20)}"
+    return [
+        (f"callerId=={caller}", True),
+        (f"(callerId=={caller},callerId=={bare});objectState==AVAILABLE", True),
+        (f"(callerId=={caller},callerId=={bare},calleeId=={caller},calleeId=={bare});objectState==AVAILABLE", True),
+        (f"(callerId=={caller},callerId=={other});{window}", True),
+        (f"{window};(calleeId=={callee});(direction==INBOUND,direction==inbound)", True),
+        (f"(callerId=={caller});(calleeId=={callee},calleeId==x)", True),
+        (f"callerId=={caller};type==voicemail", True),
+        (f"callerId=={caller};(type==callrecording,type==voicemail);objectState==AVAILABLE", True),
+        ("callerId==+16695559999;objectState==AVAILABLE", True),
+        (f"calleeId=='{callee}'", True),
+        (f"callerId=={caller};createdTime=ge=yesterday", False),
+        (f"(callerId=={caller};type==callrecording),calleeId=={callee}", False),
+        (f"callerId!={caller};type==voicemail", False),
+    ]
+
+
+@pytest.mark.parametrize("flt, narrows", party_searches())
+def test_e8_tag_searches_equal_a_filter_over_every_generated_object(flt, narrows, monkeypatch):
+    """A search on the parties' tags answers as the same objects stored do, holds the
+    objects a brute-force filter keeps, and (where an equality on the tags narrows it)
+    generates only the candidates, not the region."""
+    generated = EightByEight(regions=(), scale=PARTIES)
+    stored = EightByEight(regions=("ap",))
+    every = list(PARTIES.objects())
+    for obj in every:
+        stored.objects[obj.id] = obj
+    try:
+        want = {o.id for o in every if evaluate(parse_fiql(flt), o)}
+    except FiqlError:
+        want = None
+    if narrows:
+        monkeypatch.setattr(ScaleRegion, "_search_all", lambda *a, **kw: pytest.fail("generated the region"))
+    with generated, stored, e8_client(generated) as g, e8_client(stored) as s:
+        found = set()
+        for params in ({"limit": 7, "sortField": "createdTime", "sortDirection": "ASC"},
+                       {"limit": 100, "sortDirection": "DESC"}, {"limit": 5, "sortField": "id", "pageKey": 3}):
+            for page_key in range(params.get("pageKey", 0), 60 if params["limit"] < 100 else 2000,
+                                  params["limit"]):
+                q = {**params, "filter": flt, "pageKey": page_key}
+                a, b = g.get("/objects", params=q), s.get("/objects", params=q)
+                assert (a.status_code, a.json()) == (b.status_code, b.json()), q
+                if a.status_code != 200:
+                    break
+                if params["limit"] == 100:
+                    found |= {o["id"] for o in a.json()["content"]}
+                if a.json()["lastPage"]:
+                    break
+        assert (want is None and a.status_code == 400) or found == want
+    assert want or "9999" in flt or "voicemail" in flt or "yesterday" in flt
+
+
+def test_e8_a_caller_over_a_year_generates_only_their_calls(monkeypatch):
+    year = ScaleRegion(region="ap", days=365)
+    caller = year.caller_number(31337)
+    positions = year.caller_positions(caller)
+    assert len(positions) in (182, 183)
+    made = []
+    real = ScaleRegion.object
+    monkeypatch.setattr(ScaleRegion, "object", lambda self, t, i: made.append(i) or real(self, t, i))
+    tree = parse_fiql(f"(callerId=={caller},callerId=={caller[1:]});objectState==AVAILABLE")
+    page, total = year.search(tree, "createdTime", "ASC", 100, 100)
+    assert total == len(positions) and len(page) == total - 100
+    assert [o.tags["callerId"] for o in page] == [caller] * len(page)
+    assert len(made) <= 2 * len(positions) + 100
 
 
 def test_e8_equal_times_of_two_types_sort_by_id():

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import trio
 
+from ..config import SYNC_AFTER  # noqa: F401 (the default of sync_after, I2; re-exported)
 from ..http import Validator
 
 log = logging.getLogger("recfs.cache")
@@ -59,7 +60,6 @@ except (OSError, AttributeError):      # not glibc on Linux: fdatasync alone
     _sync_file_range = None
 
 CHUNK = 256 * 1024
-SYNC_AFTER = 30.0        # seconds an entry stays dirty before the flusher records it (I2)
 MAX_LOADED = 4096        # cache entries kept in memory beyond those in use
 
 

@@ -48,7 +48,8 @@ Scale mode (issue 20): `scale=ScaleRegion(...)` adds a generated, read-only regi
 whose objects (fields, tags, bytes, MD5) are computed from (type, day, k) when a
 search, a read or a bulk job needs them, so a year of 1,000 recordings a day costs
 the emulator nearly nothing; they answer every search, read and job as the same
-objects stored would. Adding or deleting objects there is refused.
+objects stored would. Adding or deleting objects there is refused. A search on the
+callerId/calleeId tags generates only the candidates their numbers allow (issue 24).
 """
 from __future__ import annotations
 
@@ -302,6 +303,14 @@ def sort_key(obj: StoredObject, field_name: str):
     return (0, v, obj.id) if isinstance(v, int) else (1, str(v or ""), obj.id)
 
 
+def _bad_number(node) -> bool:
+    """Whether the tree holds a comparison `evaluate` refuses: a time or a size that is
+    not a number."""
+    if node[0] != "cmp":
+        return any(_bad_number(n) for n in node[1])
+    return (node[1] in TIME_FIELDS or node[1] == "storedBytes") and not re.fullmatch(r"-?\d+", node[3])
+
+
 class _Unplanned(Exception):
     """A search a scale region cannot answer from positions (see ScaleRegion)."""
 
@@ -332,6 +341,15 @@ class ScaleRegion:
     client makes (type probes, time-window probes, day pages) and a plain client's
     paging of a whole region. Any other search generates every object of the region
     and filters and sorts them as `_search` does stored ones: the same answer, slowly.
+
+    The parties of a call recording come from its position i (issue 24), so that a
+    search for one caller is answered without generating the region: the callerId tag
+    is one of `callers` numbers, `{caller_prefix}xxxx` (+1669555xxxx), number (i * CALLER_STRIDE) mod
+    `callers` (at 1,000 a day and 2,000 callers, a caller calls every other day); the
+    calleeId one of `callees` lines `{callee_prefix}xxxx`, number i mod `callees`. A filter
+    that ANDs an equality (or an OR of equalities) on these tags with the comparisons
+    above generates only the positions those numbers allow, and keeps those that
+    match the whole filter; the rest of the filter may then be anything.
     """
     region: str = "ap"
     types: tuple[tuple[str, int], ...] = (("callrecording", 1000), ("voicemail", 40))
@@ -340,8 +358,18 @@ class ScaleRegion:
     min_size: int = 16_000
     max_size: int = 960_000
     seed: int = 0
+    callers: int = 2000
+    callees: int = 50
+    caller_prefix: str = "+1669555"    # caller k is {caller_prefix}{k:04d}
+    callee_prefix: str = "+1669200"
+
+    CALLER_STRIDE = 7919           # a prime: i -> i * stride mod callers is a permutation
+    PARTY_TYPE = "callrecording"   # the type whose objects carry callerId and calleeId
 
     def __post_init__(self):
+        if not (1 <= self.callers <= 10_000 and 1 <= self.callees <= 10_000
+                and self.callers % self.CALLER_STRIDE):
+            raise ValueError("callers, callees: 1 to 10,000")
         names = [name for name, _ in self.types]
         if not names or len(set(names)) != len(names) or len(names) > 0xFFFF:
             raise ValueError("types: distinct (name, count a day) pairs")
@@ -407,7 +435,8 @@ class ScaleRegion:
                 "duration": str(duration), "direction": "INBOUND" if (h >> 100) & 1 else "OUTBOUND"}
         if type_ == "callrecording":
             name = f"ipbx:acmecorp:callrecording:users:{ext}:{when:%Y%m%d-%H%M%S}-{k:06d}_E.wav"
-            tags.update(pbxId="acmecorp", extensionNumber=str(ext), callerId=f"+1669555{(h >> 40) % 10000:04d}",
+            tags.update(pbxId="acmecorp", extensionNumber=str(ext), callerId=self.caller_number(i),
+                        calleeId=self.callee_number(i),
                         userName=f"{_FIRST_NAMES[ext % 10]} {_LAST_NAMES[ext // 10 % 10]}")
         elif type_ == "callcenterrecording":
             name = f"int-{(h >> 24) & 0xFFFFFFFFFF:x}-{when:%Y%m%d-%H%M%S}-{k:06d}-supertenantcsm01.wav"
@@ -421,6 +450,53 @@ class ScaleRegion:
                             created=float(created), updated=float(created), mimeType="audio/wav",
                             checksum=blob.md5(), userId=user.decode().rstrip("="), bucketId=str(bucket),
                             tags=tags)
+
+    # -- the parties (call recordings only)
+    def caller_number(self, i: int) -> str:
+        return f"{self.caller_prefix}{i * self.CALLER_STRIDE % self.callers:04d}"
+
+    def callee_number(self, i: int) -> str:
+        return f"{self.callee_prefix}{i % self.callees:04d}"
+
+    def caller_positions(self, number: str) -> range:
+        """The positions of the call recordings whose callerId is `number`."""
+        period, residues = self._party_residues("callerId", number)
+        t = self._party_type()
+        return range(residues.pop(), self.length(t), period) if residues and t is not None else range(0)
+
+    def _party_type(self) -> int | None:
+        return next((t for t, (name, _) in enumerate(self.types) if name == self.PARTY_TYPE), None)
+
+    def _party_residues(self, tag: str, value: str) -> tuple[int, set[int]] | None:
+        """(period, residues): the call recordings whose `tag` is `value` are those at
+        positions i with i mod period in residues; None for a tag i does not give."""
+        if tag == "callerId":
+            prefix, count = self.caller_prefix, self.callers
+        elif tag == "calleeId":
+            prefix, count = self.callee_prefix, self.callees
+        else:
+            return None
+        m = re.fullmatch(re.escape(prefix) + r"(\d{4})", value)
+        k = int(m.group(1)) if m else count
+        if k >= count:
+            return count, set()
+        if tag == "callerId":
+            k = k * pow(self.CALLER_STRIDE, -1, count) % count
+        return count, {k}
+
+    def _tag_narrowing(self, node) -> list[tuple[int, set[int]]] | None:
+        """For an equality on callerId or calleeId, or an OR of such equalities: the
+        (period, residues) whose union holds every call recording it matches."""
+        nodes = node[1] if node[0] == "or" else [node]
+        out = []
+        for n in nodes:
+            if n[0] != "cmp" or n[2] != "==":
+                return None
+            got = self._party_residues(n[1], n[3])
+            if got is None:
+                return None
+            out.append(got)
+        return out
 
     def objects(self):
         """Every object, in (type index, position) order."""
@@ -442,7 +518,9 @@ class ScaleRegion:
         """One page of a search and the number of matches, as `_search` would answer
         with these objects stored. FiqlError for a filter it would refuse."""
         try:
-            ranges = self._ranges(tree)
+            ranges, narrow = self._plan(tree)
+            if narrow is not None:
+                return self._search_candidates(tree, ranges, narrow, sort_field, direction, offset, limit)
             ordered = self._order(ranges, sort_field)
         except _Unplanned:
             return self._search_all(tree, sort_field, direction, offset, limit)
@@ -459,6 +537,54 @@ class ScaleRegion:
             for i in range(self.length(t)):
                 obj = self.object(t, i)
                 if tree is None or evaluate(tree, obj):
+                    hits.append((sort_key(obj, sort_field), t, i))
+        hits.sort(reverse=direction == "DESC")
+        return [self.object(t, i) for _, t, i in hits[offset:offset + limit]], len(hits)
+
+    def _plan(self, tree) -> tuple[dict[int, tuple[int, int]], list[tuple[int, set[int]]] | None]:
+        """The positions [a, b) per type the filter's comparisons of type, times and
+        state admit, and the sparsest tag narrowing among its conjuncts (None: none, and
+        then every conjunct is one of those comparisons; otherwise the candidates are
+        checked against the whole filter, so other conjuncts may be anything)."""
+        conjuncts, stack = [], [tree] if tree is not None else []
+        while stack:
+            node = stack.pop()
+            if node[0] == "and":
+                stack.extend(node[1])
+            else:
+                conjuncts.append(node)
+        if tree is not None and _bad_number(tree):    # for the slow path to refuse as stored ones do
+            raise _Unplanned
+        plain, narrowings, other = [], [], False
+        for node in conjuncts:
+            try:
+                self._ranges(node)
+                plain.append(node)
+            except _Unplanned:
+                narrowing = self._tag_narrowing(node)
+                if narrowing is None:
+                    other = True
+                else:
+                    narrowings.append(narrowing)
+        if not narrowings:
+            if other:
+                raise _Unplanned
+            return self._ranges(tree), None
+        ranges = self._ranges(("and", plain)) if plain else self._ranges(None)
+        party = self._party_type()
+        ranges = {t: r for t, r in ranges.items() if t == party}      # no other type has the tags
+        return ranges, min(narrowings, key=lambda n: sum(len(r) / p for p, r in n))
+
+    def _search_candidates(self, tree, ranges, narrow, sort_field, direction, offset, limit):
+        """A search answered from the positions a tag narrowing allows: each candidate
+        generated and matched against the whole filter, then sorted as `_search_all`."""
+        hits = []
+        for t, (a, b) in ranges.items():
+            positions = sorted({i for period, residues in narrow for r in residues
+                                for i in range(a + (r - a) % period, b, period)})
+            for i in positions:
+                obj = self.object(t, i)
+                if evaluate(tree, obj):
                     hits.append((sort_key(obj, sort_field), t, i))
         hits.sort(reverse=direction == "DESC")
         return [self.object(t, i) for _, t, i in hits[offset:offset + limit]], len(hits)

@@ -51,7 +51,9 @@ cb_recordings, crossbar_view, crossbar_filter, cb_users, cb_api_auth, api_resour
   429 `too_many_requests` without `Retry-After`.
 - Scale mode (`scale=KazooScale(...)`, issue 20): an account whose history of a
   million recordings or more is generated from its index when a listing page or a
-  read asks, merged with any stored recordings; read-only.
+  read asks, merged with any stored recordings; read-only. Query filters on the
+  parties, the direction or the owner are answered from the index: only the
+  candidates they allow are generated and filtered (`KazooScale.narrowing`).
 
 Counters: `counts` per route name (`api_auth`, `list`, `list_user`, `users`, `doc`,
 `media`, `delete`, `patch`, `throttled`, `unauthorized`, `method_not_allowed`);
@@ -67,6 +69,7 @@ import heapq
 import datetime as dt
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -183,7 +186,16 @@ class KazooScale:
     order); its id is `{YYYYMM of its start}-{day:08x}{n:08x}{hash:016x}`, so a call
     that starts in a month's last minutes is saved in the next month's database, as a
     real one would be. Sizes lie between `min_size` and `max_size`; the content is a
-    `ScaleBlob` of the id."""
+    `ScaleBlob` of the id.
+
+    The parties come from j's arithmetic, so that a search can be answered without
+    generating the history (issue 24): the caller is one of `callers` numbers,
+    `+1555200xxxx`, number (j * CALLER_STRIDE) mod `callers` (each caller calls every
+    `callers`-th recording: at 1,000 a day and 2,000 callers, every other day); the
+    callee one of `callees` lines `+1555100xxxx`, number j mod `callees`; the direction
+    alternates with j. `narrowing` turns crossbar filters on these fields (and on
+    `owner_id`) into residues of j, of which `candidates` lists the j of a window; the
+    listing then generates only those and filters them as it would any document."""
     account: str
     start: dt.date = dt.date(2024, 1, 1)
     days: int = 365
@@ -193,13 +205,21 @@ class KazooScale:
     min_size: int = 16_000
     max_size: int = 960_000
     seed: int = 0
+    callers: int = 2000
+    callees: int = 20
 
     STORED_AFTER = 90
+    CALLER_STRIDE = 7919          # a prime: j -> j * stride mod callers is a permutation
+    CALLER_BASE = 2_000_000       # caller k is +1555{CALLER_BASE + k:07d}
+    CALLEE_BASE = 1_000_000
 
     def __post_init__(self):
         if not (1 <= self.per_day <= 86_400 and 1 <= self.days <= 0xFFFFFFFF
                 and 0 <= self.min_size <= self.max_size):
             raise ValueError("per_day: 1 to 86,400; days: 1 or more; 0 <= min_size <= max_size")
+        if not (1 <= self.callers <= 1_000_000 and 1 <= self.callees <= 1_000_000
+                and math.gcd(self.CALLER_STRIDE, self.callers) == 1):
+            raise ValueError("callers, callees: 1 to 1,000,000; callers not a multiple of 7919")
 
     @property
     def total(self) -> int:
@@ -238,8 +258,8 @@ class KazooScale:
         duration_ms = size // 16                 # 128 kbit/s
         call_id = f"{stable_hash('call', self.seed, j):016x}@10.0.0.1"
         public: dict[str, Any] = {
-            "call_id": call_id, "callee_id_name": "Callee", "callee_id_number": "+15550199",
-            "caller_id_name": "Caller", "caller_id_number": f"+1555{j % 10**7:07d}",
+            "call_id": call_id, "callee_id_name": "Callee", "callee_id_number": self.callee_number(j),
+            "caller_id_name": "Caller", "caller_id_number": self.caller_number(j),
             "cdr_id": f"{rid[:6]}-{call_id}", "custom_channel_vars": {},
             "description": f"recording {name}", "direction": ("inbound", "outbound")[j % 2],
             "duration": duration_ms // 1000, "duration_ms": duration_ms,
@@ -251,6 +271,78 @@ class KazooScale:
             public["owner_id"] = owner
         return Recording(rid, self.account, self.created(j), public,
                          ScaleBlob(f"kazoo/{self.seed}/{rid}", size), name, "audio/mpeg")
+
+    # -- the parties, and the filters on them
+    def caller_number(self, j: int) -> str:
+        return f"+1555{self.CALLER_BASE + j * self.CALLER_STRIDE % self.callers:07d}"
+
+    def callee_number(self, j: int) -> str:
+        return f"+1555{self.CALLEE_BASE + j % self.callees:07d}"
+
+    def caller_recordings(self, number: str) -> range:
+        """Every j whose caller is `number` (empty for a number no recording has)."""
+        residues = self._residues("caller_id_number", number)
+        return range(residues[1].pop(), self.total, residues[0]) if residues and residues[1] else range(0)
+
+    def _party(self, number: str, base: int, count: int) -> int | None:
+        """k of `+1555{base + k:07d}` with k below count, or None."""
+        m = re.fullmatch(r"\+1555(\d{7})", number)
+        k = int(m.group(1)) - base if m else -1
+        return k if 0 <= k < count else None
+
+    def _residues(self, field: str, value: str) -> tuple[int, set[int]] | None:
+        """(period, residues): the j whose `field` reads `value` (as the filters read it:
+        '' for a missing field) are those with j mod period in residues; None for a
+        field j's arithmetic does not give."""
+        if field == "caller_id_number":
+            k = self._party(value, self.CALLER_BASE, self.callers)
+            inverse = pow(self.CALLER_STRIDE, -1, self.callers)
+            return self.callers, set() if k is None else {k * inverse % self.callers}
+        if field == "callee_id_number":
+            k = self._party(value, self.CALLEE_BASE, self.callees)
+            return self.callees, set() if k is None else {k}
+        if field == "direction":
+            return 2, {r for r, name in enumerate(("inbound", "outbound")) if name == value}
+        if field == "owner_id":
+            pool = (*self.owners, None) if self.ownerless or not self.owners else self.owners
+            return len(pool), {r for r, owner in enumerate(pool) if (owner or "") == value}
+        return None
+
+    def narrowing(self, filters: dict[str, str], owner: str | None = None) -> tuple[int, set[int]] | None:
+        """The sparsest (period, residues) that every recording passing `filters` (and
+        owned by `owner`, on a user's listing) satisfies; None when no filter narrows.
+        A superset: the listing still filters each candidate as it would any document."""
+        found = []
+        for key, wanted in filters.items():
+            field = key[len("filter_"):]
+            if key.startswith("filter_not_") or not key.startswith("filter_") \
+                    or self._residues(field, "") is None:
+                continue
+            sets = [self._residues(field, v) for v in _filter_values(wanted)]
+            found.append((sets[0][0], set().union(*(r for _, r in sets))))
+        if owner is not None:
+            found.append(self._residues("owner_id", owner))
+        return min(found, key=lambda c: len(c[1]) / c[0], default=None)
+
+    def candidates(self, lo: int, hi: int, period: int, residues: set[int]) -> list[int]:
+        """The j in [lo, hi) with j mod period in residues, ascending."""
+        out = [j for r in residues for j in range(lo + (r - lo) % period, hi, period)]
+        out.sort()
+        return out
+
+    def bounds(self, frm: int, to: int, ascending: bool, after: tuple[int, str] | None) -> tuple[int, int]:
+        """[lo, hi): the j created in [frm, to] (Gregorian), from the view key `after` on
+        (inclusive) in the view's order."""
+        lo = self._first_created_at_or_after(frm)
+        hi = self._first_created_at_or_after(to + 1)
+        if after is not None:
+            at = self._first_created_at_or_after(after[0])
+            exact = at < self.total and to_gregorian(self.created(at)) == after[0]
+            if ascending:
+                lo = max(lo, at if not exact or self.rid(at) >= after[1] else at + 1)
+            else:
+                hi = min(hi, at + 1 if exact and self.rid(at) <= after[1] else at)
+        return lo, hi
 
     def _first_created_at_or_after(self, greg: int) -> int:
         """The first j whose pvt_created (Gregorian) is at or after `greg`."""
@@ -266,15 +358,7 @@ class KazooScale:
     def rows(self, frm: int, to: int, ascending: bool, after: tuple[int, str] | None):
         """The recordings created in [frm, to] (Gregorian), from the view key `after` on
         (inclusive), in view order, made one by one as they are read."""
-        lo = self._first_created_at_or_after(frm)
-        hi = self._first_created_at_or_after(to + 1)
-        if after is not None:
-            at = self._first_created_at_or_after(after[0])
-            exact = at < self.total and to_gregorian(self.created(at)) == after[0]
-            if ascending:
-                lo = max(lo, at if not exact or self.rid(at) >= after[1] else at + 1)
-            else:
-                hi = min(hi, at + 1 if exact and self.rid(at) <= after[1] else at)
+        lo, hi = self.bounds(frm, to, ascending, after)
         order = range(lo, hi) if ascending else range(hi - 1, lo - 1, -1)
         return (self.recording(j) for j in order)
 
@@ -674,27 +758,66 @@ class KazooEmulator(Emulator):
         def shown(r: Recording) -> bool:
             return not r.deleted and (include_marked or not r.marked) \
                 and (owner is None or r.public.get("owner_id") == owner)
-        rows = (r for r in self._rows(account_id, frm, to, ascending, after) if shown(r))
+        sparse = self._sparse_listing(account_id, frm, to, ascending, after, filters, owner,
+                                      page_size if paginate else None)
+        if sparse is not None:
+            page, nxt = sparse
+        else:
+            rows = (r for r in self._rows(account_id, frm, to, ascending, after) if shown(r))
+            if not paginate:
+                return self._envelope(req, [self.summary(r) for r in rows
+                                            if _passes(r.full_doc(), filters)])
+            # crossbar_view: rows are read page_size + 1 at a time and filtered; the page
+            # is filled from as many rows as it takes, and the next start key is the row
+            # after the last one looked at
+            page = []
+            nxt = None
+            for r in rows:
+                if len(page) == page_size:
+                    nxt = r.view_key
+                    break
+                if _passes(r.full_doc(), filters):
+                    page.append(r)
         if not paginate:
-            return self._envelope(req, [self.summary(r) for r in rows
-                                        if _passes(r.full_doc(), filters)])
-        # crossbar_view: rows are read page_size + 1 at a time and filtered; the page is
-        # filled from as many rows as it takes, and the next start key is the row after
-        # the last one looked at
-        page: list[Recording] = []
-        nxt = None
-        for r in rows:
-            if len(page) == page_size:
-                nxt = r.view_key
-                break
-            if _passes(r.full_doc(), filters):
-                page.append(r)
+            return self._envelope(req, [self.summary(r) for r in page])
         extra: dict[str, Any] = {"page_size": len(page)}
         if page:
             extra["start_key"] = raw_key if raw_key is not None else self.encode_key(page[0].view_key)
         if nxt is not None:
             extra["next_start_key"] = self.encode_key(nxt)
         return self._envelope(req, [self.summary(r) for r in page], **extra)
+
+    def _sparse_listing(self, account_id: str, frm: int, to: int, ascending: bool,
+                        after: tuple[int, str] | None, filters: dict[str, str], owner: str | None,
+                        page_size: int | None) -> tuple[list[Recording], tuple[int, str] | None] | None:
+        """The page (and the next start key) of a filtered listing of a generated
+        history, from the candidates the filters' arithmetic allows rather than every
+        row: the same answer as reading every row (None: the filters do not narrow, or
+        stored recordings are merged in). Without page_size, every match."""
+        scale = self.scale
+        if scale is None or scale.account != account_id or self._views.get(account_id):
+            return None
+        narrow = scale.narrowing(filters, owner)
+        if narrow is None:
+            return None
+        lo, hi = scale.bounds(frm, to, ascending, after)
+        order = scale.candidates(lo, hi, *narrow)
+        if not ascending:
+            order.reverse()
+        page: list[Recording] = []
+        for j in order:
+            rec = scale.recording(j)
+            if (owner is None or rec.public.get("owner_id") == owner) and _passes(rec.full_doc(), filters):
+                page.append(rec)
+                if len(page) == page_size:
+                    # the next start key: the row after this one that the view shows
+                    rows = range(j + 1, hi) if ascending else range(j - 1, lo - 1, -1)
+                    if owner is not None:
+                        shown = scale.narrowing({}, owner)
+                        rows = (k for k in rows if k % shown[0] in shown[1])
+                    k = next(iter(rows), None)
+                    return page, None if k is None else (to_gregorian(scale.created(k)), scale.rid(k))
+        return page, None
 
     def _rows(self, account_id: str, frm: int, to: int, ascending: bool,
               after: tuple[int, str] | None):
@@ -919,6 +1042,21 @@ def _filter_matches(value: str, wanted: str) -> bool:
     if isinstance(decoded, list):
         return value in decoded
     return decoded == value
+
+
+def _filter_values(wanted: str) -> list[str]:
+    """Every text `_filter_matches` accepts for `wanted`: itself, and the strings of the
+    JSON list or the JSON string it may be."""
+    out = [wanted]
+    try:
+        decoded = json.loads(wanted)
+    except ValueError:
+        return out
+    if isinstance(decoded, list):
+        out += [v for v in decoded if isinstance(v, str)]
+    elif isinstance(decoded, str):
+        out.append(decoded)
+    return out
 
 
 def _passes(doc: dict[str, Any], filters: dict[str, str]) -> bool:
