@@ -37,15 +37,13 @@ Invariants:
      sized, or holding nodes made here (T6), stay. What RAM keeps beyond the bound is
      the kernel's lookup count of every inode it holds, 8 bytes an inode (`find` over
      a million entries has the kernel hold them all until memory pressure makes it
-     forget them), and the allocator is asked to give freed memory back to the system
-     after every EVICTED_PER_TRIM nodes that left RAM, so that the daemon's RSS stops
-     growing once the bound is reached.
+     forget them), and the heap's free memory is given back to the system after every
+     EVICTED_PER_TRIM nodes that left RAM (allocator.py), so that the daemon's RSS
+     stops growing once the bound is reached.
 """
 from __future__ import annotations
 
 import array
-import ctypes
-import ctypes.util
 import enum
 import hashlib
 import logging
@@ -56,6 +54,7 @@ from typing import Awaitable, Callable, Iterable
 import trio
 
 from . import names
+from .allocator import release_freed_memory
 from .content.policy import AccessPolicy
 from .http import background
 from .index import NO_XATTRS, MetadataIndex
@@ -70,22 +69,6 @@ MAX_ENTRIES = 100_000       # nodes kept in RAM by default (T7)
 LOOK_AHEAD_FILES = 32       # a copy this near the end of a folder has the next one prepared (T5)
 LOOK_AHEAD_BYTES = 16 << 20  # at most this much (by size hints) is learnt there before the copy arrives
 EVICTED_PER_TRIM = 20_000   # nodes that left RAM between two returns of freed memory (T7)
-
-
-def _malloc_trim() -> Callable[[], object]:
-    """glibc's malloc_trim(0): freed memory back to the system. Listings come and go in
-    blocks (JSON pages, pickled folders, a thousand nodes at a time) whose freed space
-    glibc keeps in its heaps otherwise; measured over a million entries, 50-65 MB of
-    the RSS. A no-op elsewhere."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
-
-
-release_freed_memory = _malloc_trim()
 
 
 class _SizeChunk:
