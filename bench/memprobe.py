@@ -3,23 +3,24 @@ generated tree as `find` makes the kernel do (every folder listed, every entry l
 up and held), and the process's RSS after a collection, the tree's counts and the
 largest allocation sites (tracemalloc) are printed along the way.
 
-    python -m bench.memprobe ENTRIES [--tracemalloc] [--no-hold] [--bound N]
+    python -m bench.memprobe ENTRIES [--days N] [--sources alv,8x8,kz] [--bound N]
+        [--tracemalloc] [--no-hold] [--no-collect] [--trim] [--twice]
+
+(--no-collect: as the daemon, whose full collections are rare; --twice: a warm walk
+after a pause, for a profiler to attach to.)
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import ctypes
+import datetime as dt
 import gc
 import json
 import os
-import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-
-import trio
 
 from recfs.allocator import keep_large_blocks_mapped
 from recfs.config import parse_config

@@ -56,7 +56,6 @@ def safe_url(url: str | httpx.URL) -> str:
     return f"{u.scheme}://{u.host}{':' + str(u.port) if u.port else ''}{u.path}"
 
 
-
 _READ = httpx.ByteStream(b"")
 
 
@@ -69,6 +68,7 @@ def _unbound(resp: httpx.Response) -> httpx.Response:
     150 MB before each pass. Once read and closed, the stream serves no more."""
     resp.stream = _READ
     return resp
+
 
 class HttpError(Exception):
     """A request failed for good. `status` is None for transport failures."""

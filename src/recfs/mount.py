@@ -201,7 +201,8 @@ def run_mount(cfg: Config, mountpoint: Path, *, allow_other: bool = False,
     check_mountpoint(mountpoint)
     # The daemon holds up to `entries_in_memory` long-lived nodes and makes thousands
     # per listing; the collector's default first generation (700 objects) would walk
-    # them over and over. None of them form cycles the collector must find quickly.
+    # them over and over. None of them form cycles the collector must find quickly (an
+    # httpx response did, holding its body: Http.request unbinds it).
     gc.set_threshold(GC_FIRST_GENERATION, 20, 100)
     # listing pages and folders come and go in blocks of hundreds of kB: given back
     # when freed, not left between long-lived nodes in the heap (allocator.py)
