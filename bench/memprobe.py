@@ -7,7 +7,8 @@ largest allocation sites (tracemalloc) are printed along the way.
         [--tracemalloc] [--no-hold] [--no-collect] [--trim] [--twice]
 
 (--no-collect: as the daemon, whose full collections are rare; --twice: a warm walk
-after a pause, for a profiler to attach to.)
+after a pause of 3 s, for a profiler to attach to: the process id is written to
+/tmp/memprobe.warm first.)
 """
 from __future__ import annotations
 
