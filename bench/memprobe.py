@@ -18,6 +18,7 @@ import datetime as dt
 import gc
 import json
 import os
+import shutil
 import tempfile
 import time
 import tracemalloc
@@ -122,6 +123,7 @@ def main() -> None:
             print(f"{stat.size / 1e6:8.1f} MB {stat.count:9d}  {stat.traceback[0]}")
     ct.close()
     server.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
