@@ -15,6 +15,7 @@ import pyfuse3
 import trio
 
 from . import fusewait
+from .allocator import keep_large_blocks_mapped
 from .assemble import StartError, make_cache, make_http, make_sources, start_sources
 from .config import Config
 from .core import Core, close_sources
@@ -200,7 +201,11 @@ def run_mount(cfg: Config, mountpoint: Path, *, allow_other: bool = False,
     check_mountpoint(mountpoint)
     # The daemon holds up to `entries_in_memory` long-lived nodes and makes thousands
     # per listing; the collector's default first generation (700 objects) would walk
-    # them over and over. None of them form cycles the collector must find quickly.
+    # them over and over. None of them form cycles the collector must find quickly (an
+    # httpx response did, holding its body: Http.request unbinds it).
     gc.set_threshold(GC_FIRST_GENERATION, 20, 100)
+    # listing pages and folders come and go in blocks of hundreds of kB: given back
+    # when freed, not left between long-lived nodes in the heap (allocator.py)
+    keep_large_blocks_mapped()
     trio.run(lambda: _serve(cfg, mountpoint, allow_other=allow_other,
                             read_ahead_kb=read_ahead_kb))

@@ -34,10 +34,16 @@ Invariants:
      A folder whose snapshot left RAM is read back from the index, without a request
      while its listing is fresh, with the same inode numbers (T1); an inode the kernel
      still holds is answered by reading its folder back. Snapshots being listed or
-     sized, or holding nodes made here (T6), stay.
+     sized, or holding nodes made here (T6), stay. What RAM keeps beyond the bound is
+     the kernel's lookup count of every inode it holds, 8 bytes an inode (`find` over
+     a million entries has the kernel hold them all until memory pressure makes it
+     forget them), and the heap's free memory is given back to the system after every
+     EVICTED_PER_TRIM nodes that left RAM (allocator.py), so that the daemon's RSS
+     stops growing once the bound is reached.
 """
 from __future__ import annotations
 
+import array
 import enum
 import hashlib
 import logging
@@ -48,6 +54,7 @@ from typing import Awaitable, Callable, Iterable
 import trio
 
 from . import names
+from .allocator import release_freed_memory
 from .content.policy import AccessPolicy
 from .http import background
 from .index import NO_XATTRS, MetadataIndex
@@ -61,6 +68,7 @@ AHEAD_CHUNKS = 2            # chunks learnt ahead at most (T4)
 MAX_ENTRIES = 100_000       # nodes kept in RAM by default (T7)
 LOOK_AHEAD_FILES = 32       # a copy this near the end of a folder has the next one prepared (T5)
 LOOK_AHEAD_BYTES = 16 << 20  # at most this much (by size hints) is learnt there before the copy arrives
+EVICTED_PER_TRIM = 20_000   # nodes that left RAM between two returns of freed memory (T7)
 
 
 class _SizeChunk:
@@ -159,7 +167,10 @@ class Tree:
         self.index = index              # T7; None: every snapshot stays in RAM
         self.max_entries = max_entries
         self.inodes: dict[int, Node] = {}
-        self._lookups: dict[int, int] = {}  # inode -> the kernel's lookup count, if any (T3)
+        # the kernel's lookup count (T3) by inode number: numbers are given in sequence,
+        # and `find` has the kernel hold every one it met (T7)
+        self._lookups = array.array("Q")
+        self._evicted = 0                   # nodes that left RAM since memory was last returned
         self._next_ino = ROOT_INODE
         self.root = self._new_node(None, "", Entry("", Kind.DIR, ref=None, mtime=time.time()), None)
         self.root.children = {}
@@ -306,11 +317,11 @@ class Tree:
         children: dict[str, Node] = {}
         recheck = node.ino in self._recheck
         self._recheck.discard(node.ino)
-        for ino, name, entry in self.index.load(node.ino):
+        rows = self.index.load(node.ino)
+        self._known_sizes(home, [e for ino, _, e in rows if ino not in self.inodes])
+        for ino, name, entry in rows:
             child = self.inodes.get(ino)
             if child is None:
-                if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
-                    entry.size = self.cache.known_size(home.cache_key(entry))
                 child = self._new_node(node, name, entry, src if entry.kind is Kind.DIR else home, ino)
                 child.recheck = recheck
             child.parent = node
@@ -335,7 +346,7 @@ class Tree:
         while len(self.inodes) > self.max_entries and self._hot and passes > 0:
             passes -= 1
             ino, folder = next(iter(self._hot.items()))
-            if not folder.files()[0]:
+            if not folder.children or all(c.is_dir for c in folder.children.values()):
                 del self._hot[ino]          # only folders: their nodes stay in RAM anyway
                 continue
             if folder is keep or self._pinned(folder):
@@ -352,11 +363,15 @@ class Tree:
         for child in folder.children.values():
             if not child.is_dir:
                 self.inodes.pop(child.ino, None)
+                self._evicted += 1
                 if child.recheck:
                     self._recheck.add(folder.ino)
         folder.children = None
         folder.children_changed()
         self._ahead.pop(folder.ino, None)
+        if self._evicted >= EVICTED_PER_TRIM:
+            self._evicted = 0
+            release_freed_memory()
 
     def folders_in_memory(self) -> int:
         return len(self._hot)
@@ -367,15 +382,25 @@ class Tree:
             return node.entry.xattrs
         return self.index.xattrs(node.ino)
 
+    def _known_sizes(self, source: Source, entries: list[Entry]) -> None:
+        """The exact sizes the cache learnt earlier for files whose listing lacks them."""
+        unknown = [e for e in entries if e.kind is Kind.FILE and e.size is None]
+        if not unknown or self.cache is None:
+            return
+        keys = [source.cache_key(e) for e in unknown]
+        known = self.cache.known_sizes(keys)
+        if known:
+            for entry, key in zip(unknown, keys):
+                entry.size = known.get(key)
+
     def _apply(self, node: Node, entries: list[Entry]) -> None:
         src = node.source
         home = src.home(node.entry.ref)     # whose objects its files are (saved.py: another source's)
         old = node.children or {}
         safe = names.unique_names([(e.name, e.id or e.name) for e in entries])
         new: dict[str, Node] = {}
+        self._known_sizes(home, entries)
         for name, entry in sorted(zip(safe, entries), key=lambda pair: pair[0]):
-            if entry.kind is Kind.FILE and entry.size is None and self.cache is not None:
-                entry.size = self.cache.known_size(home.cache_key(entry))
             child = old.get(name)
             if child is not None and child.local is not None and child.entry.kind is entry.kind:
                 # what we uploaded (or the folder we made) is now listed by the service
@@ -459,19 +484,23 @@ class Tree:
 
     # -- the kernel's lookup counts (T3), by inode: kept whether or not the node is in RAM
     def lookups(self, ino: int) -> int:
-        return self._lookups.get(ino, 0)
+        counts = self._lookups
+        return counts[ino] if ino < len(counts) else 0
 
     def remember(self, node: Node) -> None:
-        self._lookups[node.ino] = self._lookups.get(node.ino, 0) + 1
+        counts, ino = self._lookups, node.ino
+        if ino >= len(counts):
+            counts.frombytes(bytes(counts.itemsize * max(ino + 1 - len(counts), len(counts) // 2, 1024)))
+        counts[ino] += 1
 
     def forget(self, ino: int, count: int) -> None:
-        if ino == ROOT_INODE or ino not in self._lookups:
+        if ino == ROOT_INODE or self.lookups(ino) <= 0:
             return
         left = self._lookups[ino] - count
         if left > 0:
             self._lookups[ino] = left
             return
-        del self._lookups[ino]
+        self._lookups[ino] = 0
         node = self.inodes.get(ino)
         if node is not None and node.parent is None:
             self._drop(node)

@@ -51,6 +51,7 @@ from ..config import SYNC_AFTER  # noqa: F401 (the default of sync_after, I2; re
 from ..http import Validator
 
 log = logging.getLogger("recfs.cache")
+SIZES_PER_QUERY = 500       # keys in one `known_sizes` statement (SQLite allows 32,766)
 
 SYNC_FILE_RANGE_WRITE = 2
 try:
@@ -414,6 +415,16 @@ class Cache:
     def known_size(self, key: str) -> int | None:
         row = self.db.execute("SELECT size FROM sizes WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
+
+    def known_sizes(self, keys: list[str]) -> dict[str, int]:
+        """The sizes learnt of any of `keys`: a folder's in a few statements, not one a
+        file (a warm `find` reads every folder back from the index, T7 in tree.py)."""
+        found: dict[str, int] = {}
+        for i in range(0, len(keys), SIZES_PER_QUERY):
+            part = keys[i:i + SIZES_PER_QUERY]
+            found.update(self.db.execute(
+                f"SELECT key, size FROM sizes WHERE key IN ({','.join('?' * len(part))})", part))
+        return found
 
     def remember_sizes(self, pairs: list[tuple[str, int]]) -> None:
         if pairs:
