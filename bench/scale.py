@@ -139,10 +139,13 @@ def _serve(conn, days: int, today: dt.date) -> None:
             return
 
 
-class ScaleServer:
-    def __init__(self, days: int, today: dt.date):
+class PipeServer:
+    """Emulators served by a process of their own (`serve(conn, *args)` sends their
+    info, then answers "stats", "reset" and "quit" on the pipe)."""
+
+    def __init__(self, serve, *args):
         self.conn, child = multiprocessing.Pipe()
-        self.proc = multiprocessing.Process(target=_serve, args=(child, days, today), daemon=True)
+        self.proc = multiprocessing.Process(target=serve, args=(child, *args), daemon=True)
         self.proc.start()
         self.info = self.conn.recv()
 
@@ -159,6 +162,11 @@ class ScaleServer:
             self.conn.send("quit")
             self.conn.recv()
         self.proc.join(10)
+
+
+class ScaleServer(PipeServer):
+    def __init__(self, days: int, today: dt.date):
+        super().__init__(_serve, days, today)
 
 
 # --------------------------------------------------------------------------- the plain script

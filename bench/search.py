@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from recfs.emulators.eightbyeight import ScaleRegion
 from recfs.emulators.kazoo import MAX_RANGE, KazooScale, to_gregorian
 
 from .mounts import REPO, RecfsMount, Trash
+from .scale import PipeServer
 
 ACCOUNT = "5ca1e" + "b11" + "0" * 24
 REGION = "ap"
@@ -111,26 +111,9 @@ def _serve(conn, days: int) -> None:
             return
 
 
-class SearchServer:
+class SearchServer(PipeServer):
     def __init__(self, days: int):
-        self.conn, child = multiprocessing.Pipe()
-        self.proc = multiprocessing.Process(target=_serve, args=(child, days), daemon=True)
-        self.proc.start()
-        self.info = self.conn.recv()
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        self.conn.send("stats")
-        return self.conn.recv()
-
-    def reset(self) -> None:
-        self.conn.send("reset")
-        self.conn.recv()
-
-    def close(self) -> None:
-        if self.proc.is_alive():
-            self.conn.send("quit")
-            self.conn.recv()
-        self.proc.join(10)
+        super().__init__(_serve, days)
 
 
 # --------------------------------------------------------------------------- the plain script

@@ -422,19 +422,26 @@ class OceEmulator(Emulator):
             body.update(extra)
             return json_response(body)
 
-    def _items(self, req: Request) -> Response:
-        if (denied := self._authorized(req)) is not None:
-            return denied
-        q = req.query
+    def _paging(self, q, default_limit: int) -> "tuple[int, int] | Response":
+        """`limit` (at most max_limit) and `offset` of a page, or the service's 400."""
         try:
-            limit = int(q.get("limit", "50"))
+            limit = int(q.get("limit", str(default_limit)))
             offset = int(q.get("offset", "0"))
             if limit < 1 or offset < 0:
                 raise ValueError
         except ValueError:
             return self._err(400, "-1", "!csInvalidParameter",
                              "The limit and offset parameters must be non-negative integers.")
-        limit = min(limit, self.max_limit)
+        return min(limit, self.max_limit), offset
+
+    def _items(self, req: Request) -> Response:
+        if (denied := self._authorized(req)) is not None:
+            return denied
+        q = req.query
+        paging = self._paging(q, 50)
+        if isinstance(paging, Response):
+            return paging
+        limit, offset = paging
         field_, _, direction = q.get("orderby", "name:asc").partition(":")
         sort_key = {"name": lambda n: n.name.lower(), "createdTime": lambda n: n.created,
                     "modifiedTime": lambda n: n.modified}.get(field_)
@@ -493,15 +500,10 @@ class OceEmulator(Emulator):
         if (denied := self._authorized(req)) is not None:
             return denied
         q = req.query
-        try:
-            limit = int(q.get("limit", "20"))
-            offset = int(q.get("offset", "0"))
-            if limit < 1 or offset < 0:
-                raise ValueError
-        except ValueError:
-            return self._err(400, "-1", "!csInvalidParameter",
-                             "The limit and offset parameters must be non-negative integers.")
-        limit = min(limit, self.max_limit)
+        paging = self._paging(q, 20)
+        if isinstance(paging, Response):
+            return paging
+        limit, offset = paging
         fulltext, querytext = q.get("fulltext", "").strip(), q.get("querytext", "").strip()
         if not fulltext and not querytext:
             return self._err(400, "-1", "!csInvalidParameter",
