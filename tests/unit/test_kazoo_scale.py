@@ -123,6 +123,45 @@ async def test_a_year_of_a_thousand_calls_a_day(http):
         print(f"first ls: {first_ls} requests")
 
 
+async def test_a_walk_of_consecutive_days_reads_each_stored_document_about_once(http):
+    """A day's window reaches `created_lag_hours` into the next day's (a recording is
+    stored after its call): what the account's listing of a closed day saw of the next
+    day is carried to it, so a walk of consecutive days (find, rsync) asks each day for
+    what was stored after the previous window only; the days list exactly what a
+    listing of their whole window shows. `recfs refresh` (forget) asks whole again."""
+    first = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=70)).replace(day=1)
+    scale = KazooScale(account=ACCOUNT, start=first, days=10, per_day=1000, owners=OWNERS)
+    with KazooEmulator(bucket_tokens=None, scale=scale) as emu:
+        emu.demo_key = emu.add_api_key(ACCOUNT)
+        table = {"name": "kz", "kind": "kazoo", "api_url": emu.url + "/v2", "api_key": emu.demo_key,
+                 "since": first.isoformat()}
+        options = parse_config({"sources": [table]}).sources[0].options
+        walker, single = kazoo.Source("kz", options, http), kazoo.Source("kz", options, http)
+        await walker.start()
+        await single.start()
+
+        def listing_requests() -> int:
+            return sum(n for route, n in emu.counts.items() if "list" in route)
+
+        def seen(listing) -> list[tuple]:
+            return sorted((e.name, e.id, e.version, e.mtime, e.size_hint) for e in listing.entries)
+        days = [("day", ACCOUNT, None, d.year, d.month, d.day)
+                for d in (first + dt.timedelta(days=i) for i in range(1, 7))]
+        costs = []
+        for ref in days:
+            before = listing_requests()
+            walked = await walker.list_dir(ref)
+            costs.append(listing_requests() - before)
+            assert len(walked.entries) == 1000 and seen(walked) == seen(await single.list_dir(ref))
+        # the first day's window holds 1,250 stored documents (7 pages of 200); each next
+        # day's rest about 1,000 (5 pages, 6 where a page ends on the window's edge)
+        assert costs[0] == 7 and all(c <= 6 for c in costs[1:]), costs
+        walker.forget(("acct", ACCOUNT))
+        before = listing_requests()
+        await walker.list_dir(("day", ACCOUNT, None, *days[-1][3:-1], days[-1][-1] + 1))
+        assert listing_requests() - before == 7
+
+
 # --------------------------------------------------------------------------- filters (issue 24)
 
 def pages(emu: KazooEmulator, url: str, params: dict) -> list[dict]:

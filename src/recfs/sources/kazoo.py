@@ -92,6 +92,7 @@ PROBES_AT_ONCE = 8                   # probes of one folder's periods in flight
 # a day's documents, as listed for the account view, are kept (compressed, per owner)
 # so that users/{owner}/…/{day} needs no request of its own; at most this many bytes
 MEMO_BYTES = 64 << 20
+CARRIED_DAYS = 8                # next days' documents kept from a day's window (a walk goes day by day)
 MEMO_FIELDS = ("id", "name", "start", "duration_ms", "content_type", "media_type", "url",
                "_read_only", "soft_delete", "call_id", "caller_id_name", "caller_id_number",
                "callee_id_name", "callee_id_number", "direction", "owner_id")
@@ -550,6 +551,16 @@ class Probe:
 
 
 @dataclass(slots=True)
+class Carried:
+    """What the account's window of one day saw of the next day: every document stored
+    up to `until` (the window was over when it was listed), listed at `at`. The next
+    day's listing then asks only for what was stored after `until`."""
+    until: int
+    at: float
+    docs: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
 class DaySummary:
     """What the account's listing of one day said: its newest start and, per owner, the
     newest start of theirs (the users/ levels are derived from it)."""
@@ -590,6 +601,8 @@ class KazooSource(Source):
         # kept documents answer a folder once, and the folder listed again (its TTL, or
         # `recfs refresh`) asks the server, as a listing that nobody kept would
         self._answered: dict[tuple[str, dt.date], set[str | None]] = {}
+        # (account, day) -> the part of the day its previous day's window already listed
+        self._carried: OrderedDict[tuple[str, dt.date], Carried] = OrderedDict()
         self._locks: dict[Hashable, trio.Lock] = {}
         self._users: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
         self._departed: set[tuple[str, str]] = set()     # (account, owner): users API says 404
@@ -844,9 +857,22 @@ class KazooSource(Source):
 
     async def _day_of(self, account: str, view, day: dt.date) -> list[tuple[dict[str, Any], int]]:
         """`view`'s recordings that started on `day`: one window, from an hour before
-        the day to `created_lag_hours` after it."""
+        the day to `created_lag_hours` after it. The account's window overlaps the next
+        day's by those hours: what it saw of the next day is carried to that day's
+        listing (within the listing TTL), which then asks only for the rest, so a walk
+        of consecutive days reads each stored document about once."""
         first = day_start(day)
+        now = self.clock()
         docs: dict[str, tuple[dict[str, Any], int]] = {}
+        lo = first - CLOCK_SKEW
+        carried = self._carried.pop((account, day), None) if view is None else None
+        if carried is not None and now - carried.at < self.listing_ttl:
+            for doc in carried.docs:
+                start = self._shown_start(account, None, doc)
+                if start is not None and first <= start < first + DAY:
+                    docs.setdefault(doc["id"], (doc, start))
+            lo = carried.until - 1          # a second's overlap: a document is kept once
+        following: list[dict[str, Any]] = []
 
         def visit(doc: dict[str, Any]) -> bool:
             start = self._shown_start(account, view, doc)
@@ -854,9 +880,26 @@ class KazooSource(Source):
                 docs.setdefault(doc["id"], (doc, start))
             elif start_of(doc) is None:
                 log.debug("%s: recording %s has no start; not shown", self.name, doc.get("id"))
+            elif view is None and first + DAY <= start_of(doc) < first + 2 * DAY:
+                following.append(doc)
             return False
-        await self._scan(account, view, first - CLOCK_SKEW, first + DAY + self.lag, visit)
+        end = first + DAY + self.lag
+        outcome = await self._scan(account, view, lo, end, visit)
+        if view is None and outcome == DONE and self._closed(first + DAY, now):
+            # every document stored up to `end` was there to be listed: the next day's
+            # listing needs only what was stored after it
+            self._carried[(account, day + dt.timedelta(days=1))] = Carried(end, now, following)
+            while len(self._carried) > CARRIED_DAYS:
+                self._carried.popitem(last=False)
         return list(docs.values())
+
+    def forget(self, ref: Hashable) -> None:
+        # `recfs refresh`: the days below it are asked for whole again
+        if ref == ("root",):
+            self._carried.clear()
+        elif isinstance(ref, tuple) and len(ref) > 1 and isinstance(ref[1], str):
+            for key in [k for k in self._carried if k[0] == ref[1]]:
+                del self._carried[key]
 
     async def _account_day(self, account: str, day: dt.date) -> list[tuple[dict[str, Any], int]]:
         """The account's recordings of `day`: from what this mount learnt of the day in
@@ -1232,6 +1275,7 @@ class KazooSource(Source):
         self._days.pop((account, day), None)
         self._answered.pop((account, day), None)
         self._forget_memo(account, day)
+        self._carried.pop((account, day), None)
         periods = {(day.year,), (day.year, day.month), (day.year, day.month, day.day)}
         for key in [k for k in self._probes if k[0] == account and k[2] in periods]:
             del self._probes[key]
