@@ -211,6 +211,7 @@ def _search(args) -> int:
     import secrets
 
     from .search import QueryError, parse
+    args.terms += [f"{k}={v}" for k, v in (("since", args.since), ("until", args.until)) if v]
     try:
         parse(args.terms)           # its mistakes here, before the daemon is asked
     except QueryError as exc:
@@ -425,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "until=DATE, min_duration=SECONDS, name~=TEXT.")
     p.add_argument("mountpoint")
     p.add_argument("terms", nargs="+", metavar="TERM", help="e.g. caller=+15551234567 since=2025-01-01")
+    p.add_argument("--since", metavar="DATE", help="the same as the term since=DATE")
+    p.add_argument("--until", metavar="DATE", help="the same as the term until=DATE")
     p.add_argument("-0", dest="null", action="store_true", help="end each path with NUL (for xargs -0)")
     p.add_argument("--json", action="store_true", help="a JSON array of the matches with their metadata")
     p.add_argument("--rm", action="store_true",

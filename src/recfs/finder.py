@@ -90,7 +90,7 @@ class Finder:
                     f"this search walks every folder of {', '.join(r.name for r in to_walk)} "
                     f"(their services cannot filter it): at least {unlisted} folder listings "
                     f"(requests), and one for each folder found below them; narrow it with "
-                    f"since=DATE, or confirm with --yes", unlisted)
+                    f"since=DATE (--since DATE), or confirm with --yes", unlisted)
         for root in filtered:
             hits = await self._server_side(root.source, query, again)
             if hits is None:            # it could not after all: walk it

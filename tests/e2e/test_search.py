@@ -161,6 +161,8 @@ def test_terms_narrow_and_json_carries_the_metadata(services, recfs_mount):
         # a name (OCE, Alvaria) has no side, so caller= finds it
         return path.startswith(("oce/", "alvaria/")) or path.endswith(("0.mp3", "0.wav"))
     assert {os.path.relpath(r["path"], mnt) for r in rows} == {p for p in expected if wanted(p)}
+    by_option = search(mnt, f"caller={CALLER}", "--since", since, "--json")   # the same, as an option
+    assert by_option.returncode == 0 and json.loads(by_option.stdout) == rows
     kazoo_row = next(r for r in rows if r["source"] == "kazoo")
     assert kazoo_row["metadata"]["kazoo.caller_id_number"] == CALLER
     # OCE searched (a number in a name: no side, so caller= finds it) and listed nothing;
