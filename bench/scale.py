@@ -124,6 +124,12 @@ def _serve(conn, days: int, today: dt.date) -> None:
                        "client_id": e8.client_id, "client_secret": e8.client_secret},
                "kz": {"table": kz_t, "year_table": kz_year, "api": kz.url + "/v2", "api_key": kz.demo_key,
                       "since": kz_t["since"], "today": today.isoformat()}})
+    answer(conn, emus)
+
+
+def answer(conn, emus: dict, on_reset=None) -> None:
+    """A PipeServer's process: its emulators' request counts ("stats"), counts set to
+    zero (and `on_reset`, "reset"), and their end ("quit"), as the pipe asks."""
     while True:
         cmd = conn.recv()
         if cmd == "stats":
@@ -131,6 +137,8 @@ def _serve(conn, days: int, today: dt.date) -> None:
         elif cmd == "reset":
             for emu in emus.values():
                 emu.reset_stats()
+            if on_reset is not None:
+                on_reset()
             conn.send(True)
         elif cmd == "quit":
             for emu in emus.values():

@@ -39,7 +39,7 @@ from recfs.emulators.eightbyeight import ScaleRegion
 from recfs.emulators.kazoo import MAX_RANGE, KazooScale, to_gregorian
 
 from .mounts import REPO, RecfsMount, Trash
-from .scale import PipeServer
+from .scale import PipeServer, answer
 
 ACCOUNT = "5ca1e" + "b11" + "0" * 24
 REGION = "ap"
@@ -91,24 +91,13 @@ def _serve(conn, days: int) -> None:
                          "account": ACCOUNT, "since": kz.start.isoformat()},
                "8x8": {"table": e8_t, "api": f"{e8.api_url}/{REGION}/v3", "token_url": e8.token_url,
                        "client_id": e8.client_id, "client_secret": e8.client_secret}})
-    emus = {"kazoo": kazoo, "8x8": e8}
-    while True:
-        cmd = conn.recv()
-        if cmd == "stats":
-            conn.send({name: dict(emu.counts) for name, emu in emus.items()})
-        elif cmd == "reset":
-            for emu in emus.values():
-                emu.reset_stats()
-            # crossbar's bucket full again, as after 10 s without a request: each phase
-            # starts as a user's first search of the day would, not behind the last phase
-            with kazoo.bucket._lock:
-                kazoo.bucket.tokens = kazoo.bucket.capacity
-            conn.send(True)
-        elif cmd == "quit":
-            for emu in emus.values():
-                emu.stop()
-            conn.send(True)
-            return
+
+    def refill() -> None:
+        # crossbar's bucket full again, as after 10 s without a request: each phase
+        # starts as a user's first search of the day would, not behind the last phase
+        with kazoo.bucket._lock:
+            kazoo.bucket.tokens = kazoo.bucket.capacity
+    answer(conn, {"kazoo": kazoo, "8x8": e8}, on_reset=refill)
 
 
 class SearchServer(PipeServer):
