@@ -35,11 +35,18 @@ KEPT_SEARCHES = 64          # server-side answers kept (each for its source's li
 class Found:
     path: str                   # in the mount, from its root ("/kazoo/…")
     source: str
-    time: float                 # the time its date folder stands for
-    metadata: dict[str, str]
     # its entry as its home folder lists it (same ref, id and version: the same cache
-    # key), with the metadata: what a saved search's folder shows (saved.py)
-    entry: Entry | None = field(default=None, repr=False, compare=False)
+    # key), with its metadata: what a saved search's folder shows (saved.py)
+    entry: Entry = field(repr=False)
+
+    @property
+    def time(self) -> float:
+        """The time the mount files it under (its date folder's)."""
+        return self.entry.mtime
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.entry.xattrs
 
     def as_json(self) -> dict:
         return {"path": self.path, "source": self.source, "time": self.time, "metadata": self.metadata}
@@ -123,8 +130,7 @@ class Finder:
             if not matches(query, source.record(entry.name, metadata, entry.mtime)):
                 continue
             parts = [source.name, *(names.clean(p) for p in hit.folders), names.clean(entry.name, entry.id)]
-            found.append(Found("/" + "/".join(parts), source.name, entry.mtime, metadata,
-                               dataclasses.replace(entry, xattrs=metadata)))
+            found.append(Found("/" + "/".join(parts), source.name, dataclasses.replace(entry, xattrs=metadata)))
         if len(self._kept) >= KEPT_SEARCHES:
             self._kept = {k: v for k, v in self._kept.items() if now < v[0]}
             while len(self._kept) >= KEPT_SEARCHES:
@@ -187,8 +193,7 @@ class Finder:
                     continue
                 metadata = dict(core.xattrs(child))
                 if matches(query, src.record(child.name, metadata, child.entry.mtime)):
-                    found.append(Found(child.path(), src.name, child.entry.mtime, metadata,
-                                       dataclasses.replace(child.entry, xattrs=metadata)))
+                    found.append(Found(child.path(), src.name, dataclasses.replace(child.entry, xattrs=metadata)))
                     progress.found += 1
 
         async with trio.open_nursery() as nursery:

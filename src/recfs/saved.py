@@ -119,8 +119,6 @@ class SavedSearches(Source):
                  ", ".join(progress.walked) or "none", progress.folders, progress.listed)
         folders: dict[tuple[str, ...], dict[str, Entry]] = {(): {}}
         for hit in found:
-            if hit.entry is None:
-                continue
             parts = tuple(p for p in hit.path.split("/") if p)
             for depth in range(1, len(parts)):
                 at_path = parts[:depth]

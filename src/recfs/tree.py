@@ -629,10 +629,8 @@ class Tree:
         nodes = chunk.nodes
         folder = nodes[0].parent
         whole = chunk.for_copy or (folder is not None and self.policy.copying(folder.ino))
-        if self.cache is not None:      # learnt since it was listed, through another path to it
-            for c in nodes:
-                if c.entry.size is None:
-                    c.entry.size = self.cache.known_size(c.source.cache_key(c.entry))
+        # learnt since it was listed, through another path to it (a saved search's)
+        self._known_sizes(nodes[0].source, [c.entry for c in nodes])
         try:
             await self.learn_sizes(nodes[0].source, [c.entry for c in nodes], whole=whole, asked=asked)
         except Exception as exc:        # runs in the background too: never end the mount

@@ -434,6 +434,26 @@ class OceEmulator(Emulator):
                              "The limit and offset parameters must be non-negative integers.")
         return min(limit, self.max_limit), offset
 
+    def _page(self, nodes: list[Node], offset: int, limit: int, omit=(), **extra) -> Response:
+        """A page of `nodes` in the envelope of every paged answer (a folder's listing, a
+        search): numbers and flags as strings, as documented, unless `native`; `extra`
+        fields after the totals; the items without the fields in `omit`."""
+        native = self._native()
+
+        def number(n: int):
+            return n if native else str(n)
+        page = nodes[offset:offset + limit]
+        has_more = offset + len(page) < len(nodes)
+        return json_response({
+            "count": number(len(page)),
+            "totalResults": number(len(nodes)),
+            **{k: number(v) if isinstance(v, int) else v for k, v in extra.items()},
+            "hasMore": number(int(has_more)),
+            "errorCode": number(0),
+            "items": [{k: v for k, v in self._item_json(n, native).items() if k not in omit}
+                      for n in page],
+        })
+
     def _items(self, req: Request) -> Response:
         if (denied := self._authorized(req)) is not None:
             return denied
@@ -455,18 +475,7 @@ class OceEmulator(Emulator):
             if "filterName" in q:
                 children = [c for c in children if c.name == q["filterName"]]
             children.sort(key=sort_key, reverse=direction == "desc")
-            page = children[offset:offset + limit]
-            native = self._native()
-            has_more = offset + len(page) < len(children)
-            body = {
-                "count": len(page) if native else str(len(page)),
-                "totalResults": len(children) if native else str(len(children)),
-                "ownerFolderID": folder.id,
-                "hasMore": int(has_more) if native else ("1" if has_more else "0"),
-                "errorCode": 0 if native else "0",
-                "items": [self._item_json(c, native) for c in page],
-            }
-            return json_response(body)
+            return self._page(children, offset, limit, ownerFolderID=folder.id)
 
     # ------------------------------------------------------------------ search
 
@@ -528,18 +537,7 @@ class OceEmulator(Emulator):
                 return self._forbidden(top, "DOCS_SEARCH")
             found = sorted((n for n in self._subtree(folder) if test(n)), key=sort_key,
                            reverse=direction == "desc")[:self.search_cap]
-            page = found[offset:offset + limit]
-            native = self._native()
-            has_more = offset + len(page) < len(found)
-            return json_response({
-                "count": len(page) if native else str(len(page)),
-                "totalResults": len(found) if native else str(len(found)),
-                "totalCount": len(found) if native else str(len(found)),
-                "hasMore": int(has_more) if native else ("1" if has_more else "0"),
-                "errorCode": 0 if native else "0",
-                "items": [{k: v for k, v in self._item_json(n, native).items() if k not in self.search_omits}
-                          for n in page],
-            })
+            return self._page(found, offset, limit, omit=self.search_omits, totalCount=len(found))
 
     def _size_of(self, node: Node) -> int:
         if node.type == "file":

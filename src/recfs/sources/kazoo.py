@@ -875,12 +875,14 @@ class KazooSource(Source):
         following: list[dict[str, Any]] = []
 
         def visit(doc: dict[str, Any]) -> bool:
+            began = start_of(doc)
+            if began is None:
+                log.debug("%s: recording %s has no start; not shown", self.name, doc.get("id"))
+                return False
             start = self._shown_start(account, view, doc)
             if start is not None and first <= start < first + DAY:
                 docs.setdefault(doc["id"], (doc, start))
-            elif start_of(doc) is None:
-                log.debug("%s: recording %s has no start; not shown", self.name, doc.get("id"))
-            elif view is None and first + DAY <= start_of(doc) < first + 2 * DAY:
+            elif view is None and first + DAY <= began < first + 2 * DAY:
                 following.append(doc)
             return False
         end = first + DAY + self.lag

@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, AsyncIterator, NamedTuple
 
 import trio
 
@@ -380,20 +380,37 @@ class OceSource(Source):
         if body.get("id"):
             self._roots.add(strip_guid_prefix(str(body["id"])))
 
-    async def list_dir(self, ref: str) -> Listing:
-        entries: list[Entry] = []
-        seen: set[str] = set()
+    async def _pages(self, url: str, what: str, params: dict | None = None) -> AsyncIterator[list]:
+        """The `items` of an offset-paged answer (a folder's listing, a search), page by
+        page, while `hasMore` says there are more (else `totalResults` or `totalCount`,
+        else a full page)."""
         offset = 0
         while True:
-            body = await self._get_json(self._url("folders", ref, "items"),
-                                        f"listing folder {ref}",
-                                        params={"limit": self.page_size, "offset": offset})
+            body = await self._get_json(url, what, params={**(params or {}), "limit": self.page_size,
+                                                           "offset": offset})
             items = body.get("items")
             if items is None:
                 items = []
             if not isinstance(items, list):
-                raise SourceError(f"{self.name}: listing folder {ref}: `items` is not a list",
-                                  errno.EIO)
+                raise SourceError(f"{self.name}: {what}: `items` is not a list", errno.EIO)
+            yield items
+            offset += len(items)
+            more = as_flag(body.get("hasMore"))
+            if more is None:
+                total = as_int(body.get("totalResults"))
+                total = as_int(body.get("totalCount")) if total is None else total
+                more = offset < total if total is not None else len(items) >= self.page_size
+            if not more:
+                return
+            if not items:
+                log.warning("%s: %s: hasMore is set but the page is empty; stopping at %d items",
+                            self.name, what, offset)
+                return
+
+    async def list_dir(self, ref: str) -> Listing:
+        entries: list[Entry] = []
+        seen: set[str] = set()
+        async for items in self._pages(self._url("folders", ref, "items"), f"listing folder {ref}"):
             for item in items:
                 entry = self._entry(item, ref) if isinstance(item, dict) else None
                 # offset paging over a folder that changes can repeat an item
@@ -402,17 +419,6 @@ class OceSource(Source):
                     entries.append(entry)
                     if entry.is_dir:
                         self._learn_folder(entry.id, entry.name, ref)
-            offset += len(items)
-            more = as_flag(body.get("hasMore"))
-            if more is None:
-                total = as_int(body.get("totalResults"))
-                more = total is not None and offset < total
-            if not more:
-                break
-            if not items:
-                log.warning("%s: folder %s: hasMore is set but the page is empty; "
-                            "stopping at %d items", self.name, ref, offset)
-                break
         return Listing(entries)
 
     def _entry(self, item: dict, parent: str) -> Entry | None:
@@ -526,28 +532,16 @@ class OceSource(Source):
         return hits
 
     async def _search_items(self, text: str) -> list[dict] | None:
-        url = self._url("folders", self.root, "search", "items")
         items: list[dict] = []
         seen: set[str] = set()
         offset = 0
-        while True:
-            body = await self._get_json(url, f"searching for {text!r}",
-                                        params={"fulltext": text, "limit": self.page_size, "offset": offset})
-            page = body.get("items") or []
-            if not isinstance(page, list):
-                raise SourceError(f"{self.name}: searching for {text!r}: `items` is not a list", errno.EIO)
+        async for page in self._pages(self._url("folders", self.root, "search", "items"),
+                                      f"searching for {text!r}", {"fulltext": text}):
             for item in page:
                 if isinstance(item, dict) and item.get("id") and str(item["id"]) not in seen:
                     seen.add(str(item["id"]))
                     items.append(item)
             offset += len(page)
-            more = as_flag(body.get("hasMore"))
-            if more is None:
-                total = as_int(body.get("totalResults"))
-                total = as_int(body.get("totalCount")) if total is None else total
-                more = offset < total if total is not None else len(page) >= self.page_size
-            if not more or not page:
-                break
         if offset >= self.search_cap:
             log.warning("%s: the search for %r reached the service's limit of %d results; "
                         "walking the folders instead", self.name, text, self.search_cap)
