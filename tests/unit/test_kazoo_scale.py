@@ -162,6 +162,50 @@ async def test_a_walk_of_consecutive_days_reads_each_stored_document_about_once(
         assert listing_requests() - before == 7
 
 
+async def test_a_months_probes_of_its_days_are_the_first_pages_of_their_listings(http):
+    """A closed month of 1,000 calls a day: its listing probes each day with the first
+    page of the day's body, which the day's listing goes on from, so the month and a
+    walk of all its days cost the pages of its documents (a plain client's, +10%) and
+    the days list what a listing of their whole window shows. A day folder's mtime is
+    its newest start once the day was listed."""
+    month = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=70)).replace(day=1)
+    ends = (month + dt.timedelta(days=32)).replace(day=1)
+    scale = KazooScale(account=ACCOUNT, start=month, days=(ends - month).days, per_day=1000,
+                       owners=OWNERS)
+    with KazooEmulator(bucket_tokens=None, scale=scale) as emu:
+        emu.demo_key = emu.add_api_key(ACCOUNT)
+        table = {"name": "kz", "kind": "kazoo", "api_url": emu.url + "/v2", "api_key": emu.demo_key,
+                 "since": month.isoformat()}
+        options = parse_config({"sources": [table]}).sources[0].options
+        walker, single = kazoo.Source("kz", options, http), kazoo.Source("kz", options, http)
+        await walker.start()
+        await single.start()
+
+        def listing_requests() -> int:
+            return sum(n for route, n in emu.counts.items() if "list" in route)
+        # a plain client: the month's documents (and the hours after it), 200 a page
+        frm = to_gregorian(dt.datetime.combine(month, dt.time(), dt.timezone.utc).timestamp())
+        to = to_gregorian(dt.datetime.combine(ends, dt.time(6), dt.timezone.utc).timestamp())
+        plain = len(pages(emu, f"{emu.url}/v2/accounts/{ACCOUNT}/recordings",
+                          {"created_from": frm, "created_to": to, "page_size": 200}))
+        before = listing_requests()
+        listed = await walker.list_dir(("month", ACCOUNT, None, month.year, month.month))
+        assert len(listed.entries) == scale.days
+        probes = listing_requests() - before
+        walked = [await walker.list_dir(entry.ref) for entry in listed.entries]
+        total = listing_requests() - before
+        assert probes <= scale.days + 2 and total <= 1.1 * plain, (probes, total, plain)
+        for entry, listing in zip(listed.entries, walked):
+            assert len(listing.entries) == 1000
+            assert sorted((e.name, e.mtime) for e in listing.entries) == \
+                sorted((e.name, e.mtime) for e in (await single.list_dir(entry.ref)).entries)
+        # the days' mtimes: their newest starts, from their listings
+        again = await walker.list_dir(("month", ACCOUNT, None, month.year, month.month))
+        newest = {e.name: max(f.mtime for f in (await single.list_dir(e.ref)).entries)
+                  for e in again.entries}
+        assert {e.name: e.mtime for e in again.entries} == newest
+
+
 # --------------------------------------------------------------------------- filters (issue 24)
 
 def pages(emu: KazooEmulator, url: str, params: dict) -> list[dict]:

@@ -22,10 +22,11 @@ How the API shapes the client (apis.md §4, and the server's own code):
   history: a window listed with `page_size=1` tells whether a period holds a
   recording (the server reads one row, plus one to know there are more). A period is
   probed newest window first and the probe stops at the first recording whose
-  `start` falls in it; a closed period's answer is kept for the mount. A day folder
-  is one window: [day − 1 h, day end + `created_lag_hours`), because a document is
-  stored when its call ends, later than its `start`; only documents whose `start`
-  falls in the day are shown.
+  `start` falls in it; a closed period's answer is kept for the mount. A closed day is
+  probed by the first page of its own listing's body instead, which the listing goes
+  on from. A day folder is one window: [day − 1 h, day end + `created_lag_hours`),
+  because a document is stored when its call ends, later than its `start`; only
+  documents whose `start` falls in the day are shown.
 - `users/` lists the account's users (`GET …/users`) and every owner met in the
   account's day listings. A user's day folder is the account's day listing filtered
   by `owner_id`: one listing serves the account view and every user under it, so
@@ -93,6 +94,7 @@ PROBES_AT_ONCE = 8                   # probes of one folder's periods in flight
 # so that users/{owner}/…/{day} needs no request of its own; at most this many bytes
 MEMO_BYTES = 64 << 20
 CARRIED_DAYS = 8                # next days' documents kept from a day's window (a walk goes day by day)
+FIRST_PAGES = 62                # days' first pages kept from their months' probes (two months' days)
 MEMO_FIELDS = ("id", "name", "start", "duration_ms", "content_type", "media_type", "url",
                "_read_only", "soft_delete", "call_id", "caller_id_name", "caller_id_number",
                "callee_id_name", "callee_id_number", "direction", "owner_id")
@@ -275,6 +277,16 @@ class _TooWide(Exception):
 Visit = Callable[[dict[str, Any]], bool]     # a document -> stop here?
 
 
+@dataclass(slots=True)
+class Page:
+    """The first page of a listing window, kept so that a later scan of the same window
+    goes on from its cursor (`next_key`; None: the page was the whole window)."""
+    window: tuple[int, int]
+    ascending: bool
+    docs: list[dict[str, Any]]
+    next_key: str | None
+
+
 class KazooClient:
     """The Crossbar calls recfs needs; no layout here."""
 
@@ -316,22 +328,27 @@ class KazooClient:
     async def scan(self, account_id: str, start: int, end: int, visit: Visit, *,
                    owner_id: str | None = None, extra: dict[str, str] | None = None,
                    first_page: int | None = None, ascending: bool = False,
-                   pages_per_window: int | None = None) -> str:
+                   pages_per_window: int | None = None, resume: Page | None = None) -> str:
         """Hand each document created in [start, end) (Unix seconds) to `visit`, newest
         first (oldest first with `ascending`), until it returns True. The span is listed
         in windows the server takes, each walked page by page; `first_page` is the page
         size of each window's first request (a probe asks for one document), later pages
         are `page_size`; `pages_per_window` stops each window after that many pages.
-        `extra` adds query parameters (crossbar filters). Returns STOPPED (`visit` said
-        so), DONE (every document seen) or CUT (a window had more pages)."""
+        `extra` adds query parameters (crossbar filters); `resume`, the first page of the
+        first window listed before (`first_page`), is walked on from its cursor. Returns
+        STOPPED (`visit` said so), DONE (every document seen) or CUT (a window had more
+        pages)."""
         lo, hi = int(start), int(end)
         outcome = DONE
         while lo < hi:
             span = self.max_range
             a, b = (lo, min(hi, lo + span)) if ascending else (max(lo, hi - span), hi)
+            kept = resume if resume is not None and resume.window == (a, b) \
+                and resume.ascending == ascending else None
+            resume = None
             try:
                 got = await self._window(account_id, a, b, visit, owner_id, extra, first_page,
-                                         ascending, pages_per_window)
+                                         ascending, pages_per_window, kept)
             except _TooWide:
                 continue                        # the same span again, in the learnt width
             if got == STOPPED:
@@ -344,24 +361,51 @@ class KazooClient:
                 hi = a
         return outcome
 
-    async def _window(self, account_id: str, a: int, b: int, visit: Visit, owner_id: str | None,
-                      extra: dict[str, str] | None, first_page: int | None, ascending: bool,
-                      pages: int | None) -> str:
-        url = self.recordings_url(account_id, owner_id)
+    async def first_page(self, account_id: str, start: int, end: int, *,
+                         ascending: bool = False) -> Page:
+        """The first page of what `scan` of [start, end) would list first, to be handed
+        to it later as `resume`."""
+        url = self.recordings_url(account_id)
+        while True:
+            span = self.max_range
+            a, b = (start, min(end, start + span)) if ascending else (max(start, end - span), end)
+            try:
+                body = await self._listing(url, self._params(a, b, self.page_size, ascending, None),
+                                           (a, b), None)
+            except _TooWide:
+                continue
+            return Page((a, b), ascending, [d for d in body["data"] if isinstance(d, dict)],
+                        body.get("next_start_key") or None)
+
+    @staticmethod
+    def _params(a: int, b: int, page_size: int, ascending: bool,
+                extra: dict[str, str] | None) -> dict[str, Any]:
         params: dict[str, Any] = {"created_from": unix_to_gregorian(a),
                                   "created_to": unix_to_gregorian(b) - 1,
-                                  "page_size": first_page or self.page_size, **(extra or {})}
+                                  "page_size": page_size, **(extra or {})}
         if ascending:
             params["ascending"] = "true"
+        return params
+
+    async def _window(self, account_id: str, a: int, b: int, visit: Visit, owner_id: str | None,
+                      extra: dict[str, str] | None, first_page: int | None, ascending: bool,
+                      pages: int | None, resume: Page | None) -> str:
+        url = self.recordings_url(account_id, owner_id)
+        params = self._params(a, b, first_page or self.page_size, ascending, extra)
         seen: set[str] = set()
         first = True
+        body: dict[str, Any] | None = None
+        if resume is not None:
+            body = {"data": resume.docs, "next_start_key": resume.next_key}
         while True:
-            body = await self._listing(url, params, (a, b) if first else None, owner_id)
+            if body is None:
+                body = await self._listing(url, params, (a, b) if first else None, owner_id)
             first = False
             for doc in body["data"]:
                 if isinstance(doc, dict) and visit(doc):
                     return STOPPED
             nxt = body.get("next_start_key")
+            body = None
             if not nxt:
                 return DONE
             if pages is not None:
@@ -553,11 +597,23 @@ class Probe:
 @dataclass(slots=True)
 class Carried:
     """What the account's window of one day saw of the next day: every document stored
-    up to `until` (the window was over when it was listed), listed at `at`. The next
-    day's listing then asks only for what was stored after `until`."""
-    until: int
+    before the next day's body (see `_day_of`), listed at `at`. The next day's listing
+    then asks only for its body."""
     at: float
     docs: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class FirstPage:
+    """The first page of a closed day's body, listed at `at` by its month's probe of the
+    day; the day's listing goes on from it (documents packed, as kept days are)."""
+    at: float
+    window: tuple[int, int]
+    packed: bytes
+    next_key: str | None
+
+    def page(self) -> Page:
+        return Page(self.window, True, _unpack(self.packed), self.next_key)
 
 
 @dataclass(slots=True)
@@ -603,6 +659,8 @@ class KazooSource(Source):
         self._answered: dict[tuple[str, dt.date], set[str | None]] = {}
         # (account, day) -> the part of the day its previous day's window already listed
         self._carried: OrderedDict[tuple[str, dt.date], Carried] = OrderedDict()
+        # (account, day) -> the first page of the day's body, listed by a probe of the day
+        self._first_pages: OrderedDict[tuple[str, dt.date], FirstPage] = OrderedDict()
         self._locks: dict[Hashable, trio.Lock] = {}
         self._users: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
         self._departed: set[tuple[str, str]] = set()     # (account, owner): users API says 404
@@ -789,6 +847,10 @@ class KazooSource(Source):
         now = int(self.clock())
         if lo >= p1 or lo > now + CLOCK_SKEW:
             return None
+        if view is None and len(period) == 3 and lo == p0 and self._closed(p1, now):
+            newest = await self._probe_day_body(account, dt.date(*period))
+            if newest is not None:
+                return newest
         found: list[int] = []
 
         def visit(doc: dict[str, Any]) -> bool:
@@ -802,6 +864,28 @@ class KazooSource(Source):
             await self._scan(account, view, p1, min(p1 + self.lag, now + CLOCK_SKEW), visit,
                              first_page=1, ascending=True)
         return found[0] if found else None
+
+    async def _probe_day_body(self, account: str, day: dt.date) -> int | None:
+        """A closed day of the account probed by the first page of its body, which its
+        listing then goes on from (so the probe costs the walk no request): the newest
+        start of the day on that page, or None when none of the page's documents
+        started in the day (a day whose calls all ended before its body, or none)."""
+        first = day_start(day)
+        page = await self.client.first_page(account, self._body_start(day), first + DAY + self.lag,
+                                            ascending=True)
+        self._first_pages[(account, day)] = FirstPage(self.clock(), page.window, _pack(page.docs),
+                                                      page.next_key)
+        while len(self._first_pages) > FIRST_PAGES:
+            self._first_pages.popitem(last=False)
+        starts = [start for doc in page.docs
+                  if (start := self._shown_start(account, None, doc)) is not None
+                  and first <= start < first + DAY]
+        return max(starts, default=None)
+
+    def _body_start(self, day: dt.date) -> int:
+        """Where a day's body begins: where the previous day's window ended, less a
+        second's overlap (a document is kept once)."""
+        return day_start(day) + self.lag - 1
 
     async def _scan(self, account: str, view, start: int, end: int, visit: Visit, **kw) -> str:
         """Scan a window of the listing that holds `view`'s recordings."""
@@ -857,13 +941,17 @@ class KazooSource(Source):
 
     async def _day_of(self, account: str, view, day: dt.date) -> list[tuple[dict[str, Any], int]]:
         """`view`'s recordings that started on `day`: one window, from an hour before
-        the day to `created_lag_hours` after it. The account's window overlaps the next
-        day's by those hours: what it saw of the next day is carried to that day's
-        listing (within the listing TTL), which then asks only for the rest, so a walk
-        of consecutive days reads each stored document about once."""
+        the day to `created_lag_hours` after it, oldest first. It is two parts for the
+        account: the head, up to `created_lag_hours` into the day, and the body after
+        it. The window overlaps the next day's by those hours: what it saw of the next
+        day (its head) is carried to that day's listing (within the listing TTL); a
+        month's probe of a closed day lists the first page of the day's body, and the
+        listing goes on from it. So a walk of consecutive days reads each stored
+        document about once, and the probes of their month cost it nothing."""
         first = day_start(day)
         now = self.clock()
         docs: dict[str, tuple[dict[str, Any], int]] = {}
+        body = self._body_start(day)
         lo = first - CLOCK_SKEW
         carried = self._carried.pop((account, day), None) if view is None else None
         if carried is not None and now - carried.at < self.listing_ttl:
@@ -871,7 +959,9 @@ class KazooSource(Source):
                 start = self._shown_start(account, None, doc)
                 if start is not None and first <= start < first + DAY:
                     docs.setdefault(doc["id"], (doc, start))
-            lo = carried.until - 1          # a second's overlap: a document is kept once
+            lo = body
+        kept = self._first_pages.pop((account, day), None) if view is None else None
+        page = kept.page() if kept is not None and now - kept.at < self.listing_ttl else None
         following: list[dict[str, Any]] = []
 
         def visit(doc: dict[str, Any]) -> bool:
@@ -886,22 +976,26 @@ class KazooSource(Source):
                 following.append(doc)
             return False
         end = first + DAY + self.lag
-        outcome = await self._scan(account, view, lo, end, visit)
+        if page is not None and lo < body:
+            await self._scan(account, view, lo, body, visit, ascending=True)
+            lo = body
+        outcome = await self._scan(account, view, lo, end, visit, ascending=True, resume=page)
         if view is None and outcome == DONE and self._closed(first + DAY, now):
             # every document stored up to `end` was there to be listed: the next day's
-            # listing needs only what was stored after it
-            self._carried[(account, day + dt.timedelta(days=1))] = Carried(end, now, following)
+            # listing needs only its body
+            self._carried[(account, day + dt.timedelta(days=1))] = Carried(now, following)
             while len(self._carried) > CARRIED_DAYS:
                 self._carried.popitem(last=False)
         return list(docs.values())
 
     def forget(self, ref: Hashable) -> None:
         # `recfs refresh`: the days below it are asked for whole again
-        if ref == ("root",):
-            self._carried.clear()
-        elif isinstance(ref, tuple) and len(ref) > 1 and isinstance(ref[1], str):
-            for key in [k for k in self._carried if k[0] == ref[1]]:
-                del self._carried[key]
+        for ahead in (self._carried, self._first_pages):
+            if ref == ("root",):
+                ahead.clear()
+            elif isinstance(ref, tuple) and len(ref) > 1 and isinstance(ref[1], str):
+                for key in [k for k in ahead if k[0] == ref[1]]:
+                    del ahead[key]
 
     async def _account_day(self, account: str, day: dt.date) -> list[tuple[dict[str, Any], int]]:
         """The account's recordings of `day`: from what this mount learnt of the day in
@@ -932,9 +1026,11 @@ class KazooSource(Source):
             if owner:
                 newest[owner] = max(newest.get(owner, 0), start)
         self._answered[(account, day)] = set()
-        self._days[(account, day)] = DaySummary(
-            now, self._closed(day_start(day) + DAY, now), max((s for _, s in shown), default=None),
-            newest)
+        closed = self._closed(day_start(day) + DAY, now)
+        latest = max((s for _, s in shown), default=None)
+        self._days[(account, day)] = DaySummary(now, closed, latest, newest)
+        # the day folder's mtime from now on: a probe by the day's first page saw part of it
+        self._probes[(account, None, (day.year, day.month, day.day))] = Probe(latest, now, closed)
         self._remember(account, day, {o: _pack(docs) for o, docs in owners.items()})
 
     def _take_kept(self, account: str, day: dt.date, now: float,
@@ -1278,6 +1374,7 @@ class KazooSource(Source):
         self._answered.pop((account, day), None)
         self._forget_memo(account, day)
         self._carried.pop((account, day), None)
+        self._first_pages.pop((account, day), None)
         periods = {(day.year,), (day.year, day.month), (day.year, day.month, day.day)}
         for key in [k for k in self._probes if k[0] == account and k[2] in periods]:
             del self._probes[key]
