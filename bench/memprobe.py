@@ -89,11 +89,13 @@ def main() -> None:
 
         async def visit(folder) -> None:
             subs = []
-            for child in await core.children(folder):
-                tree.remember(child)            # readdirplus: the kernel holds the entry
+            nodes, rows = await core.for_readdir(folder)     # as fs.py's readdir
+            told = [(c.ino, c) for c in nodes] if rows is None else [(r[0], r[2]) for r in rows]
+            for ino, child in told:
+                tree.remember(ino)              # readdirplus: the kernel holds the entry
                 if args.no_hold:
-                    tree.forget(child.ino, 1)
-                if child.is_dir:
+                    tree.forget(ino, 1)
+                if child is not None and child.is_dir:
                     subs.append(child)
                 else:
                     seen[0] += 1

@@ -126,6 +126,15 @@ class Core:
             return folder.sorted_children()
         return await self.tree.children(folder)
 
+    async def for_readdir(self, folder: Node) -> tuple[list[Node] | None, list[tuple] | None]:
+        """The folder's entries as the kernel's readdir is told them (tree.py T8): its
+        nodes, or rows read from the index while its snapshot is out of RAM."""
+        if not folder.is_dir:
+            raise CoreError(errno.ENOTDIR)
+        if folder is self.tree.root:
+            return folder.sorted_children(), None
+        return await self.tree.for_readdir(folder)
+
     async def stat(self, node: Node, *, relist: bool = False) -> Node:
         """`node` with its exact size where it can be learnt. `relist`: the caller's
         copy of the attributes expired, so answer from a listing no older than the

@@ -10,6 +10,8 @@ import functools
 import logging
 import os
 import stat
+import sys
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import pyfuse3
@@ -28,6 +30,12 @@ NEGATIVE_TIMEOUT = 10.0
 CONTROL_PREFIX = b"user.recfs."
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 RENAME_EXCHANGE = 2         # renameat2(2): swap two names; nothing here can
+BLOCK_SIZE = 128 * 1024
+FILE_MODE = stat.S_IFREG | 0o444
+WRITING_MODE = stat.S_IFREG | 0o644
+FS_ENCODING = sys.getfilesystemencoding()   # os.fsencode's, without its checks per name
+_ino = attrgetter("ino")
+_row_ino = itemgetter(0)
 
 
 class Operations(pyfuse3.Operations):
@@ -93,28 +101,37 @@ class Operations(pyfuse3.Operations):
         return fh
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
+        if not node.is_dir:
+            return self.file_attrs(node.ino, node.size, node.size_known, node.entry.mtime,
+                                   node.local is Local.WRITING)
+        a = pyfuse3.EntryAttributes()      # generation 0
         a.st_ino = node.ino
-        a.generation = 0
-        e = node.entry
-        if node.is_dir:
-            a.st_mode = stat.S_IFDIR | (0o755 if self.core.writable(node) else 0o555)
-            a.st_nlink = 2
-            a.st_size = 0
-            ttl = node.source.listing_ttl if node.source else 60.0
-            a.entry_timeout = a.attr_timeout = min(ttl, FILE_TIMEOUT)
-        else:
-            a.st_mode = stat.S_IFREG | (0o644 if node.local is Local.WRITING else 0o444)
-            a.st_nlink = 1
-            a.st_size = min(max(0, node.size), MAX_SIZE)
-            # an unresolved size must not be cached: the next stat comes back to us
-            a.entry_timeout = a.attr_timeout = FILE_TIMEOUT if node.size_known else 0
+        a.st_mode = stat.S_IFDIR | (0o755 if self.core.writable(node) else 0o555)
+        a.st_nlink = 2
+        a.st_size = 0
+        ttl = node.source.listing_ttl if node.source else 60.0
+        a.entry_timeout = a.attr_timeout = min(ttl, FILE_TIMEOUT)
         a.st_uid = self.uid
         a.st_gid = self.gid
-        ns = int(e.mtime * 1e9)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
-        a.st_blksize = 128 * 1024
-        a.st_blocks = (a.st_size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = int(node.entry.mtime * 1e9)
+        a.st_blksize = BLOCK_SIZE
+        return a
+
+    def file_attrs(self, ino: int, size: int, exact: bool, mtime: float,
+                   writing: bool = False) -> pyfuse3.EntryAttributes:
+        """A file's attributes (from its node, or from its folder's row in the index)."""
+        a = pyfuse3.EntryAttributes()      # generation 0, one link
+        a.st_ino = ino
+        a.st_mode = WRITING_MODE if writing else FILE_MODE
+        size = min(max(0, size), MAX_SIZE)
+        a.st_size = size
+        # an unresolved size must not be cached: the next stat comes back to us
+        a.entry_timeout = a.attr_timeout = FILE_TIMEOUT if exact else 0
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = int(mtime * 1e9)
+        a.st_blksize = BLOCK_SIZE
+        a.st_blocks = (size + 511) // 512
         return a
 
     # -- namespace
@@ -130,7 +147,7 @@ class Operations(pyfuse3.Operations):
             miss.entry_timeout = NEGATIVE_TIMEOUT
             return miss
         attrs = self.attrs(await self.core.stat(node))
-        self.core.tree.remember(node)
+        self.core.tree.remember(node.ino)
         return attrs
 
     async def getattr(self, inode, ctx=None):
@@ -150,15 +167,25 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         node = self._node(fh)
         try:
-            children = await self.core.children(node)
+            nodes, rows = await self.core.for_readdir(node)
         except Exception as exc:
             raise self._fail(exc, f"listing {node.path()}")
-        # children come in inode order (T2): resume after start_id by bisection
-        first = bisect.bisect_right(children, start_id, key=lambda n: n.ino)
-        for child in children[first:]:
-            if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self.attrs(child), child.ino):
+        reply, remember = pyfuse3.readdir_reply, self.core.tree.remember
+        # entries come in inode order (T2): resume after start_id by bisection
+        if rows is None:
+            for child in nodes[bisect.bisect_right(nodes, start_id, key=_ino):]:
+                if not reply(token, child.name.encode(FS_ENCODING, "surrogateescape"), self.attrs(child),
+                             child.ino):
+                    break
+                remember(child.ino)
+            return
+        # a folder out of RAM (tree.py T8): its files have no node, their rows suffice
+        file_attrs = self.file_attrs
+        for ino, name, child, size, exact, mtime in rows[bisect.bisect_right(rows, start_id, key=_row_ino):]:
+            attrs = self.attrs(child) if child is not None else file_attrs(ino, size, exact, mtime)
+            if not reply(token, name.encode(FS_ENCODING, "surrogateescape"), attrs, ino):
                 break
-            self.core.tree.remember(child)
+            remember(ino)
 
     async def releasedir(self, fh):
         pass
@@ -257,7 +284,7 @@ class Operations(pyfuse3.Operations):
             handle = await self.core.create(parent, os.fsdecode(name), exclusive=bool(flags & os.O_EXCL))
         except Exception as exc:
             raise self._fail(exc, f"creating {os.fsdecode(name)} in {parent.path()}")
-        self.core.tree.remember(handle.node)
+        self.core.tree.remember(handle.node.ino)
         fh = self._new_fh(handle.node, handle)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=True), self.attrs(handle.node)
 
@@ -294,7 +321,7 @@ class Operations(pyfuse3.Operations):
             node = await self.core.mkdir(parent, os.fsdecode(name))
         except Exception as exc:
             raise self._fail(exc, f"mkdir in {parent.path()}")
-        self.core.tree.remember(node)
+        self.core.tree.remember(node.ino)
         return self.attrs(node)
 
     async def unlink(self, parent_inode, name, ctx):

@@ -42,6 +42,17 @@ SCHEMA = 2                  # PRAGMA user_version: another layout is dropped and
 NO_XATTRS: Mapping[str, str] = MappingProxyType({})     # an entry whose metadata is here only (M4)
 _KINDS = {Kind.FILE: 0, Kind.DIR: 1}
 _BY_CODE = {v: k for k, v in _KINDS.items()}
+DIR_CODE = _KINDS[Kind.DIR]
+
+# A stored entry (a row of a folder's `entries`):
+#   (ino, name, kind code, ref, mtime, size, size_hint, id, version)
+Row = tuple
+
+
+def entry_of(row: Row) -> Entry:
+    """The entry a stored row describes (without its metadata: M4)."""
+    ino, name, kind, ref, mtime, size, hint, id_, version = row
+    return Entry(name, _BY_CODE[kind], ref, mtime, size, hint, id_, version, NO_XATTRS)
 
 
 class MetadataIndex:
@@ -134,13 +145,19 @@ class MetadataIndex:
         row = self.db.execute("SELECT listed_at, ttl FROM folders WHERE ino=?", (folder,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def snapshot(self, folder: int, *, fresh_at: float | None = None) -> tuple[float, float, list[Row]] | None:
+        """(listed_at, ttl, rows) of the folder's last listing, in one statement; None when
+        the index has none or, with `fresh_at` (epoch seconds), when it was stale by then.
+        The rows are as stored: a caller makes entries (`entry_of`) only of those it keeps."""
+        row = self.db.execute("SELECT listed_at, ttl, entries FROM folders WHERE ino=?", (folder,)).fetchone()
+        if row is None or (fresh_at is not None and fresh_at - row[0] >= row[1]):
+            return None
+        return row[0], row[1], pickle.loads(row[2])
+
     def load(self, folder: int) -> list[tuple[int, str, Entry]]:
         """The folder's entries as last listed (without their metadata: M4)."""
-        row = self.db.execute("SELECT entries FROM folders WHERE ino=?", (folder,)).fetchone()
-        if row is None:
-            return []
-        return [(ino, name, Entry(name, _BY_CODE[kind], ref, mtime, size, hint, id_, version, NO_XATTRS))
-                for ino, name, kind, ref, mtime, size, hint, id_, version in pickle.loads(row[0])]
+        snap = self.snapshot(folder)
+        return [] if snap is None else [(row[0], row[1], entry_of(row)) for row in snap[2]]
 
     def folders_in(self, folder: int) -> list[int]:
         return [ino for ino, _, e in self.load(folder) if e.kind is Kind.DIR]

@@ -40,6 +40,13 @@ Invariants:
      forget them), and the heap's free memory is given back to the system after every
      EVICTED_PER_TRIM nodes that left RAM (allocator.py), so that the daemon's RSS
      stops growing once the bound is reached.
+ T8. The kernel's readdir of a folder whose snapshot is out of RAM, while the index
+     holds a fresh listing of it, is answered from the index's rows without putting the
+     snapshot back: its folders get nodes (as every folder's node stays), its files none
+     (`for_readdir`); the kernel then holds their inodes, answered as in T7 when it asks
+     for one. The rows of the last TOLD_FOLDERS folders told stay between the calls of
+     one readdir (a folder of a thousand files takes several), and leave when the
+     folder is listed, read back, invalidated or changed here.
 """
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from operator import itemgetter
 from typing import Awaitable, Callable, Iterable
 
 import trio
@@ -57,7 +65,7 @@ from . import names
 from .allocator import release_freed_memory
 from .content.policy import AccessPolicy
 from .http import background
-from .index import NO_XATTRS, MetadataIndex
+from .index import DIR_CODE, NO_XATTRS, MetadataIndex, entry_of
 from .sources.base import Entry, Kind, Source, SourceError
 
 log = logging.getLogger("recfs.tree")
@@ -69,6 +77,7 @@ MAX_ENTRIES = 100_000       # nodes kept in RAM by default (T7)
 LOOK_AHEAD_FILES = 32       # a copy this near the end of a folder has the next one prepared (T5)
 LOOK_AHEAD_BYTES = 16 << 20  # at most this much (by size hints) is learnt there before the copy arrives
 EVICTED_PER_TRIM = 20_000   # nodes that left RAM between two returns of freed memory (T7)
+TOLD_FOLDERS = 4            # folders whose rows a readdir is answered from stay this many (T8)
 
 
 class _SizeChunk:
@@ -194,6 +203,8 @@ class Tree:
         self._ahead: dict[int, int] = {}          # folder inode -> position learnt up to (T4)
         self._hot: OrderedDict[int, Node] = OrderedDict()   # snapshots in RAM, least recent first
         self._recheck: set[int] = set()           # refreshed folders whose snapshot is not in RAM
+        # folder inode -> (listed_at, ttl, rows) of the folders last told to the kernel from the index (T8)
+        self._told: OrderedDict[int, tuple[float, float, list[tuple]]] = OrderedDict()
         self.listings = 0
 
     def _new_node(self, parent: Node | None, name: str, entry: Entry, source: Source | None,
@@ -223,6 +234,56 @@ class Tree:
         await self._snapshot(node)
         return node.sorted_children()
 
+    async def for_readdir(self, node: Node) -> tuple[list[Node] | None, list[tuple] | None]:
+        """What the kernel's readdir of a folder is told, in inode order (T2): its nodes
+        while its snapshot is in RAM (nodes, None); else, while the index holds a fresh
+        listing of it, (None, rows) read from there, a row being (ino, name, node, size,
+        exact, mtime) with a node for a folder and None for a file (T8)."""
+        if node.children is None and self.index is not None and node.ino not in self._listing:
+            rows = self._rows(node)
+            if rows is not None:
+                return None, rows
+        return await self.children(node), None
+
+    def _rows(self, node: Node) -> list[tuple] | None:
+        now = time.time()
+        told = self._told.get(node.ino)
+        if told is not None and now - told[0] < told[1]:
+            self._told.move_to_end(node.ino)
+            return told[2]
+        snap = self.index.snapshot(node.ino, fresh_at=now)
+        if snap is None:
+            return None
+        listed_at, ttl, stored = snap
+        src = node.source
+        home = src.home(node.entry.ref)
+        known = {}
+        if self.cache is not None:      # sizes learnt since the listing (as `_read_back`)
+            keys = [home.cache_key_of(r[7], r[8]) for r in stored if r[5] is None and r[2] != DIR_CODE]
+            if keys:
+                known = self.cache.known_sizes(keys)
+        inodes = self.inodes
+        rows = []
+        for row in stored:
+            ino, name, kind, _, mtime, size, hint, id_, version = row
+            if kind == DIR_CODE:
+                child = inodes.get(ino)
+                if child is None:
+                    child = self._new_node(node, name, entry_of(row), src, ino)
+                child.parent = node
+                rows.append((ino, name, child, 0, True, mtime))
+                continue
+            if size is None and known:
+                size = known.get(home.cache_key_of(id_, version))
+            rows.append((ino, name, None, hint if size is None else size, size is not None, mtime))
+        rows.sort(key=itemgetter(0))
+        told = self._told
+        told[node.ino] = (listed_at, ttl, rows)
+        while len(told) > 1 and (len(told) > TOLD_FOLDERS
+                                 or sum(len(t[2]) for t in told.values()) > self.max_entries):
+            told.popitem(last=False)
+        return rows
+
     async def lookup(self, parent: Node, name: str) -> Node | None:
         await self._snapshot(parent)
         return parent.children.get(name)
@@ -240,6 +301,7 @@ class Tree:
         """Make the next access to this folder list it again."""
         node.listed_at = 0.0
         node.ttl = 0.0
+        self._told.pop(node.ino, None)
         if self.index is not None:
             self.index.expire(node.ino)
 
@@ -300,6 +362,7 @@ class Tree:
             return
         listed = [(c.ino, name, c.entry) for name, c in node.children.items() if c.local is None]
         self.index.save(node.ino, node.listed_at, node.ttl, listed)
+        self._told.pop(node.ino, None)
         for _, _, entry in listed:
             if entry.kind is Kind.FILE:
                 entry.xattrs = NO_XATTRS    # a source keeps what its verbs need in `ref`
@@ -309,26 +372,31 @@ class Tree:
         own inode numbers; True when it was there (and fresh, with `fresh_only`)."""
         if self.index is None or node.children is not None:
             return False
-        listed = self.index.listed(node.ino)
-        if listed is None or (fresh_only and time.time() - listed[0] >= listed[1]):
+        snap = self.index.snapshot(node.ino, fresh_at=time.time() if fresh_only else None)
+        if snap is None:
             return False
+        listed_at, ttl, rows = snap
+        self._told.pop(node.ino, None)
         src = node.source
         home = src.home(node.entry.ref)
         children: dict[str, Node] = {}
         recheck = node.ino in self._recheck
         self._recheck.discard(node.ino)
-        rows = self.index.load(node.ino)
-        self._known_sizes(home, [e for ino, _, e in rows if ino not in self.inodes])
-        for ino, name, entry in rows:
-            child = self.inodes.get(ino)
+        inodes = self.inodes
+        made = {row[0]: entry_of(row) for row in rows if row[0] not in inodes}
+        self._known_sizes(home, list(made.values()))
+        for row in rows:
+            ino, name = row[0], row[1]
+            child = inodes.get(ino)
             if child is None:
+                entry = made[ino]
                 child = self._new_node(node, name, entry, src if entry.kind is Kind.DIR else home, ino)
                 child.recheck = recheck
             child.parent = node
             children[name] = child
         node.children = children
         node.children_changed()
-        node.listed_at, node.ttl = listed
+        node.listed_at, node.ttl = listed_at, ttl
         self._used(node)
         return True
 
@@ -469,6 +537,7 @@ class Tree:
             del parent.children[node.name]
             parent.children_changed()
         node.parent = None
+        self._told.clear()
         if self.index is not None:
             self.index.remove(node.ino)
         if self.lookups(node.ino) <= 0:
@@ -487,8 +556,8 @@ class Tree:
         counts = self._lookups
         return counts[ino] if ino < len(counts) else 0
 
-    def remember(self, node: Node) -> None:
-        counts, ino = self._lookups, node.ino
+    def remember(self, ino: int) -> None:
+        counts = self._lookups
         if ino >= len(counts):
             counts.frombytes(bytes(counts.itemsize * max(ino + 1 - len(counts), len(counts) // 2, 1024)))
         counts[ino] += 1

@@ -144,7 +144,7 @@ async def test_an_inode_the_kernel_holds_is_answered_after_its_folder_left_ram(m
     core = mounts.core(mem)
     day = await core.resolve("mem/days/d11")        # the walk's first day folder
     held = await core.stat((await core.children(day))[7])
-    core.tree.remember(held)             # the kernel keeps it (a dentry, an open file)
+    core.tree.remember(held.ino)           # the kernel keeps it (a dentry, an open file)
     ino, path = held.ino, held.path()
     await walk(core, [0])                # and every other folder: d11 leaves RAM
     assert day.children is None and ino not in core.tree.inodes
@@ -162,6 +162,34 @@ async def test_an_inode_the_kernel_holds_is_answered_after_its_folder_left_ram(m
     assert [n.ino for n in await core.children(day)][7] == ino      # readdir of its folder
     assert await core.lookup(day, "c007.wav") is node
     assert mem.counts["list"] == 0
+
+
+async def test_a_readdir_of_a_folder_out_of_ram_makes_no_node_of_its_files(mounts, mem):
+    """T8: what the kernel's readdir is told of a folder whose snapshot left RAM comes from
+    the index's rows (the same numbers, sizes learnt since included), its files without
+    nodes; the folder is put back in RAM when one of them is asked for."""
+    core = mounts.core(mem)
+    first = await walk(core, [0])                    # every size learnt, most folders out
+    day = await core.resolve("mem/days/d11")
+    assert day.children is None
+    mem.reset_counts()
+    in_ram = len(core.tree.inodes)
+    nodes, rows = await core.for_readdir(day)
+    assert nodes is None and len(rows) == FILES
+    assert len(core.tree.inodes) == in_ram and day.children is None
+    assert [ino for ino, *_ in rows] == sorted(ino for ino, *_ in rows)
+    told = {f"/mem/days/d11/{name}": (ino, size) for ino, name, node, size, exact, _ in rows}
+    assert all(node is None and exact for _, _, node, _, exact, _ in rows)
+    assert told == {p: (ino, size) for p, (ino, size, _) in first.items() if p.startswith("/mem/days/d11/")}
+    assert (await core.for_readdir(day))[1] is rows  # the next call of the same readdir
+    days = await core.resolve("mem/days")
+    if days.children is None:                        # folders get nodes: find goes into them
+        _, above = await core.for_readdir(days)
+        assert all(node is core.tree.inodes[ino] and node.is_dir for ino, _, node, *_ in above)
+    assert dict(mem.counts) == {}
+    node = core.node(rows[3][0])                     # the kernel asks for one: read back
+    assert node is not None and day.children is not None and node.entry.size == rows[3][3]
+    assert (await core.for_readdir(day))[0] == await core.children(day)
 
 
 async def test_a_folder_that_left_ram_is_listed_again_once_stale_keeping_its_numbers(mounts):

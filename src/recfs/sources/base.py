@@ -229,7 +229,12 @@ class Source:
         return exc
 
     def cache_key(self, entry: Entry) -> str:
-        return f"{self.kind}:{self.name}:{entry.id}@{entry.version}"
+        return self.cache_key_of(entry.id, entry.version)
+
+    def cache_key_of(self, id_: str, version: str) -> str:
+        """The cache key of an object by its id and version (the tree asks for the sizes
+        a folder read from the index lacks without making its entries)."""
+        return f"{self.kind}:{self.name}:{id_}@{version}"
 
     # -- writes. A source that takes none leaves the defaults: EROFS.
     @property
