@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import collections
 import contextlib
 import contextvars
 import email.utils
@@ -25,7 +26,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -325,7 +326,7 @@ class RateLimiter:
         self._next = 0.0                # when the next request may start (trio time)
         self._paused_until = 0.0
         self._decreased_at = float("-inf")
-        self._sent: list[float] = []    # start times of the last second's requests
+        self._sent: collections.deque[float] = collections.deque()   # the last second's request starts
         self._queue: list[tuple[int, int, trio.Event]] = []
         self._seq = 0
         self._pumping = False
@@ -362,9 +363,10 @@ class RateLimiter:
             self._pumping = False
 
     def _note(self, now: float) -> None:
-        self._sent.append(now)
-        if len(self._sent) > 64 and self._sent[0] < now - 1.0:
-            self._sent = [t for t in self._sent if t >= now - 1.0]
+        sent = self._sent
+        sent.append(now)
+        while sent[0] < now - 1.0:      # oldest first: each start is dropped once
+            sent.popleft()
 
     def answered(self, status: int, asked_wait: float | None) -> None:
         now = trio.current_time()
@@ -690,84 +692,97 @@ class Http:
                 self.errors += 1
                 raise HttpError(f"{name}: {why} sending to {safe_url(url)}; giving up")
 
-    async def get_heads(self, jobs: list[tuple[str, dict[str, str], Callable[[int, Any], None], int]],
+    async def get_heads(self, jobs: list[tuple["tuple[str, dict[str, str]] | Pending",
+                                               Callable[[int, Any], None], int]],
                         *, name: str = "content",
                         limiter: trio.CapacityLimiter | None = None) -> list[int | None]:
         """The first bytes of several files at once (size probes), without retries: for
-        each job (url, headers, sink, end[, validator]), bytes [0, end) into the sink, and
-        the file's size when its answer came whole and clean, else None (the caller then
-        takes the usual way, with retries). A validator, where given, learns the version
-        the bytes are of. Without threaded content they go through httpx."""
+        each job (where, sink, end[, validator]), bytes [0, end) into the sink, and the
+        file's size when its answer came whole and clean, else None (the caller then
+        takes the usual way, with retries). `where` is (url, headers), or a `Pending`
+        target whose URL is asked for first, in the same worker thread, so that a file
+        whose URL is not known yet costs one job and no round of its own (the content
+        GET goes out right after, on the turn its URL request took at the API's rate
+        limiter). A validator, where given, learns the version the bytes are of.
+        Without threaded content they go through httpx."""
         if not jobs:
             return []
         if self.ranges is None:
             return await self._heads_httpx(jobs, name, limiter)
 
-        def get(i: int, ticket: rangeget.Ticket) -> rangeget.Outcome:
-            url, headers, sink, end, *validator = jobs[i]
-            h = dict(headers)
-            h["Range"] = f"bytes=0-{end - 1}"
-            h.setdefault("Accept-Encoding", "identity")
-            plan = functools.partial(_content_plan, pos=0, end=end, total=None, name=name,
-                                     validator=validator[0] if validator else None)
-            return self.ranges.get(ticket, url, h, 0, plan, sink)
+        def get(i: int, ticket: rangeget.Ticket) -> _Made:
+            where, sink, end, *validator = jobs[i]
+            made = _Made()
+            try:
+                if isinstance(where, Pending):
+                    asked = self.ranges.get(ticket, where.url, where.headers, 0, _not_content, _no_sink)
+                    made.requests.append((where.url, asked))
+                    if asked.problem is not None or asked.truncated:
+                        return made     # `read` says what a whole answer that is no URL means
+                    url = made.found = where.read(asked.response())
+                    headers = where.content_headers
+                else:
+                    url, headers = where
+                h = dict(headers)
+                h["Range"] = f"bytes=0-{end - 1}"
+                h.setdefault("Accept-Encoding", "identity")
+                plan = functools.partial(_content_plan, pos=0, end=end, total=None, name=name,
+                                         validator=validator[0] if validator else None)
+                made.requests.append((url, self.ranges.get(ticket, url, h, 0, plan, sink)))
+            except Exception as exc:        # Unsupported, a wrong range, the sink's, no URL
+                made.error = exc
+            return made
 
         sizes: list[int | None] = []
-        outs = await self._together([job[0] for job in jobs], get, limiter)
-        for (url, _, _, end, *_), out in zip(jobs, outs):
-            size = None
-            if isinstance(out, rangeget.Outcome):
-                if out.problem is None and out.status in (200, 206):
+        turns = [job[0].url if isinstance(job[0], Pending) else job[0][0] for job in jobs]
+        for (where, _, end, *_), made in zip(jobs, await self._together(turns, get, limiter)):
+            for url, out in made.requests:
+                self.requests += 1
+                self.batched_requests += 1
+                self.bytes_received += out.received
+                if out.problem is None:
+                    self.limiter(url).answered(out.status, retry_after(out.response())
+                                               if out.status == 429 else None)
+            if made.found is not None:
+                where.keep(made.found)
+            size, why = None, None
+            if made.error is not None:
+                why = f"{type(made.error).__name__}: {made.error}"
+            elif made.requests:
+                url, out = made.requests[-1]
+                if out.problem is None and out.status in (200, 206) and \
+                        (made.found is not None or not isinstance(where, Pending)):
                     total = _answer_total(out.status, out.headers)
                     if total is not None and out.pos >= min(out.stop, end, total):
                         size = total
                 why = out.problem or f"HTTP {out.status}"
-            else:
-                why = f"{type(out).__name__}: {out}"
             if size is None:
-                log.debug("%s: %s from %s; left to the usual way", name, why, safe_url(url))
+                log.debug("%s: %s from %s; left to the usual way", name, why,
+                          safe_url(made.requests[-1][0] if made.requests else turns[len(sizes)]))
             sizes.append(size)
         return sizes
 
-    async def get_small_many(self, requests: list[tuple[str, dict[str, str]]], *,
-                             limiter: trio.CapacityLimiter | None = None) -> list[httpx.Response | None]:
-        """Several small GETs at once (signed URLs for a folder), without retries: each
-        answer, or None where it did not come whole (the caller asks that one again the
-        usual way, with retries)."""
-        if self.ranges is None or not requests:
-            return [None] * len(requests)
-
-        def get(i: int, ticket: rangeget.Ticket) -> rangeget.Outcome:
-            url, headers = requests[i]
-            return self.ranges.get(ticket, url, headers, 0, _not_content, _no_sink)
-
-        return [out.response() if isinstance(out, rangeget.Outcome) and out.problem is None
-                and not out.truncated else None
-                for out in await self._together([r[0] for r in requests], get, limiter)]
-
-    async def _together(self, urls: list[str], get: Callable[[int, rangeget.Ticket], rangeget.Outcome],
+    async def _together(self, urls: list[str], get: Callable[[int, rangeget.Ticket], Any],
                         limiter: trio.CapacityLimiter | None) -> list[Any]:
-        """Run `get(i, ticket)` for the request to each of `urls`, each in a worker thread
-        started directly; the outcome or the exception of each. A job starts once its
-        service's rate limiter lets it, and it holds one of `limiter`'s tokens and a
-        connection token, in that order, and gives them back when it is over; it tells
-        the trio thread with a bare callback, shared by the jobs that ended meanwhile:
-        no task and no thread hop per request."""
+        """Run `get(i, ticket)` for each job, each in a worker thread started directly; what
+        each returned. A job starts once the rate limiter of its first request's service
+        (`urls[i]`) lets it, and it holds one of `limiter`'s tokens (without one, a
+        connection token) and gives it back when it is over; it tells the trio
+        thread with a bare callback, shared by the jobs that ended meanwhile: no task and
+        no thread hop per request."""
         count = len(urls)
         outs: list[Any] = [None] * count
         tickets = [rangeget.Ticket() for _ in range(count)]
         token = trio.lowlevel.current_trio_token()
-        limiters = [lim for lim in (limiter, self._range_threads) if lim is not None]
+        # the caller's tokens bound its jobs (a source's size probes); else the pool's
+        limiters = [limiter if limiter is not None else self._range_threads]
         held: dict[int, list[tuple[trio.CapacityLimiter, object]]] = {}
         all_over = trio.Event()
         running = 0
         all_started = False
 
         def run(i: int) -> None:            # in the job's thread
-            try:
-                outs[i] = get(i, tickets[i])
-            except Exception as exc:        # Unsupported, a wrong range, the sink's
-                outs[i] = exc
+            outs[i] = get(i, tickets[i])
 
         def job_over(i: int) -> None:       # on the trio thread
             nonlocal running
@@ -829,14 +844,6 @@ class Http:
             for taken in held.values():     # a job's that never started
                 for lim, borrower in taken:
                     lim.release_on_behalf_of(borrower)
-        for url, out in zip(urls, outs):
-            if isinstance(out, rangeget.Outcome):
-                self.requests += 1
-                self.batched_requests += 1
-                self.bytes_received += out.received
-                if out.problem is None:
-                    self.limiter(url).answered(out.status, retry_after(out.response())
-                                               if out.status == 429 else None)
         return outs
 
     async def _heads_httpx(self, jobs, name: str,
@@ -844,15 +851,21 @@ class Http:
         sizes: list[int | None] = [None] * len(jobs)
 
         async def one(i: int) -> None:
-            url, headers, sink, end, *validator = jobs[i]
-
-            async def target(renew: bool):
-                return url, headers
+            where, sink, end, *validator = jobs[i]
             async with limiter or trio.CapacityLimiter(1):
                 try:
+                    if isinstance(where, Pending):
+                        resp = await self.request("GET", where.url, headers=where.headers,
+                                                  expect=(200,), name=name)
+                        found = where.read(resp)
+                        where.keep(found)
+                        where = found, where.content_headers
+
+                    async def target(renew: bool, where=where):
+                        return where
                     sizes[i] = await self.get_range(target, 0, end, sink, total=None, name=name,
                                                     validator=validator[0] if validator else None)
-                except HttpError as exc:
+                except Exception as exc:        # no URL, or an answer not whole and clean
                     log.debug("%s: %s; left to the usual way", name, exc)
 
         async with trio.open_nursery() as nursery:
@@ -947,7 +960,7 @@ class Http:
 class Target:
     """`await target(renew) -> (url, headers)`: the URL and headers to send (renew: the
     last ones got a 401 or 403). `ready()` gives them when that needs no request (a
-    fresh token or lease), else None. Any such callable will do where a Target is
+    fresh token or lease), else None; `pending()` then the request that would. Any such callable will do where a Target is
     taken; this class adds `ready()`."""
 
     async def __call__(self, renew: bool) -> tuple[str, dict[str, str]]:
@@ -955,6 +968,35 @@ class Target:
 
     def ready(self) -> tuple[str, dict[str, str]] | None:
         return None
+
+    def pending(self) -> "Pending | None":
+        """When `ready()` is None: the one request that would make it ready, if the
+        target can say it without a request of its own (a lease, with the token held)."""
+        return None
+
+
+@dataclass(slots=True)
+class Pending:
+    """A target's URL that is still to be asked for, as the one request that hands it
+    out: `url` and `headers` (credentials included) ask for it, `read(response)` finds
+    the content URL in the answer or raises (it may run in a worker thread: it only
+    reads), `keep(url)` is told what was found (on the trio thread), `content_headers`
+    go with the content GET. Batched size probes (`Http.get_heads`) make the request
+    and the probe one after the other in one job."""
+    url: str
+    headers: dict[str, str]
+    read: Callable[[httpx.Response], str]
+    keep: Callable[[str], None]
+    content_headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class _Made:
+    """What one job of `get_heads` did: its requests and their outcomes, in order, the
+    URL a Pending target's request found, or the exception that ended it."""
+    requests: list[tuple[str, rangeget.Outcome]] = field(default_factory=list)
+    found: str | None = None
+    error: Exception | None = None
 
 
 class AuthTarget(Target):
@@ -1009,13 +1051,14 @@ class Leases:
     quarter of its lifetime, at most five minutes, before). `request(key)` is the API
     call that hands one out (its URL and headers, sent with `auth`), `answer(key,
     response)` reads the URL out of its answer. Concurrent askers for one key wait for
-    a single request; `prepare(keys)` asks for many at once; a URL that came with a
-    listing is `offer`ed and saves the request. Bounded: listings offer one per file."""
+    a single request; `pending(key)` hands the request to a batch that makes it (size
+    probes); a URL that came with a listing is `offer`ed and saves the request.
+    Bounded: listings offer one per file."""
 
     def __init__(self, http: "Http", request: Callable[[str], tuple[str, dict[str, str]]],
                  answer: Callable[[str, httpx.Response], str], *, auth: TokenAuth,
                  default_lifetime: float, name: str, kept: int = 20_000,
-                 headers: dict[str, str] | None = None, at_once: int = 32):
+                 headers: dict[str, str] | None = None):
         self.http = http
         self._request = request
         self._answer = answer
@@ -1025,7 +1068,6 @@ class Leases:
         self.headers = headers or {}            # sent with the presigned URL
         self._urls: cachetools.LRUCache[str, tuple[str, float]] = cachetools.LRUCache(kept)
         self._locks: dict[str, trio.Lock] = {}
-        self._at_once = trio.CapacityLimiter(at_once)
         self.asked = 0
 
     def offer(self, key: str, url: str) -> None:
@@ -1055,32 +1097,27 @@ class Leases:
                                                expect=None, small_answer=True,
                                                name=f"{self.name}: signed URL for {key}")
                 found = self._answer(key, resp)
-                self.asked += 1
-                self.offer(key, found)
+                self._found(key, found)
                 return found
         finally:
             stats = lock.statistics()
             if not stats.locked and not stats.tasks_waiting and self._locks.get(key) is lock:
                 del self._locks[key]
 
-    async def prepare(self, keys: list[str]) -> None:
-        """Ask for the URLs of `keys` that have none fresh, together. What does not come
-        back clean here is asked for again by `url`, the usual way, with retries."""
-        keys = [k for k in dict.fromkeys(keys) if self.fresh(k) is None]
-        if not keys:
-            return
-        auth = await self.auth.headers()
-        requests = [(url, {**headers, **auth}) for url, headers in map(self._request, keys)]
-        for key, resp in zip(keys, await self.http.get_small_many(requests, limiter=self._at_once)):
-            if resp is None or resp.status_code >= 400:
-                continue
-            try:
-                found = self._answer(key, resp)
-            except Exception as exc:            # the usual way reports it
-                log.debug("%s: %s: %s", self.name, key, exc)
-                continue
-            self.asked += 1
-            self.offer(key, found)
+    def pending(self, key: str) -> Pending | None:
+        """The request for `key`'s URL, to be made by whoever batches it (size probes:
+        `Http.get_heads`); None while the token is not held (the usual way gets one).
+        What it finds is kept as if `url` had asked."""
+        auth = self.auth.cached()
+        if auth is None:
+            return None
+        url, headers = self._request(key)
+        return Pending(url, {**headers, **auth}, functools.partial(self._answer, key),
+                       functools.partial(self._found, key), dict(self.headers))
+
+    def _found(self, key: str, url: str) -> None:
+        self.asked += 1
+        self.offer(key, url)
 
     def target(self, key: str) -> "LeaseTarget":
         return LeaseTarget(self, key)
@@ -1097,6 +1134,9 @@ class LeaseTarget(Target):
     def ready(self) -> tuple[str, dict[str, str]] | None:
         url = self.leases.fresh(self.key)
         return None if url is None else (url, dict(self.leases.headers))
+
+    def pending(self) -> Pending | None:
+        return self.leases.pending(self.key)
 
 
 async def _file_chunks(path: Path, chunk: int = 1 << 20):

@@ -253,6 +253,22 @@ def test_ls_l_probes_one_byte_per_file(emu, recfs_mount):
     assert status["http"]["batched_requests"] == 40
 
 
+def test_ls_l_without_urls_in_the_listing_asks_one_url_and_one_probe_per_file(emu, recfs_mount):
+    """A listing without signed URLs: each file's job asks for its URL and then probes
+    it (Target.pending), two requests per file, all of them batched, none again."""
+    for i in range(40):
+        emu.put(f"exports/nourl/r{i:02d}.wav", os.urandom(50_000 + i))
+    emu.urls_in_listing = False
+    mnt = recfs_mount(toml_config([source_table(emu, "alv")])) / "alv"
+    emu.reset_stats()
+    out = subprocess.run(["ls", "-l", str(mnt / "exports/nourl")], capture_output=True, text=True,
+                         check=True).stdout
+    assert all(f" {50_000 + i} " in out for i in range(40))
+    assert emu.count("signedUrl") == 40 and emu.count("s3") == 40
+    status = json.loads(os.getxattr(mnt.parent, "user.recfs.status"))
+    assert status["http"]["batched_requests"] == 2 * 40
+
+
 def test_sizes_are_remembered_across_remounts(emu, recfs_mount, tmp_path):
     cfg = toml_config([source_table(emu, "alv")], cache_dir=tmp_path / "shared-cache")
     mnt = recfs_mount(cfg, name="first") / "alv"

@@ -292,7 +292,7 @@ def by_path(head: bytes):
 async def heads(http: Http, url: str, paths: list[str], limiter=None, ends=None) -> tuple[list, dict]:
     got: dict[str, bytearray] = {p: bytearray() for p in paths}
     ends = ends or [4 << 20] * len(paths)
-    jobs = [(url + p, {}, lambda pos, data, p=p: got[p].extend(data), end) for p, end in zip(paths, ends)]
+    jobs = [((url + p, {}), lambda pos, data, p=p: got[p].extend(data), end) for p, end in zip(paths, ends)]
     sizes = await http.get_heads(jobs, limiter=limiter)
     return sizes, got
 
@@ -355,7 +355,7 @@ async def test_cancelling_heads_stops_their_threads_before_returning():
     writes = []
     limiter = trio.CapacityLimiter(4)
     async with serving(stall) as (server, http):
-        jobs = [(server.url + f"/{i}", {}, lambda pos, data: writes.append(pos), 1 << 20) for i in range(4)]
+        jobs = [((server.url + f"/{i}", {}), lambda pos, data: writes.append(pos), 1 << 20) for i in range(4)]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(functools.partial(http.get_heads, jobs, limiter=limiter))
             assert await trio.to_thread.run_sync(stalled.wait, 10)
@@ -377,3 +377,54 @@ async def test_each_head_asks_for_its_own_end(threaded):
     ranges = sorted(requested_range(h) for h in server.requests)
     assert ranges == [(0, 1), (0, 100), (0, 4 << 20)]
     assert http.batched_requests == (3 if threaded else 0)
+
+
+def url_or_content(head: bytes):
+    """/url/NAME answers a JSON body naming /content/NAME (or /nowhere: 404); the content
+    is SMALL, ranged. Counts the requests in flight at once."""
+    path = head.split(b" ")[1].decode()
+    with url_or_content.lock:
+        url_or_content.now += 1
+        url_or_content.most = max(url_or_content.most, url_or_content.now)
+    try:
+        threading.Event().wait(0.02)            # a round trip: jobs overlap
+        if path == "/url/nowhere":
+            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        if path.startswith("/url/"):
+            body = ('{"u": "/content/%s"}' % path[5:]).encode()
+            return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        return small_partial(head)
+    finally:
+        with url_or_content.lock:
+            url_or_content.now -= 1
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+async def test_a_pending_target_asks_for_its_url_and_probes_in_one_job(threaded):
+    """Pending targets (a URL still to be asked for): each job makes the URL request and
+    then the probe, two requests per file and no more; what a request found is kept;
+    one whose URL cannot be had is left to the caller. At most `limiter`'s tokens of
+    jobs run at once, one request each at a time."""
+    from recfs.http import Pending
+    url_or_content.lock, url_or_content.now, url_or_content.most = threading.Lock(), 0, 0
+    kept: dict[str, str] = {}
+    names = [f"f{i}" for i in range(12)] + ["nowhere"]
+    limiter = trio.CapacityLimiter(4)
+    async with serving(url_or_content, threaded) as (server, http):
+        def pending(name: str) -> Pending:
+            def read(resp) -> str:
+                if resp.status_code != 200:
+                    raise HttpError(f"HTTP {resp.status_code}", resp.status_code)
+                return server.url + resp.json()["u"]
+            return Pending(f"{server.url}/url/{name}", {"Authorization": "Bearer t"}, read,
+                           lambda url, name=name: kept.__setitem__(name, url), {})
+        jobs = [(pending(n), lambda pos, data: None, 1) for n in names]
+        sizes = await http.get_heads(jobs, limiter=limiter)
+    assert sizes == [len(SMALL)] * 12 + [None]
+    asked = collections.Counter(r.split(b" ")[1].decode().split("/")[1] for r in server.requests)
+    assert asked == {"url": 13, "content": 12}
+    assert all(b"Authorization: Bearer t" in r for r in server.requests if b" /url/" in r)
+    assert kept == {n: f"{server.url}/content/{n}" for n in names[:12]}
+    assert url_or_content.most <= 4
+    assert http.requests == 25 and http.batched_requests == (25 if threaded else 0)
+    assert limiter.statistics().borrowed_tokens == 0

@@ -457,7 +457,9 @@ class Reader:
         then a ranged GET whose answer states the total: one byte, or, with `whole` (a
         copy is under way), the first WHOLE_PROBE bytes of a file whose hint is no
         bigger, which then goes into the cache. The GETs go out together
-        (`Http.get_heads`); one that failed is made again on its own, with retries.
+        (`Http.get_heads`), each in a job of its own that first asks for the file's URL
+        where the target has none yet (`Target.pending`); one that failed is made again
+        on its own, with retries.
         An entry that cannot be sized keeps None. Sizes somebody waits for (`asked`)
         have probe tokens of their own, so they never queue behind sizes learnt ahead."""
         await source.sizes([e for e in entries if e.size is None])
@@ -468,35 +470,36 @@ class Reader:
         if limiter is None:
             limiter = self._probes[(source.name, asked)] = trio.CapacityLimiter(source.size_probes)
         ends = [WHOLE_PROBE if whole and 0 < e.size_hint <= WHOLE_PROBE else 1 for e in todo]
-        await source.prepare(todo)
         wanted = [source.target(e) for e in todo]
-        targets = [t.ready() if isinstance(t, Target) else None for t in wanted]
+        # where each probe goes: a ready URL, or the request for one (made by the same
+        # job, right before its probe); else the target is asked here first
+        where = [(t.ready() or t.pending()) if isinstance(t, Target) else None for t in wanted]
 
         async def resolve(i: int) -> None:
             try:
-                targets[i] = await wanted[i](False)
+                where[i] = await wanted[i](False)
             except (HttpError, SourceError) as exc:     # its own probe tells
                 log.debug("%s: %s: %s", source.name, todo[i].name, exc)
 
         async with trio.open_nursery() as nursery:
-            for i, target in enumerate(targets):
+            for i, target in enumerate(where):
                 if target is None and not isinstance(wanted[i], Stream):   # streams: one by one
                     nursery.start_soon(resolve, i)
-        asked = [i for i, t in enumerate(targets) if t is not None]
-        sinks = [self.cache.staged("probe-") if ends[i] > 1 else None for i in asked]
+        going = [i for i, w in enumerate(where) if w is not None]
+        sinks = [self.cache.staged("probe-") if ends[i] > 1 else None for i in going]
         try:
-            self.cache.reserve(sum(min(todo[i].size_hint, ends[i]) for i in asked if ends[i] > 1))
-            validators = [Validator() for _ in asked]
+            self.cache.reserve(sum(min(todo[i].size_hint, ends[i]) for i in going if ends[i] > 1))
+            validators = [Validator() for _ in going]
             sizes = await self.http.get_heads(
-                [(*targets[i], sink.write if sink else _ignore, ends[i], v)
-                 for i, sink, v in zip(asked, sinks, validators)],
+                [(where[i], sink.write if sink else _ignore, ends[i], v)
+                 for i, sink, v in zip(going, sinks, validators)],
                 name=f"{source.name}: size probe", limiter=limiter)
         except BaseException:
             for sink in sinks:
                 if sink:
                     sink.discard()
             raise
-        for i, sink, size, v in zip(asked, sinks, sizes, validators):
+        for i, sink, size, v in zip(going, sinks, sizes, validators):
             if sink:
                 self._keep_probed(source, todo[i], sink, size, ends[i], v)
             todo[i].size = size

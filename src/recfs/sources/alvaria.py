@@ -46,8 +46,9 @@ class Options(SourceOptions):
     root: str = option("str", "", doc="key prefix shown as the source's folder")
     page_size: int = option("int", 1000, check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000",
                             doc="maxResults per listing request")
-    # on a real network the probes wait on latency, so many at once pay off
-    size_concurrency: int = option("int", 32, check=lambda v: None if 1 <= v <= 256 else "must be 1..256",
+    # on a real network the probes wait on latency, so many at once pay off; where a
+    # listing carries no URLs, each probe's job asks for the URL first (two round trips)
+    size_concurrency: int = option("int", 64, check=lambda v: None if 1 <= v <= 256 else "must be 1..256",
                                    doc="concurrent exact-size probes per folder")
 
     def problem(self) -> str | None:
@@ -208,9 +209,6 @@ class AlvariaSource(Source):
     # -- content
     def target(self, entry: Entry) -> Target:
         return self.leases.target(entry.ref)
-
-    async def prepare(self, entries: list[Entry]) -> None:
-        await self.leases.prepare([e.ref for e in entries])
 
     # -- writes: uploads into imports/, deletes behind allow_delete
     def upload_dir(self, ref) -> bool:

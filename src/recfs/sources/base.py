@@ -214,12 +214,6 @@ class Source:
         the listing (metadata only). What is still None afterwards the core learns
         from the content (ranged GETs of `target`)."""
 
-    async def prepare(self, entries: list[Entry]) -> None:
-        """Make ready, together, what the targets of `entries` need before their bytes
-        can be asked for (presigned URLs), so that probing or reading them needs no
-        request per file first. What fails here is done again, the usual way, by the
-        target itself."""
-
     def target(self, entry: Entry) -> "Target | Stream":
         """Where the file's bytes are: `target(renew) -> (url, headers)`, or a Stream."""
         raise NotImplementedError

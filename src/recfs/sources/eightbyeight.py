@@ -849,11 +849,6 @@ class EightByEightSource(Source):
             return self.leases.target(f"{ref.region}/{ref.id}")
         return AuthTarget(self.auth, self._url(ref.region, f"objects/{ref.id}/content"), {"Accept": "*/*"})
 
-    async def prepare(self, entries: list[Entry]) -> None:
-        if self.presign:
-            await self.leases.prepare([f"{e.ref.region}/{e.ref.id}" for e in entries
-                                       if isinstance(e.ref, FileRef)])
-
     def _presign_request(self, key: str) -> tuple[str, dict[str, str]]:
         region, oid = key.split("/", 1)
         return self._url(region, f"objects/{oid}/content") + "?presignUrl=true", dict(JSON_HEADERS)
