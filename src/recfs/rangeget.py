@@ -41,7 +41,9 @@ import httpx
 HEAD_LIMIT = 64 * 1024          # status line and headers
 SMALL_BODY_LIMIT = 64 * 1024    # what is kept of a non-content answer's body
 BUFFER = 1 << 20                # per thread; big reads keep the per-byte cost low
-MAX_IDLE_PER_ORIGIN = 32
+# At least the requests one origin has in flight (64 size-probe jobs): a lower cap
+# closes connections that the next burst reopens, and each new one costs both ends.
+MAX_IDLE_PER_ORIGIN = 128
 
 Plan = Callable[[int, httpx.Headers], "tuple[int, int] | None"]
 Sink = Callable[[int, memoryview], None]
