@@ -255,7 +255,9 @@ class Tuning:
     retry_base_delay: float = option("float", 0.2, check=_positive, doc="first backoff, doubled per try")
     retry_max_delay: float = option("float", 10.0, check=_positive, doc="longest single backoff")
     retry_budget: float = option("float", 60.0, check=_positive, doc="seconds of retrying per request")
-    max_connections: int = option("int", 32, check=_positive, doc="HTTP connections in all")
+    max_connections: int = option("int", 32, check=_positive,
+                                  doc="HTTP connections for content and API calls "
+                                      "(size probes: each source's size_concurrency)")
     first_window: int = option("size", 1 << 20, doc="first read-ahead window of a sequential reader")
     max_window: int = option("size", 64 << 20, doc="largest read-ahead window")
     max_request: int = option("size", 16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size; an eighth of it once a file arrives slower than 100 MB/s per connection)")
