@@ -118,6 +118,44 @@ def httpx_download(url: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def url_and_probe_by_curl(table: dict, keys: list[str], work: Path, parallel: int = 64) -> float:
+    """Seconds for curl --parallel to make B4nourl's requests: each key's signed URL,
+    then a one-byte ranged GET of it. A client that costs next to nothing: what is left
+    is the emulator's own time, which bounds any client's on loopback."""
+    form = {"grant_type": "client_credentials", "client_id": table["client_id"],
+            "client_secret": table["client_secret"]}
+    token = httpx.post(table["token_url"], data=form, trust_env=False).json()["access_token"]
+    out = work / "nourl-floor"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    # headers in the config file (curl applies them to every URL), not in argv
+    urls = out / "urls.cfg"
+    urls.write_text(f'header = "Authorization: Bearer {token}"\nheader = "x-api-key: {table["api_key"]}"\n'
+                    + "".join(f'url = "{table["api_url"]}/mediaStorage/data/signedDownloadUrl?'
+                              f'{httpx.QueryParams(key=key)}"\noutput = "{out}/{i}"\n'
+                              for i, key in enumerate(keys)))
+    argv = ["curl", "-sS", "-f", "--no-progress-meter", "--parallel", "--parallel-max", str(parallel)]
+    t0 = time.perf_counter()
+    subprocess.run([*argv, "-K", str(urls)], check=True)
+    secs = time.perf_counter() - t0
+    gets = out / "gets.cfg"
+    gets.write_text('header = "Range: bytes=0-0"\n' + "".join(
+        f'url = "{json.loads((out / str(i)).read_text())["signedDownloadUrl"]}"\noutput = "/dev/null"\n'
+        for i in range(len(keys))))
+    t0 = time.perf_counter()
+    subprocess.run([*argv, "-K", str(gets)], check=True)
+    secs += time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return secs
+
+
 def med(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -356,14 +394,18 @@ class Bench:
         tag = "" if listing_urls else NO_URLS
         out: dict = {}
 
+        server_pid = self.server.proc.pid
+
         def recfs_case(table: str, emu: str) -> dict:
-            cold, warm, cold_req, warm_req = [], [], [], []
+            cold, warm, cold_req, warm_req, cold_cpu = [], [], [], [], []
             for run in range(self.runs):
                 drop_caches()
                 with self.recfs(table) as m:
                     os.listdir(m.path / table / "bench")     # the folder's parents: not timed
                     self.server.reset()
+                    cpu0 = cpu_seconds(server_pid)
                     cold.append(self._timed_ls(m.path / table / "bench" / "wide", n))
+                    cold_cpu.append(cpu_seconds(server_pid) - cpu0)
                     cold_req.append(self.server.stats()[emu]["counts"])
                     self.server.reset()
                     warm.append(self._timed_ls(m.path / table / "bench" / "wide", n))
@@ -371,27 +413,36 @@ class Bench:
                     self.done_with(m)
                 self.say(f"B4 {table}{tag} run {run + 1}: cold {cold[-1]:.2f}s {cold_req[-1]}, "
                          f"warm {warm[-1]:.3f}s {warm_req[-1]}")
-            return {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req, "warm_requests": warm_req}
+            return {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req, "warm_requests": warm_req,
+                    "cold_server_cpu_s": cold_cpu}
 
         with self.served(listing_urls=listing_urls):
             if listing_urls:
                 out["oce"] = recfs_case("oce", "oce")
             out["alvaria"] = recfs_case("alv", "alvaria")
+            if not listing_urls:
+                keys = [k for k in self.data.files() if k.startswith("bench/wide/")]
+                out["curl_floor_s"] = [url_and_probe_by_curl(self.server.info["alvaria_table"], keys, self.work)
+                                       for _ in range(self.runs)]
+                self.say(f"B4 floor{tag}: curl makes the same requests in "
+                         f"{', '.join(f'{t:.2f}' for t in out['curl_floor_s'])} s")
         rc = None
         if self.rclone:
-            cold, warm, cold_req, warm_req = [], [], [], []
+            cold, warm, cold_req, warm_req, cold_cpu = [], [], [], [], []
             for run in range(self.runs):
                 drop_caches()
                 with self.rclone_mount() as r:
                     os.listdir(r.path / "bench")
                     self.server.reset()
+                    cpu0 = cpu_seconds(server_pid)
                     cold.append(self._timed_ls(r.path / "bench" / "wide", n))
+                    cold_cpu.append(cpu_seconds(server_pid) - cpu0)
                     cold_req.append(self.server.stats()["alvaria"]["counts"])
                     self.server.reset()
                     warm.append(self._timed_ls(r.path / "bench" / "wide", n))
                     warm_req.append(self.server.stats()["alvaria"]["counts"])
             rc = out["rclone"] = {"cold_s": cold, "warm_s": warm, "cold_requests": cold_req,
-                                  "warm_requests": warm_req}
+                                  "warm_requests": warm_req, "cold_server_cpu_s": cold_cpu}
         self.raw["B4" if listing_urls else "B4nourl"] = out
 
         def reqs(counts: list[dict]) -> int:
@@ -403,8 +454,12 @@ class Bench:
         ac, aw = med(a["cold_s"]), med(a["warm_s"])
         if not listing_urls:
             speed = med(rc["cold_s"]) / ac if rc else None
+            # the emulator's CPU per run: on loopback it, not the client, sets the pace
+            cpu = lambda case: f", emulator {med(case['cold_server_cpu_s']):.1f} CPU-s"  # noqa: E731
             self.rows.append(Row(f"B4 ls -l {n} entries, Alvaria{tag}, cold",
-                                 f"{ac:.2f} s, {reqs(a['cold_requests'])} req", "", rc_cold,
+                                 f"{ac:.2f} s, {reqs(a['cold_requests'])} req{cpu(a)}",
+                                 f"{med(out['curl_floor_s']):.2f} s (curl, same req)",
+                                 rc_cold + (cpu(rc) if rc else ""),
                                  f"{ratio_text(speed, 0.5)}× rclone speed" if rc else "",
                                  "≥ 0.5× rclone speed (≤ 2× its time)", speed >= 0.5 if rc else None))
             return
