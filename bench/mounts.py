@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import MountedRecfs, _is_live_mount, toml_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,6 +119,22 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def access_token(client: httpx.Client, table: dict) -> str:
+    """A bearer token for a served source's table (client credentials), as a plain
+    script of its API gets one."""
+    return client.post(table["token_url"], data={"grant_type": "client_credentials"},
+                       auth=(table["client_id"], table["client_secret"])).json()["access_token"]
 
 
 def peak_rss(pid: int) -> int:

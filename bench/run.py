@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from . import fsspec_bench, scale, search
-from .mounts import RcloneMount, RecfsMount, Server, Trash
+from .mounts import RcloneMount, RecfsMount, Server, Trash, access_token, cpu_seconds
 from .servers import DataSet, RingBlob
 
 MiB = 1024 * 1024
@@ -118,20 +118,12 @@ def httpx_download(url: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def url_and_probe_by_curl(table: dict, keys: list[str], work: Path, parallel: int = 64) -> float:
     """Seconds for curl --parallel to make B4nourl's requests: each key's signed URL,
     then a one-byte ranged GET of it. A client that costs next to nothing: what is left
     is the emulator's own time, which bounds any client's on loopback."""
-    form = {"grant_type": "client_credentials", "client_id": table["client_id"],
-            "client_secret": table["client_secret"]}
-    token = httpx.post(table["token_url"], data=form, trust_env=False).json()["access_token"]
+    with httpx.Client(trust_env=False) as client:
+        token = access_token(client, table)
     out = work / "nourl-floor"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -384,6 +376,12 @@ class Bench:
         assert lines == n + 1, f"ls -l {folder}: {lines} lines, expected {n + 1}"
         return t
 
+    def _cold_ls(self, folder: Path, n: int) -> tuple[float, float]:
+        """`_timed_ls` of a cold folder, and the emulator's CPU seconds meanwhile."""
+        cpu0 = cpu_seconds(self.server.proc.pid)
+        secs = self._timed_ls(folder, n)
+        return secs, cpu_seconds(self.server.proc.pid) - cpu0
+
     def b4(self, listing_urls: bool = True) -> None:
         """`ls -l` of a wide folder, cold and warm: OCE (exact sizes in its listing) and
         Alvaria (a size probe per file), beside rclone. With `listing_urls` False
@@ -394,8 +392,6 @@ class Bench:
         tag = "" if listing_urls else NO_URLS
         out: dict = {}
 
-        server_pid = self.server.proc.pid
-
         def recfs_case(table: str, emu: str) -> dict:
             cold, warm, cold_req, warm_req, cold_cpu = [], [], [], [], []
             for run in range(self.runs):
@@ -403,9 +399,9 @@ class Bench:
                 with self.recfs(table) as m:
                     os.listdir(m.path / table / "bench")     # the folder's parents: not timed
                     self.server.reset()
-                    cpu0 = cpu_seconds(server_pid)
-                    cold.append(self._timed_ls(m.path / table / "bench" / "wide", n))
-                    cold_cpu.append(cpu_seconds(server_pid) - cpu0)
+                    secs, cpu = self._cold_ls(m.path / table / "bench" / "wide", n)
+                    cold.append(secs)
+                    cold_cpu.append(cpu)
                     cold_req.append(self.server.stats()[emu]["counts"])
                     self.server.reset()
                     warm.append(self._timed_ls(m.path / table / "bench" / "wide", n))
@@ -434,9 +430,9 @@ class Bench:
                 with self.rclone_mount() as r:
                     os.listdir(r.path / "bench")
                     self.server.reset()
-                    cpu0 = cpu_seconds(server_pid)
-                    cold.append(self._timed_ls(r.path / "bench" / "wide", n))
-                    cold_cpu.append(cpu_seconds(server_pid) - cpu0)
+                    secs, cpu = self._cold_ls(r.path / "bench" / "wide", n)
+                    cold.append(secs)
+                    cold_cpu.append(cpu)
                     cold_req.append(self.server.stats()["alvaria"]["counts"])
                     self.server.reset()
                     warm.append(self._timed_ls(r.path / "bench" / "wide", n))

@@ -58,7 +58,7 @@ from recfs.emulators.eightbyeight import ScaleRegion
 from recfs.emulators.kazoo import GREGORIAN_OFFSET, MAX_RANGE, KazooScale
 from recfs.emulators.scale import stable_hash
 
-from .mounts import REPO, RecfsMount, Trash
+from .mounts import REPO, RecfsMount, Trash, access_token, cpu_seconds
 
 START = dt.date(2024, 1, 1)
 ALV_PER_DAY = 1000
@@ -186,9 +186,7 @@ def plain(info: dict) -> dict:
     with httpx.Client(timeout=120, trust_env=False) as client:
         t0 = time.perf_counter()
         a = info["alv"]
-        tok = client.post(a["token_url"], data={"grant_type": "client_credentials"},
-                          auth=(a["client_id"], a["client_secret"])).json()["access_token"]
-        headers = {"Authorization": f"Bearer {tok}", "x-api-key": a["api_key"]}
+        headers = {"Authorization": f"Bearer {access_token(client, a)}", "x-api-key": a["api_key"]}
         params = {"key": "", "keyType": "file", "maxResults": ALV_PAGE}
         paths, pages = [], 0
         while True:
@@ -202,9 +200,7 @@ def plain(info: dict) -> dict:
 
         t0 = time.perf_counter()
         e = info["8x8"]
-        tok = client.post(e["token_url"], data={"grant_type": "client_credentials"},
-                          auth=(e["client_id"], e["client_secret"])).json()["access_token"]
-        headers = {"Authorization": f"Bearer {tok}"}
+        headers = {"Authorization": f"Bearer {access_token(client, e)}"}
         paths, pages, offset = [], 0, 0
         while True:
             body = client.get(f"{e['api']}/objects", headers=headers, params={
@@ -266,15 +262,6 @@ def _status(pid: int, field: str) -> int:
     return 0
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a live process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 class RssSampler:
     """VmRSS of a process every `every` seconds, in a thread, while the block runs."""
 
@@ -317,7 +304,7 @@ def _finds(m: RecfsMount, server: ScaleServer, say, label: str) -> dict:
     """Every source's find on the mount `m`: seconds, entries and requests per source."""
     out = {}
     server.reset()
-    cpu0 = _cpu(m.proc.pid)
+    cpu0 = cpu_seconds(m.proc.pid)
     for src in SOURCES:
         secs, n = find_count(m.path / src)
         # the daemon's peak RSS so far: the sources' finds one after the other
@@ -328,7 +315,7 @@ def _finds(m: RecfsMount, server: ScaleServer, say, label: str) -> dict:
         counts = stats[src]
         out[src].update(requests=sum(counts.values()), counts=counts,
                         listing=sum(counts.get(r, 0) for r in LISTING[src]))
-    out["daemon_cpu_s"] = _cpu(m.proc.pid) - cpu0
+    out["daemon_cpu_s"] = cpu_seconds(m.proc.pid) - cpu0
     return out
 
 
