@@ -41,8 +41,10 @@ import httpx
 HEAD_LIMIT = 64 * 1024          # status line and headers
 SMALL_BODY_LIMIT = 64 * 1024    # what is kept of a non-content answer's body
 BUFFER = 1 << 20                # per thread; big reads keep the per-byte cost low
-# At least the requests one origin has in flight (64 size-probe jobs): a lower cap
-# closes connections that the next burst reopens, and each new one costs both ends.
+# A connection opens only when none to its origin is idle, so the open ones never
+# outnumber the most in use at once; this cap only closes some after a burst. Below
+# a usual burst (a folder's size probes: `size_concurrency`, 64 for Alvaria) it would
+# close connections that the next burst reopens, each new one costing both ends.
 MAX_IDLE_PER_ORIGIN = 128
 
 Plan = Callable[[int, httpx.Headers], "tuple[int, int] | None"]
