@@ -263,7 +263,7 @@ class Tuning:
     max_request: int = option("size", 16 << 20, doc="largest single ranged GET (a window is split into parallel GETs of this size; an eighth of it once a file arrives slower than 100 MB/s per connection)")
     small_file: int = option("size", 4 << 20, doc="files up to this size are fetched whole")
     threaded_content: bool = option("bool", True,
-                                    doc="receive file content in worker threads, straight into the cache, and small answers (signed URLs, size probes) there too (false: everything through httpx, on the main thread)")
+                                    doc="receive file content in worker threads, straight into the cache, and small answers (signed URLs, size probes) with the same small client on the main thread (false: everything through httpx, on the main thread)")
     direct_io_min_size: int = option("size", 64 << 20,
                                      doc="files this big or bigger bypass the kernel's page cache: faster streaming and no second copy in RAM, but a shared mmap of them fails (ENODEV); 0: never")
     fuse_fast_wait: bool = option("bool", True,

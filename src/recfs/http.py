@@ -48,6 +48,7 @@ except (ImportError, AttributeError):
     pass
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+_ORIGIN = re.compile(r"https?://[^/?#]*")    # what urlsplit gives as scheme://netloc
 MAX_SIZE = (1 << 63) - 1        # what st_size (and SQLite) can hold
 TRANSPORT_ERRORS = (httpx.TransportError,)
 
@@ -467,12 +468,16 @@ class Http:
         # verification cannot be turned off; httpx and rangeget share one context, so
         # they trust the same CAs (httpx's own default is certifi's bundle)
         tls = ssl.create_default_context(cafile=ca_bundle or certifi.where())
-        # content bodies received in worker threads (see rangeget); off, they go
-        # through httpx like every other request
+        # content bodies received in worker threads, small answers (size probes, signed
+        # URLs) by trio tasks (see rangeget); off, they go through httpx like every
+        # other request
         self.ranges = rangeget.RangeGetter(connect_timeout=connect_timeout,
                                            read_timeout=read_timeout, tls=tls) \
             if threaded_content else None
-        self._range_threads = trio.CapacityLimiter(max_connections)
+        self.async_ranges = rangeget.AsyncRangeGetter(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, tls=tls) \
+            if threaded_content else None
+        self._connections = trio.CapacityLimiter(max_connections)    # rangeget requests in flight
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout,
                                   write=read_timeout, pool=None),
@@ -488,8 +493,12 @@ class Http:
 
     def limiter(self, url: str) -> RateLimiter:
         """The rate limiter of the service at `url` (one per origin)."""
-        parts = urllib.parse.urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        found = _ORIGIN.match(url)
+        if found:
+            origin = found.group(0)
+        else:
+            parts = urllib.parse.urlsplit(url)
+            origin = f"{parts.scheme}://{parts.netloc}"
         limiter = self._limiters.get(origin)
         if limiter is None:
             limiter = self._limiters[origin] = RateLimiter(origin)
@@ -502,6 +511,8 @@ class Http:
     async def aclose(self) -> None:
         if self.ranges is not None:
             self.ranges.close()
+        if self.async_ranges is not None:
+            await self.async_ranges.aclose()
         await self.client.aclose()
 
     async def request(self, method: str, url: str, *, name: str = "request",
@@ -514,8 +525,8 @@ class Http:
         With `expect`, any other final status raises HttpError (ForbiddenError for 403)
         naming `name`, the status and the URL without its query. `small_answer` marks
         a GET whose answer is small (a signed URL, a one-byte probe): with
-        threaded_content it goes through rangeget too, so that it costs the trio
-        thread a thread hop instead of an httpx exchange (a copy makes thousands).
+        threaded_content it goes through rangeget's task client, which costs the trio
+        thread a fraction of an httpx exchange (a copy makes thousands).
         """
         threaded = small_answer and self.ranges is not None and method == "GET" \
             and json is None and data is None and content is None
@@ -700,27 +711,43 @@ class Http:
         each job (where, sink, end[, validator]), bytes [0, end) into the sink, and the
         file's size when its answer came whole and clean, else None (the caller then
         takes the usual way, with retries). `where` is (url, headers), or a `Pending`
-        target whose URL is asked for first, in the same worker thread, so that a file
-        whose URL is not known yet costs one job and no round of its own (the content
-        GET goes out right after, on the turn its URL request took at the API's rate
-        limiter). A validator, where given, learns the version the bytes are of.
-        Without threaded content they go through httpx."""
+        target whose URL is asked for first, by the same job, so that a file whose URL
+        is not known yet costs no round of its own. Each job is a task that holds one of
+        `limiter`'s tokens (without one, a connection token) and makes its requests over
+        `async_ranges`, each on its turn at its service's rate limiter. A validator,
+        where given, learns the version the bytes are of. Without threaded content they
+        go through httpx."""
         if not jobs:
             return []
-        if self.ranges is None:
+        if self.async_ranges is None:
             return await self._heads_httpx(jobs, name, limiter)
+        tokens = limiter if limiter is not None else self._connections
+        made = [_Made() for _ in jobs]
 
-        def get(i: int, ticket: rangeget.Ticket) -> _Made:
+        async def get(job: _Made, url: str, headers: dict[str, str], plan: rangeget.Plan,
+                      sink) -> rangeget.Outcome:
+            out = await self.async_ranges.get(url, headers, 0, plan, sink)
+            job.requests.append((url, out))
+            self.requests += 1
+            self.batched_requests += 1
+            self.bytes_received += out.received
+            if out.problem is None:
+                self.limiter(url).answered(out.status, retry_after(out.response())
+                                           if out.status == 429 else None)
+            return out
+
+        async def run(i: int, borrower: object) -> None:
             where, sink, end, *validator = jobs[i]
-            made = _Made()
+            job = made[i]
             try:
                 if isinstance(where, Pending):
-                    asked = self.ranges.get(ticket, where.url, where.headers, 0, _not_content, _no_sink)
-                    made.requests.append((where.url, asked))
+                    asked = await get(job, where.url, where.headers, _not_content, _no_sink)
                     if asked.problem is not None or asked.truncated:
-                        return made     # `read` says what a whole answer that is no URL means
-                    url = made.found = where.read(asked.response())
+                        return      # `read` says what a whole answer that is no URL means
+                    url = job.found = where.read(asked.response())
+                    where.keep(url)
                     headers = where.content_headers
+                    await self.limiter(url).turn()
                 else:
                     url, headers = where
                 h = dict(headers)
@@ -728,123 +755,40 @@ class Http:
                 h.setdefault("Accept-Encoding", "identity")
                 plan = functools.partial(_content_plan, pos=0, end=end, total=None, name=name,
                                          validator=validator[0] if validator else None)
-                made.requests.append((url, self.ranges.get(ticket, url, h, 0, plan, sink)))
+                await get(job, url, h, plan, sink)
             except Exception as exc:        # Unsupported, a wrong range, the sink's, no URL
-                made.error = exc
-            return made
+                job.error = exc
+            finally:
+                tokens.release_on_behalf_of(borrower)
 
+        async with trio.open_nursery() as nursery:
+            for i, (where, *_) in enumerate(jobs):
+                await self.limiter(where.url if isinstance(where, Pending) else where[0]).turn()
+                borrower = object()
+                try:        # a free token is taken without a trip through the scheduler
+                    tokens.acquire_on_behalf_of_nowait(borrower)
+                except trio.WouldBlock:
+                    await tokens.acquire_on_behalf_of(borrower)
+                nursery.start_soon(run, i, borrower)
         sizes: list[int | None] = []
-        turns = [job[0].url if isinstance(job[0], Pending) else job[0][0] for job in jobs]
-        for (where, _, end, *_), made in zip(jobs, await self._together(turns, get, limiter)):
-            for url, out in made.requests:
-                self.requests += 1
-                self.batched_requests += 1
-                self.bytes_received += out.received
-                if out.problem is None:
-                    self.limiter(url).answered(out.status, retry_after(out.response())
-                                               if out.status == 429 else None)
-            if made.found is not None:
-                where.keep(made.found)
+        for (where, _, end, *_), job in zip(jobs, made):
             size, why = None, None
-            if made.error is not None:
-                why = f"{type(made.error).__name__}: {made.error}"
-            elif made.requests:
-                url, out = made.requests[-1]
+            if job.error is not None:
+                why = f"{type(job.error).__name__}: {job.error}"
+            elif job.requests:
+                url, out = job.requests[-1]
                 if out.problem is None and out.status in (200, 206) and \
-                        (made.found is not None or not isinstance(where, Pending)):
+                        (job.found is not None or not isinstance(where, Pending)):
                     total = _answer_total(out.status, out.headers)
                     if total is not None and out.pos >= min(out.stop, end, total):
                         size = total
                 why = out.problem or f"HTTP {out.status}"
             if size is None:
+                first = where.url if isinstance(where, Pending) else where[0]
                 log.debug("%s: %s from %s; left to the usual way", name, why,
-                          safe_url(made.requests[-1][0] if made.requests else turns[len(sizes)]))
+                          safe_url(job.requests[-1][0] if job.requests else first))
             sizes.append(size)
         return sizes
-
-    async def _together(self, urls: list[str], get: Callable[[int, rangeget.Ticket], Any],
-                        limiter: trio.CapacityLimiter | None) -> list[Any]:
-        """Run `get(i, ticket)` for each job, each in a worker thread started directly; what
-        each returned. A job starts once the rate limiter of its first request's service
-        (`urls[i]`) lets it, and it holds one of `limiter`'s tokens (without one, a
-        connection token) and gives it back when it is over; it tells the trio
-        thread with a bare callback, shared by the jobs that ended meanwhile: no task and
-        no thread hop per request."""
-        count = len(urls)
-        outs: list[Any] = [None] * count
-        tickets = [rangeget.Ticket() for _ in range(count)]
-        token = trio.lowlevel.current_trio_token()
-        # the caller's tokens bound its jobs (a source's size probes); else the pool's
-        limiters = [limiter if limiter is not None else self._range_threads]
-        held: dict[int, list[tuple[trio.CapacityLimiter, object]]] = {}
-        all_over = trio.Event()
-        running = 0
-        all_started = False
-
-        def run(i: int) -> None:            # in the job's thread
-            outs[i] = get(i, tickets[i])
-
-        def job_over(i: int) -> None:       # on the trio thread
-            nonlocal running
-            for lim, borrower in held.pop(i):
-                lim.release_on_behalf_of(borrower)
-            running -= 1
-            if all_started and running == 0:
-                all_over.set()
-
-        # jobs that ended, for the trio thread: one callback at a time, however many
-        # end meanwhile (wake-ups cost the trio thread more than the callbacks)
-        ended: list[int] = []
-        lock = threading.Lock()
-
-        def over(i: int) -> None:           # in the job's thread
-            with lock:
-                ended.append(i)
-                if len(ended) > 1:
-                    return                  # a callback is on its way already
-            token.run_sync_soon(take_ended)
-
-        def take_ended() -> None:           # on the trio thread
-            with lock:
-                now = ended[:]
-                ended.clear()
-            for i in now:
-                job_over(i)
-
-        def no_more() -> None:
-            nonlocal all_started
-            all_started = True
-            if running == 0:
-                all_over.set()
-
-        try:
-            for i in range(count):
-                await self.limiter(urls[i]).turn()
-                taken = held[i] = []
-                for lim in limiters:
-                    borrower = object()
-                    try:        # a free token is taken without a trip through the scheduler
-                        lim.acquire_on_behalf_of_nowait(borrower)
-                    except trio.WouldBlock:
-                        await lim.acquire_on_behalf_of(borrower)
-                    taken.append((lim, borrower))
-                running += 1
-                trio.lowlevel.start_thread_soon(functools.partial(run, i), lambda _result, i=i: over(i))
-            no_more()
-            await all_over.wait()
-        except trio.Cancelled:
-            # no sink call may start, or still run, once the caller goes on
-            for t in tickets:
-                t.abort()
-            no_more()
-            with trio.CancelScope(shield=True):
-                await all_over.wait()
-            raise
-        finally:
-            for taken in held.values():     # a job's that never started
-                for lim, borrower in taken:
-                    lim.release_on_behalf_of(borrower)
-        return outs
 
     async def _heads_httpx(self, jobs, name: str,
                            limiter: trio.CapacityLimiter | None) -> list[int | None]:
@@ -888,7 +832,7 @@ class Http:
         try:
             return await trio.to_thread.run_sync(
                 self.ranges.get, ticket, url, headers, pos, plan, sink,
-                abandon_on_cancel=True, limiter=self._range_threads)
+                abandon_on_cancel=True, limiter=self._connections)
         except rangeget.Unsupported as exc:
             log.debug("%s: %s; reading it with httpx", safe_url(url), exc)
             return None
@@ -901,12 +845,17 @@ class Http:
             raise
 
     async def _small_get(self, url: str, headers: dict[str, str], params: Any) -> httpx.Response | None:
-        """A small GET through rangeget; None when httpx has to read it."""
+        """A small GET through rangeget's task client; None when httpx has to read it."""
         if params:
             # what httpx would send, without building an httpx.Request
             url += ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
-        out = await self._in_thread(url, headers, 0, _not_content, _no_sink)
-        if out is None or out.truncated:
+        try:
+            async with self._connections:
+                out = await self.async_ranges.get(url, headers, 0, _not_content, _no_sink)
+        except rangeget.Unsupported as exc:
+            log.debug("%s: %s; reading it with httpx", safe_url(url), exc)
+            return None
+        if out.truncated:
             return None
         if out.problem is not None:
             raise httpx.TransportError(out.problem)
@@ -979,9 +928,8 @@ class Target:
 class Pending:
     """A target's URL that is still to be asked for, as the one request that hands it
     out: `url` and `headers` (credentials included) ask for it, `read(response)` finds
-    the content URL in the answer or raises (it may run in a worker thread: it only
-    reads), `keep(url)` is told what was found (on the trio thread), `content_headers`
-    go with the content GET. Batched size probes (`Http.get_heads`) make the request
+    the content URL in the answer or raises, `keep(url)` is told what was found,
+    `content_headers` go with the content GET. Batched size probes (`Http.get_heads`) make the request
     and the probe one after the other in one job."""
     url: str
     headers: dict[str, str]

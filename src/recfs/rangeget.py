@@ -1,29 +1,33 @@
-"""Ranged GETs whose bodies are received in worker threads, straight into the cache.
+"""A small HTTP/1.1 client for GETs, with two ways of receiving: ranged content in
+worker threads, straight into the cache, and small answers by trio tasks.
 
 Why this exists: httpx parses bodies on the trio thread, which also answers every
 FUSE request, and that one thread then caps a cold read; a worker thread that
 `recv_into`s a reused buffer and `pwrite`s it, both of which release the GIL, moves
-several times more (docs/BENCHMARKS.md). So content GETs
-(the one request type that carries megabytes) use this small HTTP/1.1 client, and
-so do the many small GETs of size probing (signed URLs, one-byte probes: a thread
-hop costs the trio thread less than an httpx exchange). Everything else (listings,
-tokens, uploads, jobs) stays on httpx.
+several times more (docs/BENCHMARKS.md). So content GETs (the one request type that
+carries megabytes) go through `RangeGetter`, in worker threads. Size probes and
+signed URLs are thousands of small answers at once; a thread hand-off costs more
+than such an exchange itself, and httpx more again, so they go through
+`AsyncRangeGetter`, which reads them on the trio thread with the same parsing
+(`_take_head`, `_Body`). Everything else (listings, tokens, uploads, jobs) stays on
+httpx.
 
-What it handles, and what it hands back:
+What both handle, and what they hand back:
 - GET over http or https (verified TLS, the same context as httpx), keep-alive
   connections pooled per origin, one retry on a fresh connection when a pooled one
   turns out to be closed before any byte of the answer arrived.
 - Answers framed by Content-Length or by the end of the connection. Anything else
   (chunked transfer coding, a content coding) is `Unsupported`, and the caller
   repeats that attempt with httpx; a GET is safe to repeat.
-- The caller's `plan(status, headers)` decides, in the thread, whether the answer is
-  content and where its body starts; it may raise (a wrong range, a changed size),
-  and that exception reaches the caller unchanged, as does one from the sink.
+- The caller's `plan(status, headers)` decides whether the answer is content and
+  where its body starts; it may raise (a wrong range, a changed size), and that
+  exception reaches the caller unchanged, as does one from the sink.
 - Transport failures (reset, timeout, a short body) are not raised: the outcome says
   how far the body got, and the caller resumes from there.
 
-Cancellation: a `Ticket` is shared with the caller. `abort()` shuts the socket down,
-so a thread blocked in `recv` returns at once, and no sink call starts after it.
+Cancellation: in a thread, a `Ticket` is shared with the caller: `abort()` shuts the
+socket down, so a thread blocked in `recv` returns at once, and no sink call starts
+after it. A task is cancelled as any trio task is, and its connection is closed.
 """
 from __future__ import annotations
 
@@ -37,10 +41,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import httpx
+import trio
 
 HEAD_LIMIT = 64 * 1024          # status line and headers
 SMALL_BODY_LIMIT = 64 * 1024    # what is kept of a non-content answer's body
 BUFFER = 1 << 20                # per thread; big reads keep the per-byte cost low
+ASYNC_RECEIVE = 64 * 1024      # a trio receive allocates what it asks for
 # A connection opens only when none to its origin is idle, so the open ones never
 # outnumber the most in use at once; this cap only closes some after a burst. Below
 # a usual burst (a folder's size probes: `size_concurrency`, 64 for Alvaria) it would
@@ -191,11 +197,7 @@ class RangeGetter:
 
     def _get(self, ticket: Ticket, url: str, headers: dict[str, str], pos: int,
              plan: Plan, sink: Sink) -> Outcome:
-        scheme, host, port, target, netloc = _split(url)
-        if scheme not in ("http", "https"):
-            raise Unsupported(f"scheme {scheme}")
-        origin = (scheme, host, port or (443 if scheme == "https" else 80))
-        request = _request_bytes(target, netloc, headers)
+        origin, request = _prepare(url, headers)
         out = Outcome(pos=pos)
         for attempt in range(2):
             try:
@@ -216,12 +218,7 @@ class RangeGetter:
             except (_Broken, OSError, ssl.SSLError) as exc:
                 if reused and not got_any and attempt == 0 and not ticket.aborted:
                     continue        # the server had closed the pooled connection
-                if got_any:
-                    out.problem = "connection broken mid-body"
-                elif isinstance(exc, (socket.timeout, TimeoutError)):
-                    out.problem = "ReadTimeout"
-                else:
-                    out.problem = str(exc) if isinstance(exc, _Broken) else type(exc).__name__
+                out.problem = _problem(exc, got_any)
                 return out
             finally:
                 ticket._attach(None)
@@ -233,33 +230,186 @@ class RangeGetter:
 
     def _read_head(self, conn: socket.socket) -> tuple[int, httpx.Headers, str, memoryview]:
         data = bytearray()
-        while True:
-            idx = data.find(b"\r\n\r\n")
-            if idx >= 0:
-                head, rest = bytes(data[:idx]), memoryview(bytes(data[idx + 4:]))
-                status, hdrs, version = _parse_head(head)
-                if 100 <= status < 200:         # 100 Continue, 103 Early Hints
-                    data = bytearray(rest)
-                    continue
-                return status, hdrs, version, rest
-            if len(data) > HEAD_LIMIT:
-                raise _Broken("the answer's headers are too long")
+        while (head := _take_head(data)) is None:
             chunk = conn.recv(HEAD_LIMIT)
             if not chunk:
                 raise _Broken("the connection closed before an answer")
             data += chunk
+        return head
 
     def _read_body(self, ticket: Ticket, conn: socket.socket, out: Outcome, hdrs: httpx.Headers,
                    version: str, leftover: memoryview, plan: Plan, sink: Sink) -> bool:
         """Read the body; True when the connection can be reused."""
+        body = _Body(out, hdrs, version, leftover, plan, sink, lambda: ticket.aborted)
+        buf = self._buffer()
+        while n := body.want():
+            k = conn.recv_into(buf, n)
+            if k:
+                body.feed(buf[:k])
+            else:
+                body.ended()
+        return body.keep
+
+
+class AsyncRangeGetter:
+    """The same GETs made by trio tasks over trio streams, for many small answers at
+    once (size probes and the signed URLs they need): a worker thread per request costs
+    more in hand-offs than such a request itself (docs/BENCHMARKS.md, eleventh round).
+    What it reads and hands back is the same (`_take_head`, `_Body`); it has a pool of
+    its own, and cancelling the task closes the connection it was using."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float, tls: ssl.SSLContext):
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.tls = tls
+        self._idle: dict[tuple[str, str, int], list[trio.abc.Stream]] = {}
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, {}
+        for streams in idle.values():
+            for stream in streams:
+                await trio.aclose_forcefully(stream)
+
+    async def get(self, url: str, headers: dict[str, str], pos: int, plan: Plan,
+                  sink: Sink) -> Outcome:
+        """GET `url` as `RangeGetter.get` does, on the trio thread."""
+        origin, request = _prepare(url, headers)
+        out = Outcome(pos=pos)
+        for attempt in range(2):
+            try:
+                stream, reused = await self._checkout(origin)
+            except _Broken as exc:
+                out.problem = str(exc)
+                return out
+            keep = False
+            got_any = False
+            try:
+                await stream.send_all(request)
+                data = bytearray()
+                while (head := _take_head(data)) is None:
+                    chunk = await self._receive(stream, HEAD_LIMIT)
+                    if not chunk:
+                        raise _Broken("the connection closed before an answer")
+                    data += chunk
+                out.status, out.headers, version, leftover = head
+                got_any = True
+                body = _Body(out, out.headers, version, leftover, plan, sink, _never)
+                while n := body.want():
+                    chunk = await self._receive(stream, min(n, ASYNC_RECEIVE))
+                    if chunk:
+                        body.feed(memoryview(chunk))
+                    else:
+                        body.ended()
+                keep = body.keep
+                return out
+            except (_Broken, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                if reused and not got_any and attempt == 0:
+                    continue        # the server had closed the pooled connection
+                out.problem = _problem(exc, got_any)
+                return out
+            finally:
+                if keep:
+                    idle = self._idle.setdefault(origin, [])
+                    if len(idle) < MAX_IDLE_PER_ORIGIN:
+                        idle.append(stream)
+                    else:
+                        await trio.aclose_forcefully(stream)
+                else:
+                    await trio.aclose_forcefully(stream)
+        return out
+
+    async def _checkout(self, origin: tuple[str, str, int]) -> tuple[trio.abc.Stream, bool]:
+        idle = self._idle.get(origin)
+        if idle:
+            return idle.pop(), True
+        scheme, host, port = origin
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+                if scheme == "https":
+                    stream = trio.SSLStream(stream, self.tls, server_hostname=host,
+                                            https_compatible=True)
+                    await stream.do_handshake()
+        except trio.TooSlowError:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise _Broken("ConnectTimeout") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise _Broken(f"ConnectError ({_cause_name(exc)})") from None
+        return stream, False
+
+    async def _receive(self, stream: trio.abc.Stream, n: int) -> bytes:
+        with trio.CancelScope(deadline=trio.current_time() + self.read_timeout):
+            return await stream.receive_some(n)
+        raise trio.TooSlowError
+
+
+def _never() -> bool:
+    return False
+
+
+def _prepare(url: str, headers: dict[str, str]) -> tuple[tuple[str, str, int], bytes]:
+    """The origin (scheme, host, port) a GET of `url` goes to, and the request's bytes."""
+    scheme, host, port, target, netloc = _split(url)
+    if scheme not in ("http", "https"):
+        raise Unsupported(f"scheme {scheme}")
+    origin = (scheme, host, port or (443 if scheme == "https" else 80))
+    return origin, _request_bytes(target, netloc, headers)
+
+
+def _problem(exc: BaseException, got_any: bool) -> str:
+    """What an outcome says of the transport failure that ended its answer."""
+    if got_any:
+        return "connection broken mid-body"
+    if isinstance(exc, (TimeoutError, trio.TooSlowError)):     # socket.timeout is TimeoutError
+        return "ReadTimeout"
+    return str(exc) if isinstance(exc, _Broken) else _cause_name(exc)
+
+
+def _cause_name(exc: BaseException) -> str:
+    """The name of what broke: trio wraps a socket's or TLS's error in BrokenResourceError."""
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return type(exc).__name__
+
+
+def _take_head(data: bytearray) -> tuple[int, httpx.Headers, str, memoryview] | None:
+    """The answer's status, headers and HTTP version, and the bytes after them, once
+    `data` holds its whole head; None until then. Interim answers (1xx: 100 Continue,
+    103 Early Hints) are taken out of `data` and skipped."""
+    while True:
+        idx = data.find(b"\r\n\r\n")
+        if idx < 0:
+            if len(data) > HEAD_LIMIT:
+                raise _Broken("the answer's headers are too long")
+            return None
+        status, hdrs, version = _parse_head(bytes(data[:idx]))
+        if 100 <= status < 200:
+            del data[:idx + 4]
+            continue
+        return status, hdrs, version, memoryview(bytes(data[idx + 4:]))
+
+
+class _Body:
+    """One answer's body as it arrives, whoever receives it (a worker thread's blocking
+    socket, a trio task's stream): a content answer (`plan` says where its body starts
+    and where to stop) goes to the sink, any other body is kept, its first
+    SMALL_BODY_LIMIT bytes. `want()` is how much to receive next, 0 once the body is
+    over or the rest is not wanted; `keep` then says whether the connection can carry
+    the next request."""
+
+    def __init__(self, out: Outcome, hdrs: httpx.Headers, version: str, leftover: memoryview,
+                 plan: Plan, sink: Sink, aborted: Callable[[], bool]):
         te = hdrs.get("transfer-encoding", "identity").strip().lower()
         ce = hdrs.get("content-encoding", "identity").strip().lower()
         if te != "identity":
             raise Unsupported(f"transfer-encoding {te}")
-        length: int | None
         cl = hdrs.get("content-length")
         if out.status in (204, 304):
-            length = 0
+            length: int | None = 0
         elif cl is not None:
             try:
                 length = int(cl)
@@ -269,72 +419,65 @@ class RangeGetter:
                 raise _Broken("negative Content-Length")
         else:
             length = None                       # the body ends with the connection
-        reusable = (version == "HTTP/1.1" and length is not None
-                    and "close" not in hdrs.get("connection", "").lower())
+        self.reusable = (version == "HTTP/1.1" and length is not None
+                         and "close" not in hdrs.get("connection", "").lower())
         wanted = plan(out.status, hdrs)
         if wanted is not None and ce != "identity":
             raise Unsupported(f"content-encoding {ce}")
-        if wanted is None:
-            return self._read_small_body(conn, out, length, leftover) and reusable
-        stream_pos, stop = wanted
-        out.stop = stop
-        remaining = length
+        self.out, self.sink, self.aborted = out, sink, aborted
+        self.remaining = length
+        self.content = wanted is not None
+        self.small = bytearray()                # a non-content body
+        self.over = False
+        self.keep = False
+        if self.content:
+            self.stream_pos, out.stop = wanted
+        self.feed(leftover)
 
-        def consume(view: memoryview) -> None:
-            nonlocal stream_pos
+    def want(self) -> int:
+        if self.over:
+            return 0
+        limit = BUFFER if self.content else SMALL_BODY_LIMIT
+        return limit if self.remaining is None else min(limit, self.remaining)
+
+    def feed(self, view: memoryview) -> None:
+        out = self.out
+        if self.remaining is not None:
+            view = view[:self.remaining]
+            self.remaining -= len(view)
+        out.received += len(view)
+        if self.content:
             n = len(view)
-            start = stream_pos
-            stream_pos += n
+            start = self.stream_pos
+            self.stream_pos += n
             lo = max(out.pos - start, 0)
-            hi = min(n, stop - start)
+            hi = min(n, out.stop - start)
             if hi > lo:
-                if ticket.aborted:
+                if self.aborted():
                     raise _Broken("aborted")
-                sink(start + lo, view[lo:hi])
+                self.sink(start + lo, view[lo:hi])
                 out.pos = start + hi
+        else:
+            self.small += view
+        if self.remaining == 0:
+            self._finish(self.reusable)
+        elif self.content and out.pos >= out.stop:
+            self._finish(False)                 # the rest is not wanted: drop the connection
+        elif not self.content and len(self.small) > SMALL_BODY_LIMIT:
+            self._finish(False)
 
-        if remaining is not None:
-            leftover = leftover[:remaining]
-            remaining -= len(leftover)
-        out.received += len(leftover)
-        consume(leftover)
-        buf = self._buffer()
-        while remaining is None or remaining > 0:
-            if out.pos >= stop:
-                return False        # the rest is not wanted: drop the connection
-            k = conn.recv_into(buf, BUFFER if remaining is None else min(BUFFER, remaining))
-            if k == 0:
-                if remaining is None:
-                    return False    # the end of a connection-framed body
-                raise _Broken("short body")
-            out.received += k
-            if remaining is not None:
-                remaining -= k
-            consume(buf[:k])
-        return reusable
+    def ended(self) -> None:
+        """The connection closed: the end of a body framed by it, else a short body."""
+        if self.remaining is not None:
+            raise _Broken("short body")
+        self._finish(False)
 
-    def _read_small_body(self, conn: socket.socket, out: Outcome, length: int | None,
-                         leftover: memoryview) -> bool:
-        body = bytearray(leftover[:length] if length is not None else leftover)
-        remaining = None if length is None else length - len(body)
-        while remaining is None or remaining > 0:
-            if len(body) >= SMALL_BODY_LIMIT:
-                out.body = bytes(body[:SMALL_BODY_LIMIT])
-                out.truncated = True
-                out.received += len(body)
-                return False
-            chunk = conn.recv(SMALL_BODY_LIMIT if remaining is None
-                                   else min(SMALL_BODY_LIMIT, remaining))
-            if not chunk:
-                if remaining is None:
-                    break
-                raise _Broken("short body")
-            body += chunk
-            if remaining is not None:
-                remaining -= len(chunk)
-        out.body = bytes(body[:SMALL_BODY_LIMIT])
-        out.received += len(body)
-        return remaining is not None
+    def _finish(self, keep: bool) -> None:
+        self.over = True
+        self.keep = keep
+        if not self.content:
+            self.out.body = bytes(self.small[:SMALL_BODY_LIMIT])
+            self.out.truncated = len(self.small) > SMALL_BODY_LIMIT
 
 
 # a URL of only these characters needs no normalising: it is sent as it is
@@ -345,10 +488,16 @@ def _split(url: str) -> tuple[str, str, int | None, bytes, bytes]:
     """(scheme, host, port, request target, Host header) of a URL. A plain URL is split
     as it is (cheap); any other goes through httpx.URL, which percent-encodes it."""
     if _PLAIN_URL.match(url):
-        parts = urllib.parse.urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return parts.scheme, parts.hostname or "", parts.port, target.encode("ascii"), \
-            parts.netloc.encode("ascii")
+        scheme, rest = url.split("://", 1)
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        netloc, target = rest[:cut], rest[cut:]
+        if not target.startswith("/"):
+            target = "/" + target
+        host, port = netloc, None
+        if not netloc.endswith("]") and ":" in netloc:     # not a bare IPv6 address
+            host, _, digits = netloc.rpartition(":")
+            port = int(digits) if digits else None
+        return scheme, host.strip("[]").lower(), port, target.encode("ascii"), netloc.encode("ascii")
     u = httpx.URL(url)
     return u.scheme, u.host, u.port, u.raw_path, u.netloc
 

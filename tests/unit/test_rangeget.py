@@ -1,6 +1,7 @@
-"""The threaded content transport (recfs.rangeget) through Http.get_range, against a
-real socket server that answers from a script: the framings, TLS and failures the
-emulators do not produce. The emulator-based reader tests run over both transports."""
+"""The small HTTP/1.1 client (recfs.rangeget) through Http.get_range (content, in
+worker threads) and Http.get_heads (size probes, by trio tasks), against a real socket
+server that answers from a script: the framings, TLS and failures the emulators do not
+produce. The emulator-based reader tests run over both rangeget and httpx."""
 from __future__ import annotations
 
 import collections
@@ -310,7 +311,7 @@ async def test_heads_come_together_and_the_failed_ones_are_left_to_the_caller():
         assert asked == dict.fromkeys(paths, 1) | {"/closed": asked["/closed"]} and asked["/closed"] in (1, 2)
         assert all(b"Range: bytes=0-4194303" in r for r in server.requests)
         assert limiter.statistics().borrowed_tokens == 0
-        assert http._range_threads.statistics().borrowed_tokens == 0
+        assert http._connections.statistics().borrowed_tokens == 0
 
 
 async def test_heads_start_as_their_tokens_come():
@@ -345,7 +346,7 @@ async def test_heads_start_as_their_tokens_come():
         assert limiter.statistics().borrowed_tokens == 0
 
 
-async def test_cancelling_heads_stops_their_threads_before_returning():
+async def test_cancelling_heads_closes_their_connections_before_returning():
     stalled = threading.Event()
 
     def stall(head: bytes) -> None:
@@ -360,9 +361,9 @@ async def test_cancelling_heads_stops_their_threads_before_returning():
             nursery.start_soon(functools.partial(http.get_heads, jobs, limiter=limiter))
             assert await trio.to_thread.run_sync(stalled.wait, 10)
             nursery.cancel_scope.cancel()
-        assert not http.ranges._open
+        assert not any(http.async_ranges._idle.values())
         assert limiter.statistics().borrowed_tokens == 0
-        assert http._range_threads.statistics().borrowed_tokens == 0
+        assert http._connections.statistics().borrowed_tokens == 0
     assert writes == []
 
 
@@ -419,6 +420,14 @@ async def test_a_pending_target_asks_for_its_url_and_probes_in_one_job(threaded)
             return Pending(f"{server.url}/url/{name}", {"Authorization": "Bearer t"}, read,
                            lambda url, name=name: kept.__setitem__(name, url), {})
         jobs = [(pending(n), lambda pos, data: None, 1) for n in names]
+        rate = http.limiter(server.url)
+        turns = []
+        taking = rate.turn
+
+        async def counted() -> None:
+            turns.append(1)
+            await taking()
+        rate.turn = counted
         sizes = await http.get_heads(jobs, limiter=limiter)
     assert sizes == [len(SMALL)] * 12 + [None]
     asked = collections.Counter(r.split(b" ")[1].decode().split("/")[1] for r in server.requests)
@@ -427,4 +436,37 @@ async def test_a_pending_target_asks_for_its_url_and_probes_in_one_job(threaded)
     assert kept == {n: f"{server.url}/content/{n}" for n in names[:12]}
     assert url_or_content.most <= 4
     assert http.requests == 25 and http.batched_requests == (25 if threaded else 0)
+    assert len(turns) == 25         # each request on its own turn at the rate limiter
     assert limiter.statistics().borrowed_tokens == 0
+
+
+async def test_heads_over_tls_are_verified_against_the_configured_ca(tls_server_context):
+    ctx, ca_path = tls_server_context
+    server = ScriptedServer(small_partial, tls=ctx)
+    trusted = threaded_http(ca_bundle=ca_path)
+    untrusted = threaded_http()
+    try:
+        sizes, got = await heads(trusted, server.url, ["/a", "/b"], ends=[1, 4 << 20])
+        assert sizes == [len(SMALL)] * 2 and bytes(got["/b"]) == SMALL
+        assert server.connections == 2
+        assert (await heads(untrusted, server.url, ["/a"]))[0] == [None]
+    finally:
+        await trusted.aclose()
+        await untrusted.aclose()
+        server.close()
+
+
+async def test_a_probe_connection_the_server_closed_while_pooled_is_replaced():
+    answered = []
+
+    def close_after_the_first(head: bytes):
+        answered.append(head)
+        # the first answer says nothing of closing, and then the server closes
+        return (small_partial(head), "close") if len(answered) == 1 else small_partial(head)
+
+    async with serving(close_after_the_first) as (server, http):
+        assert (await heads(http, server.url, ["/a"], ends=[1]))[0] == [len(SMALL)]
+        assert sum(len(streams) for streams in http.async_ranges._idle.values()) == 1
+        sizes, got = await heads(http, server.url, ["/b"], ends=[100])
+        assert sizes == [len(SMALL)] and bytes(got["/b"]) == SMALL[:100]
+        assert server.connections == 2
