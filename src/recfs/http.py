@@ -528,7 +528,7 @@ class Http:
         threaded_content it goes through rangeget's task client, which costs the trio
         thread a fraction of an httpx exchange (a copy makes thousands).
         """
-        threaded = small_answer and self.ranges is not None and method == "GET" \
+        small_get = small_answer and self.async_ranges is not None and method == "GET" \
             and json is None and data is None and content is None
         tries = _Tries(self, name)
         reauthed = False
@@ -542,7 +542,7 @@ class Http:
             self.requests += 1
             try:
                 resp = None
-                if threaded:
+                if small_get:
                     resp = await self._small_get(url, h, params)
                 if resp is None:
                     resp = _unbound(await self.client.request(method, url, headers=h, params=params,

@@ -254,9 +254,9 @@ class RangeGetter:
 class AsyncRangeGetter:
     """The same GETs made by trio tasks over trio streams, for many small answers at
     once (size probes and the signed URLs they need): a worker thread per request costs
-    more in hand-offs than such a request itself (docs/BENCHMARKS.md, eleventh round).
-    What it reads and hands back is the same (`_take_head`, `_Body`); it has a pool of
-    its own, and cancelling the task closes the connection it was using."""
+    more in hand-offs than such a request itself. What it reads and hands back is the
+    same (`_take_head`, `_Body`); it has a pool of its own, and cancelling the task
+    closes the connection it was using."""
 
     def __init__(self, *, connect_timeout: float, read_timeout: float, tls: ssl.SSLContext):
         self.connect_timeout = connect_timeout

@@ -7,10 +7,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -75,6 +77,24 @@ class ScriptedServer:
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+
+
+def connections_to(port: int) -> list[str]:
+    """This process's open TCP connections to 127.0.0.1:`port` (its client ends), from
+    /proc: what a test sees of sockets left open."""
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    remote = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    # state 01 is ESTABLISHED; the server's own ends have the port as their local one
+    return [row[9] for row in rows if row[2] == remote and row[3] == "01" and row[9] in mine]
 
 
 def requested_range(head: bytes) -> tuple[int, int]:
@@ -227,14 +247,20 @@ def tls_server_context(tmp_path_factory):
 
 
 async def test_tls_is_verified_against_the_configured_ca(tls_server_context):
+    """Content (worker threads) and size probes (trio tasks) alike."""
     ctx, ca_path = tls_server_context
     server = ScriptedServer(partial, tls=ctx)
     trusted = threaded_http(ca_bundle=ca_path)
     untrusted = threaded_http()
     try:
         assert await fetch(trusted, server.url, 100, 200_000) == DATA[100:200_000]
+        before = server.connections
+        sizes, got = await heads(trusted, server.url, ["/a", "/b"], ends=[1, 4 << 20])
+        assert sizes == [len(DATA)] * 2 and bytes(got["/b"]) == DATA
+        assert server.connections - before == 2
         with pytest.raises(HttpError, match="ConnectError"):
             await fetch(untrusted, server.url, 0, 100)
+        assert (await heads(untrusted, server.url, ["/a"]))[0] == [None]
     finally:
         await trusted.aclose()
         await untrusted.aclose()
@@ -360,7 +386,11 @@ async def test_cancelling_heads_closes_their_connections_before_returning():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(functools.partial(http.get_heads, jobs, limiter=limiter))
             assert await trio.to_thread.run_sync(stalled.wait, 10)
+            while len(server.requests) < 4:
+                await trio.sleep(0.01)
+            assert len(connections_to(server.port)) == 4
             nursery.cancel_scope.cancel()
+        assert connections_to(server.port) == []
         assert not any(http.async_ranges._idle.values())
         assert limiter.statistics().borrowed_tokens == 0
         assert http._connections.statistics().borrowed_tokens == 0
@@ -438,22 +468,6 @@ async def test_a_pending_target_asks_for_its_url_and_probes_in_one_job(threaded)
     assert http.requests == 25 and http.batched_requests == (25 if threaded else 0)
     assert len(turns) == 25         # each request on its own turn at the rate limiter
     assert limiter.statistics().borrowed_tokens == 0
-
-
-async def test_heads_over_tls_are_verified_against_the_configured_ca(tls_server_context):
-    ctx, ca_path = tls_server_context
-    server = ScriptedServer(small_partial, tls=ctx)
-    trusted = threaded_http(ca_bundle=ca_path)
-    untrusted = threaded_http()
-    try:
-        sizes, got = await heads(trusted, server.url, ["/a", "/b"], ends=[1, 4 << 20])
-        assert sizes == [len(SMALL)] * 2 and bytes(got["/b"]) == SMALL
-        assert server.connections == 2
-        assert (await heads(untrusted, server.url, ["/a"]))[0] == [None]
-    finally:
-        await trusted.aclose()
-        await untrusted.aclose()
-        server.close()
 
 
 async def test_a_probe_connection_the_server_closed_while_pooled_is_replaced():
